@@ -1,0 +1,31 @@
+"""Offline sources: the per-person feature tables the `features` and `publish` stages write.
+
+Feast imports this file on `feast apply`; the workspace comes from $PERSONAS_HOME, exactly as in
+feature_store.yaml (default ./.personas). Reading an environment variable is the only work done.
+"""
+
+import os
+
+from feast import FileSource
+
+FEATURES_DIR = os.path.join(os.path.abspath(os.environ.get("PERSONAS_HOME", ".personas")), "features")
+
+
+def _table(name: str, description: str) -> FileSource:
+    return FileSource(
+        name=f"{name}_source",
+        path=os.path.join(FEATURES_DIR, f"{name}.parquet"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description=description,
+    )
+
+
+behaviour_source = _table("person_behaviour", "Product telemetry aggregates per person.")
+support_source = _table("person_support", "Support ticket aggregates per person.")
+survey_source = _table("person_survey", "Survey participation and scores per person.")
+campaign_source = _table("person_campaign", "Campaign exposures and conversions per person.")
+profile_source = _table("person_profile", "CRM attributes per person.")
+labels_source = _table("person_labels", "Outcome labels per person (churned, converted).")
+text_embedding_source = _table("person_text_embedding", "Mean sentence embedding of a person's texts.")
+persona_assignment_source = _table("persona_assignment", "Persona assignments published for the champion model.")

@@ -1,0 +1,61 @@
+"""Feature views of the entity `person`.
+
+Input views have no declared schema: Feast infers their fields from the tables at apply time,
+because event-type shares and CRM attributes depend on the sources a team brings. The serving
+contract (`persona_assignment`) and the embedding view are declared field by field.
+"""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Array, Float32, Float64, Int64, String
+
+from data_sources import (
+    behaviour_source,
+    campaign_source,
+    labels_source,
+    persona_assignment_source,
+    profile_source,
+    support_source,
+    survey_source,
+    text_embedding_source,
+)
+from entities import person
+
+TTL = timedelta(days=365)
+
+person_behaviour = FeatureView(name="person_behaviour", entities=[person], ttl=TTL, source=behaviour_source, online=True,
+                               description="Activity and event-type mix (shares 0-1) per person.")
+person_support = FeatureView(name="person_support", entities=[person], ttl=TTL, source=support_source, online=True,
+                             description="Ticket count, recency (days) and length (characters) per person.")
+person_survey = FeatureView(name="person_survey", entities=[person], ttl=TTL, source=survey_source, online=True,
+                            description="Survey answers and score (0-10) per person.")
+person_campaign = FeatureView(name="person_campaign", entities=[person], ttl=TTL, source=campaign_source, online=False,
+                              description="Campaign exposures, conversions and rate per person (outcomes, not model inputs).")
+person_profile = FeatureView(name="person_profile", entities=[person], ttl=TTL, source=profile_source, online=False,
+                             description="CRM attributes and tenure (days) per person.")
+person_labels = FeatureView(name="person_labels", entities=[person], ttl=TTL, source=labels_source, online=False,
+                            description="Outcome labels (0/1) per person; for KPIs and audits, never model inputs.")
+person_text_embedding = FeatureView(
+    name="person_text_embedding",
+    entities=[person],
+    ttl=TTL,
+    source=text_embedding_source,
+    online=False,
+    schema=[Field(name="text_embedding", dtype=Array(Float32)), Field(name="n_texts", dtype=Int64)],
+    description="Mean all-MiniLM-L6-v2 embedding (384-d, unit norm) of a person's tickets and survey answers.",
+)
+persona_assignment = FeatureView(
+    name="persona_assignment",
+    entities=[person],
+    ttl=TTL,
+    source=persona_assignment_source,
+    online=True,
+    schema=[
+        Field(name="persona_id", dtype=Int64),
+        Field(name="persona_name", dtype=String),
+        Field(name="confidence", dtype=Float64),
+        Field(name="model_version", dtype=Int64),
+    ],
+    description="The champion persona model's assignment of each person (confidence 0-1).",
+)  # fmt: skip

@@ -1,0 +1,264 @@
+"""The `build_personas` Prefect flow: ingest -> resolve -> features -> train -> publish -> monitor.
+
+One task per stage. Tasks exchange small JSON-able summaries; the data itself moves through the
+workspace (lake, identity map, feature tables, MLflow, Feast), so each stage is idempotent on its
+inputs and records what it read and wrote in `runs/<run_id>.json`. Retries only on I/O errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+
+from personaops import __version__
+from personaops import features as F
+from personaops import progress
+from personaops.config import PersonasConfig, load_config
+from personaops.feature_store import MODEL_INPUT_SERVICE, apply_definitions, publish_assignments, write_table
+from personaops.identity import resolve_identities
+from personaops.ingest import ingest_sources, read_lake
+from personaops.sources import load_sources
+from personaops.workspace import Workspace
+
+IO_ERRORS = (OSError, TimeoutError, ConnectionError)
+
+
+def _retry_on_io(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except IO_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _config(home: str | None) -> tuple[PersonasConfig, Workspace]:
+    cfg = load_config()
+    if home:
+        cfg.home = Path(home).resolve()
+    ws = Workspace.from_config(cfg)
+    ws.export_environment()
+    return cfg, ws
+
+
+def _lake_frames(ws: Workspace, batches: dict[str, list[str]], record_person: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for source, ids in batches.items():
+        frame = read_lake(ws, source, ids)
+        frame["source"] = source
+        if record_person is not None:
+            frame = F._with_person(frame, record_person, source)
+        frames[source] = frame
+    return frames
+
+
+def _current_model_frame(ws: Workspace) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
+    """(feature tables, model frame of every resolved person, model feature columns)."""
+    tables = F.read_tables(ws.features)
+    persons = pd.Index(sorted(pd.read_parquet(ws.identity / "record_person.parquet")["person_id"].unique()), name="person_id")
+    frame, columns = F.model_frame(tables, persons)
+    return tables, frame, columns
+
+
+# --- stages ----------------------------------------------------------------------------------
+@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
+def ingest(sources: str, home: str | None, run_id: str) -> dict:
+    """Validate every source into the lake; bad rows to quarantine with reasons."""
+    cfg, ws = _config(home)
+    progress.stage_started("ingest", "validating sources")
+    specs = load_sources(Path(sources))
+    reports = ingest_sources(specs, ws, cfg.ingest, run_id)
+    out = {
+        "sources": [r.to_dict() for r in reports],
+        "batches": {r.source: r.batch_ids for r in reports},
+        "kinds": {s.name: s.kind for s in specs},
+    }
+    rows_in, accepted, quarantined = (sum(getattr(r, a) for r in reports) for a in ("rows_in", "accepted", "quarantined"))
+    progress.stage_finished("ingest", f"{rows_in:,} rows in, {accepted:,} accepted, {quarantined:,} quarantined")
+    return out
+
+
+@task(name="resolve")
+def resolve(home: str | None, batches: dict[str, list[str]]) -> dict:
+    """Deterministic identity resolution into a record -> person map."""
+    cfg, ws = _config(home)
+    progress.stage_started("resolve", "linking records into persons")
+    records = pd.concat(_lake_frames(ws, batches).values(), ignore_index=True)
+    result = resolve_identities(records, cfg.identity)
+    path = Workspace.ensure(ws.identity / "record_person.parquet")
+    tmp = path.with_name(".record_person.tmp")
+    result.records.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    progress.stage_finished("resolve", f"{result.stats['records']:,} records -> {result.stats['persons']:,} persons")
+    return {"path": str(path), **result.stats}
+
+
+@task(name="features")
+def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, str]) -> dict:
+    """Per-person feature tables + text embeddings, written as Feast offline sources and applied."""
+    from models.embedder import TextEmbedder, person_embeddings
+
+    cfg, ws = _config(home)
+    progress.stage_started("features", "computing per-person features")
+    record_person = pd.read_parquet(ws.identity / "record_person.parquet")
+    frames = _lake_frames(ws, batches, record_person)
+    stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
+    as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
+
+    def of_kind(kind: str) -> pd.DataFrame:
+        parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
+    tables = {
+        "person_behaviour": F.behaviour_features(events, as_of),
+        "person_support": F.support_features(tickets, as_of),
+        "person_survey": F.survey_features(surveys, as_of),
+        "person_campaign": F.campaign_features(campaigns, as_of),
+        "person_profile": F.profile_features(of_kind("crm"), as_of),
+        "person_labels": F.label_table(frames, campaigns, as_of),
+    }
+    texts = F.person_texts(frames)
+    embedder = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size)
+    progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
+    vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
+    emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
+    emb["event_timestamp"], emb["created"] = as_of, as_of
+    tables["person_text_embedding"] = emb
+    for view, table in tables.items():
+        write_table(ws, view, table)
+    texts_path = Workspace.ensure(ws.root / "texts" / "person_texts.parquet")
+    texts.to_parquet(texts_path, index=False)
+    sensitive = F.sensitive_table(frames)
+    sensitive.to_parquet(Workspace.ensure(ws.root / "audit" / "person_sensitive.parquet"), index=False)
+    views = apply_definitions(ws, cfg)
+    progress.stage_finished("features", f"{len(tables)} feature tables, {len(texts):,} texts embedded, Feast views: {len(views)}")
+    return {
+        "as_of": as_of.isoformat(),
+        "tables": {v: int(len(t)) for v, t in tables.items()},
+        "texts": int(len(texts)),
+        "distinct_texts": int(texts["text"].nunique()),
+        "feature_views": views,
+        "encoder": embedder.model_path,
+    }
+
+
+def _fingerprint(ws: Workspace, cfg: PersonasConfig) -> str:
+    """Hash of everything training reads: feature tables, texts, model config, code version."""
+    h = hashlib.sha256()
+    for path in sorted(ws.features.glob("person_*.parquet")) + [ws.root / "texts" / "person_texts.parquet"]:
+        h.update(path.name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    h.update(cfg.model.model_dump_json().encode())
+    h.update(cfg.embedding.model_dump_json().encode())
+    h.update(__version__.encode())
+    return h.hexdigest()[:24]
+
+
+@task(name="train")
+def train(home: str | None, run_id: str, encoder: str) -> dict:
+    """Fit the persona model; log the MLflow run; register a version (champion if first)."""
+    from models import registry
+    from models.embedder import TextEmbedder
+    from models.train import train_persona_model
+
+    cfg, ws = _config(home)
+    progress.stage_started("train", "clustering personas")
+    fingerprint = _fingerprint(ws, cfg)
+    client = registry.client(ws)
+    for v in registry.versions(ws, cfg.model.registered_name):
+        if client.get_run(v.run_id).data.tags.get("personas.input_fingerprint") == fingerprint:
+            progress.stage_finished("train", f"inputs unchanged: reusing model version {v.version}")
+            return {"run_id": v.run_id, "version": v.version, "alias": ",".join(v.aliases), "reused": True}
+    tables, frame, columns = _current_model_frame(ws)
+    texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
+    vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].tolist())
+    result = train_persona_model(
+        ws,
+        cfg.model,
+        frame,
+        columns,
+        texts,
+        vectors,
+        F.outcome_frame(tables),
+        tags={"personas.run_id": run_id, "personas.input_fingerprint": fingerprint, "personas.feature_service": MODEL_INPUT_SERVICE},
+        params={"encoder": Path(encoder).name, "feature_service": MODEL_INPUT_SERVICE},
+    )
+    progress.stage_finished("train", f"k={result.k}, model version {result.version} ({result.alias}), MLflow run {result.run_id[:8]}")
+    return {"run_id": result.run_id, "version": result.version, "alias": result.alias, "k": result.k, "metrics": result.metrics, "reused": False}
+
+
+@task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
+def publish(home: str | None, as_of: str) -> dict:
+    """Score every person with the champion and write assignments to Feast (offline + online)."""
+    from models import registry
+
+    cfg, ws = _config(home)
+    progress.stage_started("publish", "scoring and publishing the champion's personas")
+    version, model = registry.load_champion(ws, cfg.model.registered_name)
+    tables, frame, columns = _current_model_frame(ws)
+    predicted = model.predict(frame.reset_index(drop=True))
+    assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
+    rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
+    progress.stage_finished("publish", f"{rows:,} persons published online for model version {version}")
+    return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique())}
+
+
+@task(name="monitor")
+def monitor(home: str | None, run_id: str) -> dict:
+    """Evidently drift + summary report of current features vs the champion's training reference."""
+    from models import registry
+    from models.train import load_reference
+    from monitoring.reports import drift_report
+
+    cfg, ws = _config(home)
+    progress.stage_started("monitor", "drift and data summary reports")
+    version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
+    _, current, columns = _current_model_frame(ws)
+    summary = drift_report(
+        reference, current, columns, ws.reports / run_id, run_id, version, cfg.monitoring.drift_share_alert
+    )
+    progress.stage_finished("monitor", f"drifted columns {summary.drifted_share:.0%}; reports in {ws.reports / run_id}")
+    return {"html": summary.html, "json": summary.json, "drifted_share": summary.drifted_share, "drift_detected": summary.drift_detected}
+
+
+@flow(name="build_personas")
+def build_personas(sources: str, home: str | None = None) -> dict:
+    """The whole persona pipeline on the sources a sources.yaml describes."""
+    cfg, ws = _config(home)
+    run_id = ws.new_run_id()
+    started = datetime.now(timezone.utc)
+    logger = get_run_logger()
+    logger.info("PersonaOps run %s on %s (workspace %s)", run_id, sources, ws.root)
+    ingested = ingest(sources, home, run_id)
+    resolved = resolve(home, ingested["batches"])
+    featured = features(home, ingested["batches"], ingested["kinds"])
+    trained = train(home, run_id, featured["encoder"])
+    published = publish(home, featured["as_of"])
+    monitored = monitor(home, run_id)
+    record = {
+        "run_id": run_id,
+        "flow_run_id": str(flow_run.get_id()),
+        "sources": str(Path(sources).resolve()),
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "version": __version__,
+        "ingest": ingested["sources"],
+        "batches": ingested["batches"],
+        "resolve": resolved,
+        "features": featured,
+        "train": trained,
+        "publish": published,
+        "monitor": monitored,
+    }
+    ws.write_run_record(run_id, record)
+    ws.audit("run_finished", run_id=run_id, model_version=published["model_version"])
+    return json.loads(json.dumps(record, default=str))

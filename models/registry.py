@@ -1,0 +1,88 @@
+"""MLflow registry lifecycle for the persona model: aliases, not deprecated stages.
+
+`champion` is what publish serves; `challenger` is a newer candidate. MLflow keeps no history of
+alias moves, so every move is also appended to the workspace audit log (who, when, why).
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+from personaops.errors import NotFoundError
+from personaops.workspace import Workspace
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def client(ws: Workspace):
+    """An MlflowClient on the workspace's tracking store (or $MLFLOW_TRACKING_URI when set)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = ws.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@dataclass
+class ModelVersionInfo:
+    version: int
+    run_id: str
+    aliases: list[str]
+    created: int
+    description: str
+
+
+def versions(ws: Workspace, name: str) -> list[ModelVersionInfo]:
+    from mlflow.exceptions import MlflowException
+
+    c = client(ws)
+    try:
+        found = c.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return sorted(
+        (ModelVersionInfo(int(v.version), v.run_id, list(v.aliases), int(v.creation_timestamp), v.description or "") for v in found),
+        key=lambda v: v.version,
+    )
+
+
+def alias_version(ws: Workspace, name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client(ws).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(ws: Workspace, name: str, alias: str, version: int, reason: str) -> None:
+    """Move `alias` to `version` and record the move in the audit log."""
+    c = client(ws)
+    known = {v.version for v in versions(ws, name)}
+    if version not in known:
+        raise NotFoundError(f"Model '{name}' has no version {version} (versions: {sorted(known) or 'none'}); pick one from `personas models list`.")
+    previous = alias_version(ws, name, alias)
+    c.set_registered_model_alias(name, alias, str(version))
+    ws.audit("model_alias_moved", model=name, alias=alias, version=version, previous=previous, reason=reason, actor=getpass.getuser())
+
+
+def load_champion(ws: Workspace, name: str):
+    """(version, pyfunc model) of the champion; NotFoundError when there is none."""
+    import mlflow.pyfunc
+
+    version = alias_version(ws, name, CHAMPION)
+    if version is None:
+        raise NotFoundError(f"Model '{name}' has no champion version in {ws.root}; run `personas run` (or `personas demo`) first.")
+    client(ws)
+    return version, mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+
+
+def version_run_id(ws: Workspace, name: str, version: int) -> str:
+    return client(ws).get_model_version(name, str(version)).run_id

@@ -1,0 +1,1 @@
+"""Monitoring: Evidently reports of current person features vs the champion's training reference."""

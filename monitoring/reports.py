@@ -1,0 +1,92 @@
+"""Evidently (0.7 API) reports: feature drift and data summary vs the champion's reference.
+
+Each monitoring run writes `reports/<run_id>/drift.html` and `drift.json` (Evidently's own
+snapshot) and `summary.json` (what PersonaOps read from it, metric by metric, never by list
+position): overall share of drifted columns and per-column drift scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+DRIFT_COUNT = "evidently:metric_v2:DriftedColumnsCount"
+VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+
+
+@dataclass
+class DriftSummary:
+    run_id: str
+    model_version: int
+    reference_rows: int
+    current_rows: int
+    drifted_share: float
+    drifted_columns: list[str]
+    column_scores: dict[str, dict]
+    drift_detected: bool
+    html: str
+    json: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _column_drift(metric: dict) -> tuple[str, dict]:
+    cfg = metric["config"]
+    method, threshold, value = str(cfg.get("method", "")), float(cfg.get("threshold", 0.05)), float(metric["value"])
+    # p-value tests drift when small; distance/divergence methods when large.
+    drifted = value < threshold if "p_value" in method else value >= threshold
+    return cfg["column"], {"method": method, "score": value, "threshold": threshold, "drifted": bool(drifted)}
+
+
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: list[str],
+    out_dir: Path,
+    run_id: str,
+    model_version: int,
+    drift_share_alert: float,
+) -> DriftSummary:
+    """Run the drift + summary report on `columns` (numeric) and save HTML and JSON in `out_dir`."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+    columns = [c for c in columns if c in reference.columns and c in current.columns]
+    definition = DataDefinition(numerical_columns=columns)
+    # Evidently plots against the frame index: give it a plain positional one.
+    ref = Dataset.from_pandas(reference[columns].astype(float).reset_index(drop=True), data_definition=definition)
+    cur = Dataset.from_pandas(current[columns].astype(float).reset_index(drop=True), data_definition=definition)
+    report = Report([DataDriftPreset(drift_share=drift_share_alert), DataSummaryPreset()])
+    snapshot = report.run(current_data=cur, reference_data=ref)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html, js = out_dir / "drift.html", out_dir / "drift.json"
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(js))
+    share = 0.0
+    scores: dict[str, dict] = {}
+    for metric in snapshot.dict()["metrics"]:
+        kind = metric["config"].get("type")
+        if kind == DRIFT_COUNT:
+            share = float(metric["value"]["share"])
+        elif kind == VALUE_DRIFT:
+            column, score = _column_drift(metric)
+            scores[column] = score
+    drifted = sorted(c for c, s in scores.items() if s["drifted"])
+    summary = DriftSummary(
+        run_id=run_id,
+        model_version=model_version,
+        reference_rows=len(reference),
+        current_rows=len(current),
+        drifted_share=share,
+        drifted_columns=drifted,
+        column_scores=scores,
+        drift_detected=share >= drift_share_alert,
+        html=str(html),
+        json=str(js),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    return summary

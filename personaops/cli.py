@@ -1,0 +1,312 @@
+"""`personas`: the PersonaOps command line (typer + rich).
+
+Every user error ends in one sentence on stderr and exit code 1; `--json` output is stable
+(documented in docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from personaops import progress
+from personaops.config import PersonasConfig, load_config
+from personaops.errors import NotFoundError, PersonaOpsError
+from personaops.workspace import Workspace
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Data-backed user personas.")
+models_app = typer.Typer(no_args_is_help=True, help="Persona model versions in the MLflow registry.")
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def _workspace() -> tuple[PersonasConfig, Workspace]:
+    cfg = load_config()
+    ws = Workspace.from_config(cfg)
+    ws.export_environment()
+    return cfg, ws
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class _RichListener:
+    """Shows stage progress as rich progress rows."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.tasks: dict[str, int] = {}
+
+    def started(self, stage: str, description: str) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(f"{stage:<9} {description}", total=None)
+        else:
+            self.bar.update(self.tasks[stage], description=f"{stage:<9} {description}")
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def finished(self, stage: str, summary: str) -> None:
+        self.bar.update(self.tasks[stage], description=f"[green]{stage:<9}[/] {summary}", completed=1, total=1)
+
+
+def _quiet_prefect_console() -> None:
+    # Prefect task failures would print tracebacks on the console; the CLI prints one sentence
+    # instead. Logs still reach the Prefect API (see the run in the Prefect UI).
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("", "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not os.environ.get("PERSONAS_VERBOSE"):
+                handler.setLevel(logging.CRITICAL)
+
+
+def _run_pipeline(sources: Path, ws: Workspace) -> dict:
+    from flows.build_personas import build_personas
+
+    _quiet_prefect_console()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
+        progress.listen(_RichListener(bar))
+        try:
+            return build_personas(sources=str(sources.resolve()), home=str(ws.root))
+        finally:
+            progress.listen(None)
+
+
+def _print_run(record: dict) -> None:
+    table = Table(title=f"Run {record['run_id']}", show_header=True)
+    table.add_column("source")
+    table.add_column("rows in", justify="right")
+    table.add_column("accepted", justify="right")
+    table.add_column("quarantined", justify="right")
+    for s in record["ingest"]:
+        table.add_row(s["source"], f"{s['rows_in']:,}", f"{s['accepted']:,}", f"{s['quarantined']:,}")
+    out.print(table)
+    train = record["train"]
+    out.print(
+        f"persons: {record['resolve']['persons']:,}   model version: {record['publish']['model_version']} "
+        f"(MLflow run {train['run_id']})   drifted feature share: {record['monitor']['drifted_share']:.0%}"
+    )
+    out.print(f"reports: {record['monitor']['html']}")
+
+
+def _catalogue(cfg: PersonasConfig, ws: Workspace) -> tuple[int, list[dict]]:
+    from models import registry
+    from models.train import load_profiles
+
+    version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    if version is None:
+        raise NotFoundError(f"No champion persona model in {ws.root}; run `personas demo` or `personas run --sources FILE` first.")
+    return version, load_profiles(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
+
+
+def _print_catalogue(version: int, profiles: list[dict]) -> None:
+    out.rule(f"Persona catalogue — persona-model v{version} (champion)")
+    for p in sorted(profiles, key=lambda p: -p["size"]):
+        out.print(f"[bold]{p['persona_id']}. {p['name']}[/]  ({p['size']:,} people, {p['share']:.0%})")
+        out.print(f"   {p['description']}")
+        for q in p["quotes"][:2]:
+            out.print(f'   [italic]"{q["text"]}"[/]')
+        out.print()
+
+
+# --- commands --------------------------------------------------------------------------------
+@app.command()
+def generate(
+    users: int = typer.Option(10_000, min=1, help="number of people"),
+    seed: int = typer.Option(7, help="random seed (same seed, same data)"),
+    out_dir: Path = typer.Option(..., "--out", help="output folder"),
+    period: int = typer.Option(0, min=0, help="later observation period of the same population"),
+    drift: str = typer.Option("none", help="planted change: none, mix, behaviour, text, quality"),
+) -> None:
+    """Generate synthetic multi-source data with planted personas, a sources.yaml and truth files."""
+    from personaops.generate import DRIFT_KINDS, generate as make
+
+    if drift not in DRIFT_KINDS:
+        raise PersonaOpsError(f"--drift {drift!r} is not a known change; use one of {', '.join(DRIFT_KINDS)}.")
+    counts = make(users, seed, out_dir, period, drift)
+    suffix = f"_p{period}" if period else ""
+    out.print(f"wrote {', '.join(f'{k}: {v:,}' for k, v in counts.items())} to {out_dir}")
+    out.print(f"sources file: {out_dir / f'sources{suffix}.yaml'}")
+
+
+@app.command()
+def run(sources: Path = typer.Option(..., "--sources", help="sources.yaml describing your data")) -> None:
+    """Run the whole pipeline (ingest, resolve, features, train, publish, monitor) on your sources."""
+    from personaops.sources import load_sources
+
+    cfg, ws = _workspace()
+    load_sources(sources)  # fail fast, before any service starts
+    record = _run_pipeline(sources, ws)
+    _print_run(record)
+    version, profiles = _catalogue(cfg, ws)
+    _print_catalogue(version, profiles)
+
+
+@app.command()
+def demo(
+    users: int = typer.Option(10_000, min=50, help="number of generated people"),
+    seed: int = typer.Option(7, help="random seed"),
+) -> None:
+    """Generate synthetic sources in the workspace, then run the pipeline on them."""
+    from personaops.generate import generate as make
+
+    cfg, ws = _workspace()
+    data = ws.root / "demo-data"
+    err.print(f"generating {users:,} people (seed {seed}) in {data}")
+    make(users, seed, data)
+    record = _run_pipeline(data / "sources.yaml", ws)
+    _print_run(record)
+    version, profiles = _catalogue(cfg, ws)
+    _print_catalogue(version, profiles)
+    from personaops.evaluation import persona_agreement
+
+    ari = persona_agreement(ws, data / "truth")
+    out.print(f"agreement with the planted personas: adjusted Rand index {ari:.3f}")
+    out.print(f"try: personas get {_example_person(ws)} --json")
+
+
+def _example_person(ws: Workspace) -> str:
+    import pandas as pd
+
+    mapping = pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "person_id"])
+    return str(mapping[mapping["source"] == mapping["source"].iloc[0]]["person_id"].iloc[0])
+
+
+@app.command()
+def get(
+    person_id: Optional[str] = typer.Argument(None, help="a person_id"),
+    source: Optional[str] = typer.Option(None, help="look the person up by a source record: the source name"),
+    key: Optional[str] = typer.Option(None, help="... and its record key"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """A person's persona features, read from the Feast online store."""
+    import pandas as pd
+
+    from personaops.feature_store import ASSIGNMENT_FEATURES, read_persona
+
+    cfg, ws = _workspace()
+    if person_id is None:
+        if not (source and key):
+            raise PersonaOpsError("Give a PERSON_ID, or --source NAME and --key VALUE of one of their records.")
+        path = ws.identity / "record_person.parquet"
+        if not path.exists():
+            raise NotFoundError(f"No identity map in {ws.root}; run `personas run` first.")
+        mapping = pd.read_parquet(path, columns=["source", "source_key", "person_id"])
+        hit = mapping[(mapping["source"] == source) & (mapping["source_key"] == key)]
+        if hit.empty:
+            raise NotFoundError(f"No record with key {key!r} in source {source!r}; check the source name and key (see `personas assignments`).")
+        person_id = str(hit["person_id"].iloc[0])
+    row = read_persona(ws, cfg, [person_id]).iloc[0]
+    if pd.isna(row["persona_id"]):
+        raise NotFoundError(f"Person {person_id!r} has no persona in the online store at {ws.root}; check the id (see `personas assignments`).")
+    result = {"person_id": person_id, **{f: row[f] for f in ASSIGNMENT_FEATURES}}
+    result["persona_id"], result["model_version"] = int(result["persona_id"]), int(result["model_version"])
+    result["confidence"] = float(result["confidence"])
+    if as_json:
+        _emit_json(result)
+    else:
+        out.print(f"{person_id}: persona {result['persona_id']} '{result['persona_name']}' (confidence {result['confidence']:.2f}, model v{result['model_version']})")
+
+
+@app.command()
+def assignments(out_file: Path = typer.Option(..., "--out", help="Parquet file to write")) -> None:
+    """Every source record with its person and persona (source, source_key, person_id, persona_id,
+    persona_name, confidence, model_version)."""
+    import pandas as pd
+
+    from personaops.feature_store import ASSIGNMENT_VIEW
+
+    cfg, ws = _workspace()
+    table, mapping = ws.feature_table(ASSIGNMENT_VIEW), ws.identity / "record_person.parquet"
+    if not table.exists() or not mapping.exists():
+        raise NotFoundError(f"No published assignments in {ws.root}; run `personas run` first.")
+    published = pd.read_parquet(table)
+    from models import registry
+
+    version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    current = published[published["model_version"] == version]
+    records = pd.read_parquet(mapping, columns=["source", "source_key", "person_id"])
+    result = records.merge(current[["person_id", "persona_id", "persona_name", "confidence", "model_version"]], on="person_id", how="left")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    result.to_parquet(out_file, index=False)
+    out.print(f"wrote {len(result):,} records ({result['person_id'].nunique():,} persons) to {out_file}")
+
+
+@app.command()
+def personas(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The persona catalogue of the champion model."""
+    cfg, ws = _workspace()
+    version, profiles = _catalogue(cfg, ws)
+    if as_json:
+        _emit_json({"model": cfg.model.registered_name, "version": version, "personas": profiles})
+    else:
+        _print_catalogue(version, profiles)
+
+
+@app.command()
+def monitor(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The latest monitoring result (drift share and report paths)."""
+    cfg, ws = _workspace()
+    record = ws.latest_run_record()
+    if record is None:
+        raise NotFoundError(f"No run in {ws.root}; run `personas run` first.")
+    summary = json.loads((Path(record["monitor"]["json"]).parent / "summary.json").read_text(encoding="utf-8"))
+    if as_json:
+        _emit_json(summary)
+    else:
+        out.print(f"run {summary['run_id']}: drifted share {summary['drifted_share']:.0%} (alert at {cfg.monitoring.drift_share_alert:.0%}); columns: {', '.join(summary['drifted_columns']) or 'none'}")
+        out.print(f"report: {summary['html']}")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered versions of the persona model and their aliases."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    found = registry.versions(ws, cfg.model.registered_name)
+    if as_json:
+        _emit_json([v.__dict__ for v in found])
+        return
+    table = Table("version", "aliases", "MLflow run")
+    for v in found:
+        table.add_row(str(v.version), ", ".join(v.aliases), v.run_id)
+    out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: int, reason: str = typer.Option("manual promotion", help="why (kept in the audit log)")) -> None:
+    """Make VERSION the champion (publish serves it from the next run)."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, version, reason)
+    out.print(f"{cfg.model.registered_name} v{version} is now champion")
+
+
+def main() -> None:
+    """Console-script entry: set the environment before any library reads it, map errors to one line."""
+    os.environ.setdefault("FEAST_USAGE", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _, ws = _workspace()  # PREFECT_HOME must point at the workspace before prefect is imported
+        app()
+    except PersonaOpsError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,145 @@
+"""One typed configuration root for PersonaOps.
+
+`personas.yaml` is looked up at `$PERSONAS_CONFIG`, then `./personas.yaml`; every key can be
+overridden from the environment as `PERSONAS_<SECTION>__<KEY>` (e.g. `PERSONAS_MODEL__K_MAX=6`),
+and `PERSONAS_HOME` / `PERSONAS_PROFILE` set the top-level keys. Unknown keys are an error that
+names the file and the key. Loading does no I/O beyond reading that one file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from personaops.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# The Feast repo ships beside the package in the source tree (installed editable by `make`).
+DEFAULT_FEATURE_REPO = PACKAGE_ROOT.parent / "feature_repo"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(_Section):
+    max_future_skew_hours: float = Field(24.0, description="timestamps later than now + this are quarantined (hours)")
+    max_text_chars: int = Field(20_000, description="longer text fields are quarantined (characters)")
+
+
+class IdentityConfig(_Section):
+    # Deterministic linking keys, in priority order; the probabilistic pass is a later seam.
+    link_keys: list[Literal["customer_id", "email", "phone", "account_id", "device_id"]] = [
+        "customer_id",
+        "email",
+        "phone",
+        "account_id",
+        "device_id",
+    ]
+    # A device seen with more customer ids than this is shared and never used to link.
+    max_persons_per_device: int = 1
+    junk_values: list[str] = ["", "unknown", "none", "null", "n/a", "test@test.com", "0000000000"]
+
+
+class EmbeddingConfig(_Section):
+    model_path: str = Field("", description="sentence-transformers model path; empty = the bundled all-MiniLM-L6-v2")
+    batch_size: int = 64
+    max_texts_per_person: int = 20
+
+
+class ModelConfig(_Section):
+    registered_name: str = "persona-model"
+    experiment: str = "personas"
+    k_min: int = 3
+    k_max: int = 8
+    restarts: int = 10
+    iterations: int = 50
+    seed: int = 42
+    behaviour_weight: float = 1.0
+    text_weight: float = 1.0
+    pca_components: int = 24
+    silhouette_sample: int = 3000
+    quotes_per_persona: int = 3
+    traits_per_persona: int = 5
+
+
+class MonitoringConfig(_Section):
+    drift_share_alert: float = Field(0.3, description="share of drifted feature columns that counts as drift (0-1)")
+
+
+class PersonasConfig(_Section):
+    home: Path = Path(".personas")
+    profile: Literal["local", "production"] = "local"
+    feature_repo: Path = DEFAULT_FEATURE_REPO
+    ingest: IngestConfig = IngestConfig()
+    identity: IdentityConfig = IdentityConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    model: ModelConfig = ModelConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for top in ("home", "profile", "feature_repo"):
+        value = environ.get(f"PERSONAS_{top.upper()}")
+        if value:
+            out[top] = value
+    for name, value in environ.items():
+        if not name.startswith("PERSONAS_") or "__" not in name:
+            continue
+        section, _, key = name[len("PERSONAS_") :].lower().partition("__")
+        # Lists are written as YAML in the variable, e.g. PERSONAS_IDENTITY__LINK_KEYS='[email]'.
+        out.setdefault(section, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_path(environ: dict[str, str] | None = None) -> Path | None:
+    """The personas.yaml in force, or None when defaults apply."""
+    environ = dict(os.environ) if environ is None else environ
+    if environ.get("PERSONAS_CONFIG"):
+        return Path(environ["PERSONAS_CONFIG"])
+    local = Path("personas.yaml")
+    return local if local.is_file() else None
+
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> PersonasConfig:
+    """Load personas.yaml (if any) with environment overrides; raise ConfigError naming file and key."""
+    environ = dict(os.environ) if environ is None else environ
+    path = path if path is not None else config_path(environ)
+    raw: dict[str, Any] = {}
+    where = "the environment"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {path} does not exist; create it or unset PERSONAS_CONFIG.") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file {path} must be a mapping of settings; see docs/configuration.md.")
+    try:
+        cfg = PersonasConfig.model_validate(_merge(raw, _env_overrides(environ)))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"Unknown setting '{key}' in {where}; remove it or see docs/configuration.md for valid keys.") from None
+        raise ConfigError(f"Setting '{key}' in {where} is invalid ({err['msg']}); fix its value.") from None
+    cfg.home = cfg.home.expanduser().resolve()
+    cfg.feature_repo = cfg.feature_repo.expanduser().resolve()
+    return cfg

@@ -1,0 +1,105 @@
+"""Feast: the feature repo in feature_repo/, pointed at the workspace.
+
+The pipeline applies the repo's own declarations (the same files `feast apply` reads), writes
+the offline tables, and pushes persona assignments to the online store. Readers use the stock
+Feast SDK on the same repo: `FeatureStore(repo_path="feature_repo")` with PERSONAS_HOME set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from personaops.config import PersonasConfig
+from personaops.errors import NotFoundError, PipelineStateError
+from personaops.workspace import Workspace
+
+ASSIGNMENT_VIEW = "persona_assignment"
+ASSIGNMENT_FEATURES = ["persona_id", "persona_name", "confidence", "model_version"]
+SERVING_SERVICE = "persona_v1"
+MODEL_INPUT_SERVICE = "persona_model_inputs_v1"
+
+
+def feature_store(ws: Workspace, cfg: PersonasConfig):
+    """A Feast FeatureStore on the repo, with ${PERSONAS_HOME} expanding to this workspace."""
+    ws.export_environment()
+    os.environ["PERSONAS_HOME"] = str(ws.root)
+    from feast import FeatureStore
+
+    ws.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(cfg.feature_repo))
+
+
+def repo_objects(repo: Path) -> list:
+    """Every Feast object declared in the repo, imported afresh (so $PERSONAS_HOME is current)."""
+    from feast.repo_operations import get_repo_files, parse_repo
+
+    repo = Path(repo).resolve()
+    for path in get_repo_files(repo):
+        sys.modules.pop(".".join(path.relative_to(repo).with_suffix("").parts), None)
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    # Feast names repo modules relative to the working directory, as `feast apply` runs in the repo.
+    with contextlib.chdir(repo):
+        contents = parse_repo(repo)
+    return [*contents.entities, *contents.data_sources, *contents.feature_views, *contents.feature_services]
+
+
+def write_table(ws: Workspace, view: str, frame: pd.DataFrame) -> Path:
+    """Write a feature view's offline table atomically."""
+    path = Workspace.ensure(ws.feature_table(view))
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def apply_definitions(ws: Workspace, cfg: PersonasConfig) -> list[str]:
+    """`feast apply` of feature_repo/ against this workspace; returns the feature view names."""
+    store = feature_store(ws, cfg)
+    objects = repo_objects(cfg.feature_repo)
+    # Views without a declared schema are inferred from their tables, which must exist by now.
+    missing = [
+        o.batch_source.path
+        for o in objects
+        if hasattr(o, "batch_source") and o.batch_source is not None and not o.features and not Path(o.batch_source.path).exists()
+    ]
+    if missing:
+        raise PipelineStateError(f"Feature table {missing[0]} does not exist yet; run the features stage (`personas run`) before applying the Feast repo.")
+    store.apply(objects)
+    return sorted(fv.name for fv in store.list_feature_views())
+
+
+def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.DataFrame, model_version: int, published_at: pd.Timestamp) -> int:
+    """Write assignments (person_id, persona_id, persona_name, confidence) of one model version to
+    the offline table (history kept per version) and the online store; return rows written online."""
+    rows = assignments[["person_id", "persona_id", "persona_name", "confidence"]].copy()
+    rows["model_version"] = int(model_version)
+    rows["event_timestamp"] = published_at
+    rows["created"] = published_at
+    path = ws.feature_table(ASSIGNMENT_VIEW)
+    if path.exists():
+        history = pd.read_parquet(path)
+        rows_all = pd.concat([history[history["model_version"] != int(model_version)], rows], ignore_index=True)
+    else:
+        rows_all = rows
+    write_table(ws, ASSIGNMENT_VIEW, rows_all)
+    store = feature_store(ws, cfg)
+    store.write_to_online_store(ASSIGNMENT_VIEW, rows.reset_index(drop=True))
+    return len(rows)
+
+
+def read_persona(ws: Workspace, cfg: PersonasConfig, person_ids: list[str]) -> pd.DataFrame:
+    """Online persona features of these persons (NaN where the store has none)."""
+    store = feature_store(ws, cfg)
+    if not (ws.feast / "registry.db").exists():
+        raise NotFoundError(f"No Feast registry in {ws.root}; run `personas run` (or `personas demo`) first.")
+    result = store.get_online_features(
+        features=[f"{ASSIGNMENT_VIEW}:{f}" for f in ASSIGNMENT_FEATURES],
+        entity_rows=[{"person_id": p} for p in person_ids],
+    ).to_df()
+    return result

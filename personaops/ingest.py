@@ -1,0 +1,400 @@
+"""Ingest: sources -> validated, lineage-tagged Parquet lake, with a row-level quarantine.
+
+For every file of every source: rows in = rows accepted + rows quarantined, always. Accepted
+rows land at `lake/<source>/batch=<id>/part-0.parquet` in canonical columns (identifiers,
+`event_time`, `text`, role fields, `num__*`, `cat__*`, `label__*`, `sensitive__*`) plus lineage
+(`_source`, `_batch_id`, `_file`, `_row_number`, `_row_hash`, `_ingested_at`). The batch id is a
+hash of the file's bytes, so re-ingesting a file rewrites the same batch and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.parquet as pq
+
+from personaops.config import IngestConfig
+from personaops.errors import SourceError
+from personaops.sources import SourceSpec
+from personaops.workspace import Workspace
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+LINEAGE_COLUMNS = ["_source", "_batch_id", "_file", "_row_number", "_row_hash", "_ingested_at"]
+TRUE_VALUES = {"1", "true", "t", "yes", "y", "1.0"}
+FALSE_VALUES = {"0", "false", "f", "no", "n", "0.0"}
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+MIN_TIME = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+@dataclass
+class FileReport:
+    file: str
+    batch_id: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+    note: str = ""
+
+
+@dataclass
+class SourceReport:
+    source: str
+    kind: str
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def rows_in(self) -> int:
+        return sum(f.rows_in for f in self.files)
+
+    @property
+    def accepted(self) -> int:
+        return sum(f.accepted for f in self.files)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(f.quarantined for f in self.files)
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return [f.batch_id for f in self.files]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "rows_in": self.rows_in,
+            "accepted": self.accepted,
+            "quarantined": self.quarantined,
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+# --- reading ---------------------------------------------------------------------------------
+def _read_csv(spec: SourceSpec, path: Path, data: bytes) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """Parse CSV bytes into (header, string frame, structural rejects). Row numbers start at 1."""
+    text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return [], pd.DataFrame(), pd.DataFrame(columns=["_row_number", "reason", "raw"])
+    except csv.Error as exc:
+        raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
+    header = [h.strip() for h in header]
+    rows: list[list[str]] = []
+    numbers: list[int] = []
+    rejects: list[tuple[int, str, str]] = []
+    n = 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            n += 1
+            rejects.append((n, f"malformed CSV line ({exc})", ""))
+            continue
+        if not record:
+            continue  # blank line: not a row
+        n += 1
+        if len(record) != len(header):
+            rejects.append((n, f"malformed line: {len(record)} fields where the header has {len(header)} (truncated or unquoted delimiter)", json.dumps(record)[:2000]))
+            continue
+        rows.append(record)
+        numbers.append(n)
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame.index = pd.Index(numbers, name="_row_number")
+    return header, frame, pd.DataFrame(rejects, columns=["_row_number", "reason", "raw"])
+
+
+def _read_parquet(spec: SourceSpec, path: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    try:
+        table = pq.read_table(path)
+    except (pa_arrow.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"Source '{spec.name}': {path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it or fix format.") from None
+    frame = table.to_pandas()
+    for col in frame.columns:
+        values = frame[col]
+        frame[col] = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT else str(v)).astype(object)
+    frame.index = pd.Index(np.arange(1, len(frame) + 1), name="_row_number")
+    return list(frame.columns), frame, pd.DataFrame(columns=["_row_number", "reason", "raw"])
+
+
+# --- validation ------------------------------------------------------------------------------
+def _clean(series: pd.Series) -> pd.Series:
+    """Strip strings; empty strings become missing."""
+    s = series.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    return s.where(s.map(lambda v: isinstance(v, str) and v != ""), None)
+
+
+def _parse_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    lowered = series.map(lambda v: v.lower() if isinstance(v, str) else v)
+    out = pd.Series(np.nan, index=series.index, dtype=float)
+    out[lowered.isin(TRUE_VALUES)] = 1.0
+    out[lowered.isin(FALSE_VALUES)] = 0.0
+    bad = series.notna() & out.isna()
+    return out, bad
+
+
+def _date_problem(value: str) -> str:
+    """Why a timestamp did not parse: a real date out of range, or not a date at all."""
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return "is not a date-time"
+    return "is before 1970 or in the future"
+
+
+def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Map raw string columns to canonical typed columns; collect coercion failures per row."""
+    reasons: dict[int, list[str]] = {}
+
+    def flag(mask: pd.Series, message) -> None:
+        for idx in mask[mask].index:
+            reasons.setdefault(int(idx), []).append(message(idx) if callable(message) else message)
+
+    out = pd.DataFrame(index=raw.index)
+    out["source_key"] = _clean(raw[spec.key]) if spec.key else raw.index.map(lambda i: f"row{i}")
+    for kind, col in spec.identifiers.items():
+        out[kind] = _clean(raw[col])
+    if spec.timestamp:
+        raw_ts = _clean(raw[spec.timestamp])
+        parsed = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
+        flag(raw_ts.notna() & parsed.isna(), lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} {_date_problem(raw_ts[i])}")
+        out["event_time"] = parsed
+    if spec.text:
+        parts = [_clean(raw[c]).fillna("") for c in spec.text]
+        joined = parts[0]
+        for p in parts[1:]:
+            joined = joined.str.cat(p, sep="\n")
+        out["text"] = joined.str.strip().where(lambda s: s != "", None)
+    for role, col in spec.fields.items():
+        values = _clean(raw[col])
+        if role == "score":
+            num = pd.to_numeric(values, errors="coerce")
+            flag(values.notna() & num.isna(), lambda i, c=col, v=values: f"{c}: {str(v[i])[:60]!r} is not a number")
+            out["score"] = num
+        elif role == "converted":
+            parsed_bool, bad = _parse_bool(values)
+            flag(bad, lambda i, c=col, v=values: f"{c}: {str(v[i])[:60]!r} is not a yes/no value")
+            out["converted"] = parsed_bool
+        else:
+            out[role] = values
+    for col in spec.numeric:
+        values = _clean(raw[col])
+        num = pd.to_numeric(values, errors="coerce")
+        flag(values.notna() & num.isna(), lambda i, c=col, v=values: f"{c}: {str(v[i])[:60]!r} is not a number")
+        out[f"num__{col}"] = num
+    for col in spec.categorical:
+        out[f"cat__{col}"] = _clean(raw[col])
+    for col in spec.labels:
+        parsed_bool, bad = _parse_bool(_clean(raw[col]))
+        flag(bad, lambda i, c=col: f"{c}: {str(raw.at[i, c])[:60]!r} is not a yes/no label")
+        out[f"label__{col}"] = parsed_bool
+    for col in spec.sensitive:
+        out[f"sensitive__{col}"] = _clean(raw[col])
+    return out, reasons
+
+
+def _schema(spec: SourceSpec, cfg: IngestConfig, now: pd.Timestamp) -> pa.DataFrameSchema:
+    """The pandera contract of a source's canonical frame."""
+    columns: dict[str, pa.Column] = {
+        "source_key": pa.Column(object, nullable=False, checks=pa.Check.str_length(1, 512)),
+    }
+    for kind in spec.identifiers:
+        checks = [pa.Check.str_length(1, 512)]
+        if kind == "email":
+            checks.append(pa.Check(lambda s: s.str.match(EMAIL_PATTERN), element_wise=False, name="email_format"))
+        if kind == "phone":
+            checks.append(pa.Check(lambda s: s.str.count(r"\d").between(7, 15), element_wise=False, name="phone_digits"))
+        columns[kind] = pa.Column(object, nullable=True, checks=checks)
+    if spec.timestamp:
+        columns["event_time"] = pa.Column(
+            "datetime64[ns, UTC]",
+            nullable=spec.kind == "crm",
+            checks=pa.Check(lambda s, hi=now + timedelta(hours=cfg.max_future_skew_hours): s.between(MIN_TIME, hi), element_wise=False, name="time_range"),
+        )
+    if spec.text:
+        columns["text"] = pa.Column(object, nullable=spec.kind != "tickets", checks=pa.Check(lambda s: s.str.len() <= cfg.max_text_chars, element_wise=False, name="text_length"))
+    if "event_type" in spec.fields:
+        columns["event_type"] = pa.Column(object, nullable=False, checks=pa.Check.str_length(1, 200))
+    if "campaign" in spec.fields:
+        columns["campaign"] = pa.Column(object, nullable=False, checks=pa.Check.str_length(1, 200))
+    if "converted" in spec.fields:
+        columns["converted"] = pa.Column(float, nullable=False)
+    if "score" in spec.fields:
+        columns["score"] = pa.Column(float, nullable=True, checks=pa.Check(lambda s: s.between(0, 10), element_wise=False, name="score_range"))
+    id_cols = list(spec.identifiers)
+    return pa.DataFrameSchema(
+        columns,
+        checks=[pa.Check(lambda df: df[id_cols].notna().any(axis=1), name="has_identifier")],
+        strict=False,
+    )
+
+
+_CHECK_TEXT = {
+    "not_nullable": "is missing",
+    "email_format": "is not an e-mail address",
+    "phone_digits": "does not hold 7-15 digits",
+    "time_range": "is before 1970 or in the future",
+    "text_length": "is too long",
+    "score_range": "is outside 0-10",
+    "has_identifier": "no identifier column holds a value",
+}
+
+
+def _pandera_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame, spec: SourceSpec) -> dict[int, list[str]]:
+    reasons: dict[int, list[str]] = {}
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        names = {"source_key": spec.key or "row", "event_time": spec.timestamp, **spec.identifiers, **spec.fields}
+        if spec.text:
+            names["text"] = "+".join(spec.text)
+        for case in exc.failure_cases.itertuples(index=False):
+            if case.index is None or (isinstance(case.index, float) and np.isnan(case.index)):
+                continue
+            check = str(case.check)
+            text = next((v for k, v in _CHECK_TEXT.items() if check.startswith(k)), f"fails {check}")
+            column = case.column if isinstance(case.column, str) else None
+            if check.startswith("has_identifier"):
+                message = text
+            else:
+                shown = "" if check.startswith(("not_nullable", "text_length")) else f" ({str(case.failure_case)[:60]!r})"
+                message = f"{names.get(column, column)}{shown} {text}"
+            reasons.setdefault(int(case.index), []).append(message)
+    return reasons
+
+
+def _row_hashes(raw: pd.DataFrame) -> pd.Series:
+    if raw.empty:
+        return pd.Series([], dtype=object, index=raw.index)
+    hashed = pd.util.hash_pandas_object(raw.fillna("\x00"), index=False)
+    return hashed.map(lambda h: f"{h:016x}")
+
+
+# --- the stage -------------------------------------------------------------------------------
+def ingest_file(spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, seen_keys: dict[str, str], run_id: str) -> FileReport:
+    """Validate one file of a source into the lake and the quarantine; return its counts."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
+    batch_id = hashlib.sha256(data).hexdigest()[:16]
+    fmt = spec.file_format(path)
+    header, raw, rejects = _read_csv(spec, path, data) if fmt == "csv" else _read_parquet(spec, path)
+    note = ""
+    if not header:
+        note = "empty file: no header and no rows"
+        raw = pd.DataFrame(columns=spec.mapped_columns(), dtype=object)
+    missing = [c for c in spec.mapped_columns() if c not in raw.columns]
+    if missing:
+        raise SourceError(
+            f"Source '{spec.name}': column '{missing[0]}' of the mapping is not in {path} (it has: {', '.join(map(str, raw.columns[:12]))}); fix the mapping in sources.yaml."
+        )
+    raw = raw[spec.mapped_columns()]
+    reasons: dict[int, list[str]] = {}
+    bad_bytes = raw.apply(lambda col: col.map(lambda v: isinstance(v, str) and "\ufffd" in v)).any(axis=1) if len(raw) else pd.Series(dtype=bool)
+    for idx in bad_bytes[bad_bytes].index:
+        reasons.setdefault(int(idx), []).append("holds bytes that are not valid UTF-8 (or NUL)")
+
+    now = pd.Timestamp(datetime.now(timezone.utc))
+    canon, coercion = _canonical(spec, raw, cfg)
+    for idx, msgs in coercion.items():
+        reasons.setdefault(idx, []).extend(msgs)
+    for idx, msgs in _pandera_reasons(_schema(spec, cfg, now), canon, spec).items():
+        # A value that failed to parse is reported once, not again as "missing".
+        already = {m.split(":", 1)[0] for m in reasons.get(idx, [])}
+        reasons.setdefault(idx, []).extend(m for m in msgs if not (m.endswith(" is missing") and m[: -len(" is missing")] in already))
+
+    hashes = _row_hashes(raw)
+    first_hash: dict[str, int] = {}
+    for idx, h in hashes.items():
+        if h in first_hash:
+            reasons.setdefault(int(idx), []).append(f"duplicate of row {first_hash[h]}")
+        else:
+            first_hash[h] = int(idx)
+    for idx, key in canon["source_key"].items():
+        if idx in reasons or key is None:
+            continue
+        where = f"{path.name} row {idx}"
+        if key in seen_keys:
+            reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys[key]})")
+        else:
+            seen_keys[key] = where
+
+    bad_index = pd.Index(sorted(reasons), dtype=raw.index.dtype)
+    accepted = canon.drop(index=bad_index)
+    accepted["_source"] = spec.name
+    accepted["_batch_id"] = batch_id
+    accepted["_file"] = str(path)
+    accepted["_row_number"] = accepted.index.astype("int64")
+    accepted["_row_hash"] = hashes.reindex(accepted.index).astype(object)
+    accepted["_ingested_at"] = now
+    accepted = accepted.reset_index(drop=True)
+
+    quarantined = pd.DataFrame(
+        {
+            "_row_number": bad_index.astype("int64"),
+            "reason": ["; ".join(reasons[i]) for i in bad_index],
+            "raw": [json.dumps({k: (v[:500] if isinstance(v, str) else v) for k, v in raw.loc[i].items()}, ensure_ascii=False) for i in bad_index],
+        }
+    )
+    quarantined = pd.concat([rejects, quarantined], ignore_index=True) if len(rejects) else quarantined
+    quarantined["_source"] = spec.name
+    quarantined["_batch_id"] = batch_id
+    quarantined["_file"] = str(path)
+    quarantined["_row_number"] = quarantined["_row_number"].astype("int64")
+
+    rows_in = len(raw) + len(rejects)
+    assert rows_in == len(accepted) + len(quarantined), "ingest lost rows"  # invariant, never user input
+    _write_parquet(accepted, ws.lake / spec.name / f"batch={batch_id}" / "part-0.parquet")
+    _write_parquet(quarantined.sort_values("_row_number", kind="stable"), ws.quarantine / spec.name / f"batch={batch_id}" / "part-0.parquet")
+    return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=len(accepted), quarantined=len(quarantined), note=note)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    Workspace.ensure(path)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)  # atomic: readers see the old batch or the new one, never half
+
+
+def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str) -> list[SourceReport]:
+    """Ingest every source; return per-source reports (rows in, accepted, quarantined, batches)."""
+    reports = []
+    for spec in specs:
+        report = SourceReport(source=spec.name, kind=spec.kind)
+        seen_keys: dict[str, str] = {}
+        for path in spec.files():
+            report.files.append(ingest_file(spec, path, ws, cfg, seen_keys, run_id))
+        reports.append(report)
+    return reports
+
+
+def read_lake(ws: Workspace, source: str, batch_ids: list[str]) -> pd.DataFrame:
+    """The accepted rows of the given batches of one source."""
+    frames = [pd.read_parquet(ws.lake / source / f"batch={b}" / "part-0.parquet") for b in batch_ids]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["source_key", *LINEAGE_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_quarantine(ws: Workspace, source: str, batch_ids: list[str]) -> pd.DataFrame:
+    frames = [pd.read_parquet(ws.quarantine / source / f"batch={b}" / "part-0.parquet") for b in batch_ids]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["_row_number", "reason", "raw"])

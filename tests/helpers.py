@@ -1,0 +1,36 @@
+"""Small builders shared by the tests (no fixtures that download or start services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TICKETS_HEADER = "ticket_id,email,subject,body,created_at\n"
+
+
+def write_tickets_csv(path: Path, rows: list[str], header: str = TICKETS_HEADER) -> Path:
+    path.write_bytes((header + "".join(r if r.endswith("\n") else r + "\n" for r in rows)).encode("utf-8"))
+    return path
+
+
+def corrupt_rows() -> list[bytes]:
+    """Ticket rows that must each be quarantined, with the reason they should carry."""
+    return [
+        b"BAD-1,ann@example.com,,My export fails,not-a-date\n",  # wrong type: timestamp
+        b"BAD-2,,,No identifier at all,2026-01-02T10:00:00Z\n",  # missing identifier
+        b"BAD-3,bob@example.com,,From the future,2999-01-01T00:00:00Z\n",  # future timestamp
+        b"BAD-4,carl-at-example.com,,Malformed email,2026-01-02T10:00:00Z\n",  # malformed identifier
+        b"BAD-5,dee@example.com,,Bytes \xff\xfe broken,2026-01-02T10:00:00Z\n",  # invalid UTF-8
+        b"BAD-6,eve@example.com,,Too many,fields,here,2026-01-02\n",  # extra fields
+        b"BAD-7,fay@example.com,,Truncated",  # truncated last line (no timestamp, no newline)
+    ]
+
+
+CORRUPT_REASONS = {
+    "BAD-1": "is not a date-time",
+    "BAD-2": "no identifier",
+    "BAD-3": "before 1970 or in the future",
+    "BAD-4": "is not an e-mail address",
+    "BAD-5": "not valid UTF-8",
+    "BAD-6": "malformed line",
+    "BAD-7": "malformed line",
+}

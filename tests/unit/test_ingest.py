@@ -1,0 +1,111 @@
+import pandas as pd
+import pytest
+
+from personaops.config import IngestConfig
+from personaops.errors import SourceError
+from personaops.ingest import ingest_sources, read_lake, read_quarantine
+from personaops.sources import SourceSpec
+from personaops.workspace import Workspace
+from tests.helpers import CORRUPT_REASONS, TICKETS_HEADER, corrupt_rows, write_tickets_csv
+
+GOOD = [
+    "T-1,ann@example.com,,My export fails,2026-01-02T10:00:00Z",
+    "T-2,ANN@example.com ,,Still failing,2026-01-03T10:00:00+02:00",
+    "T-3,bob@example.com,,Login broken,2026-01-04 09:00:00",
+]
+
+
+def _spec(path):
+    return SourceSpec(name="tickets", kind="tickets", path=path, key="ticket_id", identifiers={"email": "email"}, timestamp="created_at", text=["subject", "body"])
+
+
+def test_good_rows_land_in_the_lake_with_lineage(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    path = write_tickets_csv(tmp_path / "t.csv", GOOD)
+    [report] = ingest_sources([_spec(path)], ws, IngestConfig(), "r1")
+    assert (report.rows_in, report.accepted, report.quarantined) == (3, 3, 0)
+    lake = read_lake(ws, "tickets", report.batch_ids)
+    assert list(lake["_row_number"]) == [1, 2, 3]
+    assert lake["_row_hash"].nunique() == 3
+    assert str(lake["event_time"].dtype) == "datetime64[ns, UTC]"
+    # mixed time zones are normalised to UTC
+    assert lake.loc[1, "event_time"] == pd.Timestamp("2026-01-03T08:00:00Z")
+    assert lake.loc[0, "text"] == "My export fails"
+
+
+def test_corrupted_rows_are_quarantined_with_reasons_and_counts_balance(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    path = tmp_path / "t.csv"
+    path.write_bytes((TICKETS_HEADER + "\n".join(GOOD) + "\n").encode() + b"".join(corrupt_rows()))
+    [report] = ingest_sources([_spec(path)], ws, IngestConfig(), "r1")
+    assert report.rows_in == len(GOOD) + len(corrupt_rows())
+    assert report.rows_in == report.accepted + report.quarantined
+    assert report.accepted == len(GOOD)
+    quarantine = read_quarantine(ws, "tickets", report.batch_ids)
+    assert len(quarantine) == len(CORRUPT_REASONS)
+    by_row = dict(zip(quarantine["_row_number"], quarantine["reason"]))
+    for offset, (key, reason) in enumerate(CORRUPT_REASONS.items()):
+        assert reason in by_row[len(GOOD) + 1 + offset], (key, by_row[len(GOOD) + 1 + offset])
+
+
+def test_duplicates_are_quarantined_not_doubled(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    rows = GOOD + [GOOD[0], "T-2,zed@example.com,,Different content same key,2026-01-05T00:00:00Z"]
+    [report] = ingest_sources([_spec(write_tickets_csv(tmp_path / "t.csv", rows))], ws, IngestConfig(), "r1")
+    reasons = read_quarantine(ws, "tickets", report.batch_ids)["reason"].tolist()
+    assert report.accepted == 3 and report.quarantined == 2
+    assert any("duplicate of row 1" in r for r in reasons)
+    assert any("duplicate key 'T-2'" in r for r in reasons)
+
+
+def test_reingesting_the_same_file_changes_nothing(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    path = write_tickets_csv(tmp_path / "t.csv", GOOD)
+    [first] = ingest_sources([_spec(path)], ws, IngestConfig(), "r1")
+    [second] = ingest_sources([_spec(path)], ws, IngestConfig(), "r2")
+    assert first.batch_ids == second.batch_ids
+    assert len(list((ws.lake / "tickets").glob("batch=*/part-0.parquet"))) == 1
+    assert len(read_lake(ws, "tickets", second.batch_ids)) == 3
+
+
+def test_header_only_and_empty_files_are_zero_rows(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    header_only = write_tickets_csv(tmp_path / "h.csv", [])
+    [report] = ingest_sources([_spec(header_only)], ws, IngestConfig(), "r1")
+    assert (report.rows_in, report.accepted, report.quarantined) == (0, 0, 0)
+    empty = tmp_path / "e.csv"
+    empty.write_bytes(b"")
+    [report] = ingest_sources([_spec(empty)], ws, IngestConfig(), "r1")
+    assert report.rows_in == 0 and "empty file" in report.files[0].note
+
+
+def test_a_mapped_column_missing_from_the_file_is_one_error(tmp_path):
+    path = write_tickets_csv(tmp_path / "t.csv", ["T-1,a@b.co,x,2026-01-01"], header="ticket_id,email,body,created_at\n")
+    with pytest.raises(SourceError) as exc:
+        ingest_sources([_spec(path)], Workspace(tmp_path / "ws"), IngestConfig(), "r1")
+    assert "'subject'" in str(exc.value) and "t.csv" in str(exc.value) and "'tickets'" in str(exc.value)
+
+
+def test_parquet_sources_are_validated_the_same_way(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    frame = pd.DataFrame(
+        {"event_id": ["e1", "e2", "e3"], "user_id": ["C1", None, None], "device_id": ["d1", "d2", None],
+         "event_type": ["login", "page_view", "login"], "ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True)}
+    )  # fmt: skip
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)
+    spec = SourceSpec(name="events", kind="events", path=path, key="event_id", identifiers={"customer_id": "user_id", "device_id": "device_id"}, timestamp="ts", fields={"event_type": "event_type"})
+    [report] = ingest_sources([spec], ws, IngestConfig(), "r1")
+    assert (report.accepted, report.quarantined) == (2, 1)
+    assert "no identifier" in read_quarantine(ws, "events", report.batch_ids)["reason"].iloc[0]
+
+
+def test_range_and_length_checks_give_readable_reasons(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    long_text = "x" * 30
+    rows = ["T-1,a@b.co,,ok,1950-01-01T00:00:00Z", f"T-2,a@b.co,,{long_text},2026-01-01T00:00:00Z"]
+    [report] = ingest_sources([_spec(write_tickets_csv(tmp_path / "t.csv", rows))], ws, IngestConfig(max_text_chars=20), "r1")
+    reasons = read_quarantine(ws, "tickets", report.batch_ids)["reason"].tolist()
+    assert report.quarantined == 2
+    assert "created_at ('1950-01-01 00:00:00+00:00') is before 1970 or in the future" in reasons[0]
+    assert "subject+body is too long" in reasons[1]
