@@ -73,6 +73,7 @@ def _quiet_prefect_console() -> None:
 
 
 def _run_pipeline(sources: Path, ws: Workspace) -> dict:
+    ws.prefect.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
     from flows.build_personas import build_personas
 
     _quiet_prefect_console()

@@ -1,0 +1,45 @@
+import numpy as np
+import pandas as pd
+
+from personaops import features as F
+
+AS_OF = pd.Timestamp("2026-02-01", tz="UTC")
+
+
+def _events():
+    return pd.DataFrame(
+        {
+            "person_id": ["a", "a", "a", "b"],
+            "event_type": ["login", "api_call", "api_call", "login"],
+            "session_id": ["s1", "s1", "s2", "s3"],
+            "event_time": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-01-21", "2026-01-30"], utc=True),
+        }
+    )
+
+
+def test_behaviour_counts_shares_and_recency():
+    table = F.behaviour_features(_events(), AS_OF).set_index("person_id")
+    assert table.loc["a", "n_events"] == 3 and table.loc["a", "n_sessions"] == 2 and table.loc["a", "active_days"] == 2
+    assert np.isclose(table.loc["a", "share_api_call"], 2 / 3) and np.isclose(table.loc["b", "share_login"], 1.0)
+    assert np.isclose(table.loc["a", "days_since_last_event"], 11.0)
+    assert (table["event_timestamp"] == AS_OF).all()
+
+
+def test_model_input_frame_fills_counts_but_not_shares():
+    tables = {"person_behaviour": F.behaviour_features(_events(), AS_OF)}
+    frame = F.model_input_frame(tables, pd.Index(["a", "b", "c"]))
+    assert frame.loc["c", "n_events"] == 0  # absent from the count table: zero events
+    assert np.isnan(frame.loc["c", "share_login"])  # unknown mix stays unknown for the model to impute
+
+
+def test_labels_take_any_positive_and_campaign_conversion():
+    crm = pd.DataFrame({"person_id": ["a", "b"], "label__churned": [1.0, 0.0], "_row_number": [1, 2]})
+    exposures = pd.DataFrame({"person_id": ["a", "b", "b"], "converted": [0.0, 1.0, 0.0]})
+    labels = F.label_table({"crm": crm}, exposures, AS_OF).set_index("person_id")
+    assert labels.loc["a", "churned"] == 1 and labels.loc["b", "converted"] == 1 and labels.loc["a", "converted"] == 0
+    campaign = F.campaign_features(exposures, AS_OF).set_index("person_id")
+    assert campaign.loc["b", "n_exposures"] == 2 and campaign.loc["b", "conversion_rate"] == 0.5
+
+
+def test_event_type_columns_are_safe_names():
+    assert F.event_type_column("Page View/Mobile") == "share_page_view_mobile"
