@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,20 +197,27 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
     return {"run_id": result.run_id, "version": result.version, "alias": result.alias, "k": result.k, "metrics": result.metrics, "reused": False}
 
 
-@task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
-def publish(home: str | None, as_of: str) -> dict:
-    """Score every person with the champion and write assignments to Feast (offline + online)."""
+def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
+    """Score every resolved person with the current champion and publish to Feast (offline +
+    online). Used by the flow and by `personas models promote/rollback`."""
     from models import registry
 
-    cfg, ws = _config(home)
-    progress.stage_started("publish", "scoring and publishing the champion's personas")
     version, model = registry.load_champion(ws, cfg.model.registered_name)
-    tables, frame, columns = _current_model_frame(ws)
+    _, frame, _ = _current_model_frame(ws)
     predicted = model.predict(frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
     rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
-    progress.stage_finished("publish", f"{rows:,} persons published online for model version {version}")
     return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique())}
+
+
+@task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
+def publish(home: str | None, as_of: str) -> dict:
+    """Score every person with the champion and write assignments to Feast (offline + online)."""
+    cfg, ws = _config(home)
+    progress.stage_started("publish", "scoring and publishing the champion's personas")
+    out = publish_champion(cfg, ws, as_of)
+    progress.stage_finished("publish", f"{out['rows']:,} persons published online for model version {out['model_version']}")
+    return out
 
 
 @task(name="monitor")
@@ -230,6 +239,15 @@ def monitor(home: str | None, run_id: str) -> dict:
     return {"html": summary.html, "json": summary.json, "drifted_share": summary.drifted_share, "drift_detected": summary.drift_detected}
 
 
+def _timed(stage, *args) -> dict:
+    """Run a stage task; add its wall time (seconds) and the process's peak RSS so far (MiB)."""
+    started = time.perf_counter()
+    out = stage(*args)
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
 @flow(name="build_personas")
 def build_personas(sources: str, home: str | None = None) -> dict:
     """The whole persona pipeline on the sources a sources.yaml describes."""
@@ -238,12 +256,12 @@ def build_personas(sources: str, home: str | None = None) -> dict:
     started = datetime.now(timezone.utc)
     logger = get_run_logger()
     logger.info("PersonaOps run %s on %s (workspace %s)", run_id, sources, ws.root)
-    ingested = ingest(sources, home, run_id)
-    resolved = resolve(home, ingested["batches"])
-    featured = features(home, ingested["batches"], ingested["kinds"])
-    trained = train(home, run_id, featured["encoder"])
-    published = publish(home, featured["as_of"])
-    monitored = monitor(home, run_id)
+    ingested = _timed(ingest, sources, home, run_id)
+    resolved = _timed(resolve, home, ingested["batches"])
+    featured = _timed(features, home, ingested["batches"], ingested["kinds"])
+    trained = _timed(train, home, run_id, featured["encoder"])
+    published = _timed(publish, home, featured["as_of"])
+    monitored = _timed(monitor, home, run_id)
     record = {
         "run_id": run_id,
         "flow_run_id": str(flow_run.get_id()),

@@ -47,8 +47,13 @@ def versions(ws: Workspace, name: str) -> list[ModelVersionInfo]:
         found = c.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return []
+    # search results carry no aliases in every store: read them from the registered model
+    by_version: dict[int, list[str]] = {}
+    if found:
+        for alias, version in c.get_registered_model(name).aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
     return sorted(
-        (ModelVersionInfo(int(v.version), v.run_id, list(v.aliases), int(v.creation_timestamp), v.description or "") for v in found),
+        (ModelVersionInfo(int(v.version), v.run_id, sorted(by_version.get(int(v.version), [])), int(v.creation_timestamp), v.description or "") for v in found),
         key=lambda v: v.version,
     )
 
@@ -86,3 +91,17 @@ def load_champion(ws: Workspace, name: str):
 
 def version_run_id(ws: Workspace, name: str, version: int) -> str:
     return client(ws).get_model_version(name, str(version)).run_id
+
+
+def previous_champion(ws: Workspace, name: str) -> int | None:
+    """The version that held `champion` before the current one, from the audit log."""
+    import json
+
+    if not ws.audit_log.exists():
+        return None
+    moves = [
+        e
+        for e in map(json.loads, ws.audit_log.read_text(encoding="utf-8").splitlines())
+        if e.get("event") == "model_alias_moved" and e.get("model") == name and e.get("alias") == CHAMPION
+    ]
+    return moves[-1].get("previous") if moves else None

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -289,16 +290,81 @@ def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @models_app.command("promote")
 def models_promote(version: int, reason: str = typer.Option("manual promotion", help="why (kept in the audit log)")) -> None:
-    """Make VERSION the champion (publish serves it from the next run)."""
+    """Make VERSION the champion and publish its assignments online at once."""
     from models import registry
 
     cfg, ws = _workspace()
     registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, version, reason)
     out.print(f"{cfg.model.registered_name} v{version} is now champion")
+    _republish(cfg, ws)
+
+
+def _quiet_libraries() -> None:
+    """Library deprecation chatter and INFO logs are not for the person at the terminal."""
+    if os.environ.get("PERSONAS_VERBOSE"):
+        return
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("feast").setLevel(logging.WARNING)
+
+
+@models_app.command("show")
+def models_show(version: int, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One version: its aliases, MLflow run, metrics and parameters."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    found = {v.version: v for v in registry.versions(ws, cfg.model.registered_name)}
+    if version not in found:
+        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no version {version} (versions: {sorted(found) or 'none'}); see `personas models list`.")
+    run = registry.client(ws).get_run(found[version].run_id)
+    info = {
+        "version": version,
+        "aliases": found[version].aliases,
+        "run_id": run.info.run_id,
+        "metrics": run.data.metrics,
+        "params": run.data.params,
+        "tags": {k: v for k, v in run.data.tags.items() if k.startswith("personas.")},
+    }
+    if as_json:
+        _emit_json(info)
+        return
+    out.print(f"[bold]{cfg.model.registered_name} v{version}[/]  aliases: {', '.join(info['aliases']) or '-'}  run: {info['run_id']}")
+    for k, v in sorted(info["metrics"].items()):
+        out.print(f"  {k:<24} {v:.4g}")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: str = typer.Option("manual rollback", help="why (kept in the audit log)")) -> None:
+    """Move `champion` back to the version that held it before (from the audit log)."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    current = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    previous = registry.previous_champion(ws, cfg.model.registered_name)
+    if current is None or previous is None:
+        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no earlier champion to roll back to in {ws.root}; see `personas models list`.")
+    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, previous, reason)
+    out.print(f"{cfg.model.registered_name}: champion v{current} -> v{previous}")
+    _republish(cfg, ws)
+
+
+def _republish(cfg: PersonasConfig, ws: Workspace) -> None:
+    """Publish the (new) champion's assignments for the latest run's features, at once."""
+    record = ws.latest_run_record()
+    if record is None:
+        return
+    ws.prefect.mkdir(parents=True, exist_ok=True)
+    from flows.build_personas import publish_champion
+
+    done = publish_champion(cfg, ws, record["features"]["as_of"])
+    out.print(f"published {done['rows']:,} persons online for model version {done['model_version']}")
 
 
 def main() -> None:
     """Console-script entry: set the environment before any library reads it, map errors to one line."""
+    _quiet_libraries()
     os.environ.setdefault("FEAST_USAGE", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -89,3 +89,26 @@ def test_a_bad_mapping_fails_inside_the_flow_with_one_sentence(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "column 'email' of the mapping is not in" in done.stderr.replace("\n", " ")
+
+
+def test_a_new_period_trains_a_challenger_and_promote_rollback_republish(demo, tmp_path):
+    home, _ = demo
+    data = tmp_path / "p1"
+    assert personas(home, "generate", "--users", "400", "--seed", "3", "--period", "1", "--out", str(data)).returncode == 0
+    done = personas(home, "run", "--sources", str(data / "sources_p1.yaml"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = {v["version"]: v["aliases"] for v in json.loads(personas(home, "models", "list", "--json").stdout)}
+    assert listed == {1: ["champion"], 2: ["challenger"]}
+    person = pd.read_parquet(home / "identity" / "record_person.parquet").query("source == 'crm'")["person_id"].iloc[0]
+    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 1
+
+    assert personas(home, "models", "promote", "2", "--reason", "better stability").returncode == 0
+    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 2
+    shown = json.loads(personas(home, "models", "show", "2", "--json").stdout)
+    assert "champion" in shown["aliases"] and shown["metrics"]["k"] >= 2
+
+    assert personas(home, "models", "rollback", "--reason", "bad drift").returncode == 0
+    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 1
+    moves = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
+    reasons = [m["reason"] for m in moves if m["event"] == "model_alias_moved" and m["alias"] == "champion"]
+    assert reasons[-2:] == ["better stability", "bad drift"]
