@@ -88,18 +88,23 @@ def ingest(sources: str, home: str | None, run_id: str) -> dict:
 
 
 @task(name="resolve")
-def resolve(home: str | None, batches: dict[str, list[str]]) -> dict:
-    """Deterministic identity resolution into a record -> person map."""
+def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dict:
+    """Identity resolution (rules, then Splink) into a stable record -> person map, the identity
+    graph, merge/split history and the review queue."""
+    from personaops import identity_store
+
     cfg, ws = _config(home)
     progress.stage_started("resolve", "linking records into persons")
     records = pd.concat(_lake_frames(ws, batches).values(), ignore_index=True)
-    result = resolve_identities(records, cfg.identity)
-    path = Workspace.ensure(ws.identity / "record_person.parquet")
-    tmp = path.with_name(".record_person.tmp")
-    result.records.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    progress.stage_finished("resolve", f"{result.stats['records']:,} records -> {result.stats['persons']:,} persons")
-    return {"path": str(path), **result.stats}
+    result = resolve_identities(records, cfg.identity, identity_store.previous_map(ws), identity_store.decisions(ws))
+    paths = identity_store.write_identity(ws, result, run_id)
+    s = result.stats
+    progress.stage_finished(
+        "resolve",
+        f"{s['records']:,} records -> {s['persons']:,} persons ({s['probabilistic_links']:,} Splink links, "
+        f"{s['review_queue']:,} pairs to review, {s['merges']} merges, {s['splits']} splits)",
+    )
+    return {"path": paths["record_person"], "graph": paths["edges"], **s}
 
 
 @task(name="features")
@@ -257,7 +262,7 @@ def build_personas(sources: str, home: str | None = None) -> dict:
     logger = get_run_logger()
     logger.info("PersonaOps run %s on %s (workspace %s)", run_id, sources, ws.root)
     ingested = _timed(ingest, sources, home, run_id)
-    resolved = _timed(resolve, home, ingested["batches"])
+    resolved = _timed(resolve, home, ingested["batches"], run_id)
     featured = _timed(features, home, ingested["batches"], ingested["kinds"])
     trained = _timed(train, home, run_id, featured["encoder"])
     published = _timed(publish, home, featured["as_of"])

@@ -299,6 +299,69 @@ def models_promote(version: int, reason: str = typer.Option("manual promotion", 
     _republish(cfg, ws)
 
 
+# --- identity: merge/split history and the review queue ---------------------------------------
+identity_app = typer.Typer(no_args_is_help=True, help="The identity graph: person id history.")
+review_app = typer.Typer(no_args_is_help=True, help="Grey-band identity matches awaiting a human decision.")
+app.add_typer(identity_app, name="identity")
+app.add_typer(review_app, name="review")
+
+
+@identity_app.command("history")
+def identity_history(person_id: str, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Merge and split events that involved PERSON_ID, oldest first, with their evidence."""
+    from personaops import identity_store
+
+    _, ws = _workspace()
+    events = identity_store.history(ws, person_id)
+    if as_json:
+        _emit_json(events)
+        return
+    if not events:
+        out.print(f"{person_id}: no merges or splits; the id has been stable since it was created.")
+    for e in events:
+        out.print(f"[bold]{e['event']}[/] in run {e['run_id']} ({e['at']}): {', '.join(e['old_ids'])} -> {', '.join(e['new_ids'])}")
+        for ev in e.get("evidence", [])[:5]:
+            out.print("   " + ", ".join(f"{k}={v}" for k, v in ev.items() if v not in ("", None)), highlight=False)
+
+
+@review_app.command("list")
+def review_list(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Open pairs of the latest run whose match probability fell in the review band."""
+    from personaops import identity_store
+
+    _, ws = _workspace()
+    queue = identity_store.review_queue(ws)
+    if as_json:
+        _emit_json(queue.drop(columns=["run_id"], errors="ignore").to_dict("records"))
+        return
+    table = Table(title=f"Review queue ({len(queue)} open pairs)")
+    for col in ("pair", "probability", "agreed", "left", "right"):
+        table.add_column(col)
+    for row in queue.itertuples(index=False):
+        table.add_row(row.pair_id, f"{row.match_probability:.3f}", row.agreed, f"{row.record_l}\n{row.values_l}", f"{row.record_r}\n{row.values_r}")
+    out.print(table)
+
+
+@review_app.command("accept")
+def review_accept(pair_id: str = typer.Argument(..., metavar="PAIR")) -> None:
+    """Accept PAIR: its two records are merged by this and every later run."""
+    from personaops import identity_store
+
+    _, ws = _workspace()
+    entry = identity_store.decide(ws, pair_id, "accept")
+    out.print(f"accepted {pair_id} ({entry['record_l']} + {entry['record_r']}); the next run merges them.")
+
+
+@review_app.command("reject")
+def review_reject(pair_id: str = typer.Argument(..., metavar="PAIR")) -> None:
+    """Reject PAIR: its two records are never merged again."""
+    from personaops import identity_store
+
+    _, ws = _workspace()
+    entry = identity_store.decide(ws, pair_id, "reject")
+    out.print(f"rejected {pair_id} ({entry['record_l']} / {entry['record_r']}); later runs keep them apart.")
+
+
 def _quiet_libraries() -> None:
     """Library deprecation chatter and INFO logs are not for the person at the terminal."""
     if os.environ.get("PERSONAS_VERBOSE"):

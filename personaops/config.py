@@ -43,6 +43,17 @@ class IdentityConfig(_Section):
     # A device seen with more customer ids than this is shared and never used to link.
     max_persons_per_device: int = 1
     junk_values: list[str] = ["", "unknown", "none", "null", "n/a", "test@test.com", "0000000000"]
+    # Guard against over-merging: a person holds at most this many distinct values of a key kind;
+    # a link that would exceed it is refused (higher-priority keys link first).
+    max_values_per_person: dict[str, int] = {"customer_id": 1, "email": 5, "phone": 5, "account_id": 1, "device_id": 10}
+    # The probabilistic pass (Splink on DuckDB) over what the rules leave.
+    probabilistic: bool = True
+    match_probability_threshold: float = Field(0.95, description="pairs at or above this are merged (probability 0-1)")
+    review_probability_min: float = Field(0.70, description="pairs from this up to the threshold go to the review queue (0-1)")
+    min_entities_for_matching: int = Field(200, description="below this many entities the model cannot be trained and no pass runs")
+    u_sampling_max_pairs: float = Field(1e6, description="record pairs sampled to estimate u probabilities")
+    max_training_rows: int = Field(200_000, description="distinct record attribute rows the model is trained on at most")
+    seed: int = 42
 
 
 class EmbeddingConfig(_Section):
