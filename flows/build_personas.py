@@ -169,9 +169,25 @@ def _fingerprint(ws: Workspace, cfg: PersonasConfig) -> str:
     return h.hexdigest()[:24]
 
 
+def _previous_model(ws: Workspace, cfg: PersonasConfig):
+    """The champion's published assignments, profiles and metrics (None before the first one)."""
+    from models import registry
+    from models.train import PreviousModel, load_profiles
+
+    version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    table = ws.feature_table("persona_assignment")
+    if version is None or not table.exists():
+        return None
+    published = pd.read_parquet(table, columns=["person_id", "persona_id", "model_version"])
+    published = published[published["model_version"] == version].set_index("person_id")["persona_id"]
+    run_id = registry.version_run_id(ws, cfg.model.registered_name, version)
+    metrics = registry.client(ws).get_run(run_id).data.metrics
+    return PreviousModel(version=version, assignments=published, profiles=load_profiles(ws, run_id), metrics=metrics)
+
+
 @task(name="train")
 def train(home: str | None, run_id: str, encoder: str) -> dict:
-    """Fit the persona model; log the MLflow run; register a version (champion if first)."""
+    """Fit the persona model; log the MLflow run; register a version; apply the promotion gate."""
     from models import registry
     from models.embedder import TextEmbedder
     from models.train import train_persona_model
@@ -183,7 +199,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
     for v in registry.versions(ws, cfg.model.registered_name):
         if client.get_run(v.run_id).data.tags.get("personas.input_fingerprint") == fingerprint:
             progress.stage_finished("train", f"inputs unchanged: reusing model version {v.version}")
-            return {"run_id": v.run_id, "version": v.version, "alias": ",".join(v.aliases), "reused": True}
+            return {"run_id": v.run_id, "version": v.version, "aliases": v.aliases, "reused": True}
     tables, frame, columns = _current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
     vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].tolist())
@@ -197,9 +213,16 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
         F.outcome_frame(tables),
         tags={"personas.run_id": run_id, "personas.input_fingerprint": fingerprint, "personas.feature_service": MODEL_INPUT_SERVICE},
         params={"encoder": Path(encoder).name, "feature_service": MODEL_INPUT_SERVICE},
+        previous=_previous_model(ws, cfg),
     )
-    progress.stage_finished("train", f"k={result.k}, model version {result.version} ({result.alias}), MLflow run {result.run_id[:8]}")
-    return {"run_id": result.run_id, "version": result.version, "alias": result.alias, "k": result.k, "metrics": result.metrics, "reused": False}
+    progress.stage_finished(
+        "train",
+        f"k={result.k}, stability {result.metrics['stability']:.2f}, model version {result.version} ({', '.join(result.aliases)}), MLflow run {result.run_id[:8]}",
+    )
+    return {
+        "run_id": result.run_id, "version": result.version, "aliases": result.aliases, "k": result.k,
+        "metrics": result.metrics, "gate": result.gate, "continuity": result.continuity, "reused": False,
+    }  # fmt: skip
 
 
 def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:

@@ -1,5 +1,9 @@
 """Fusion: scaled behavioural features + the person's text embedding, weighted, then PCA.
 
+Each feature is standardised; indicator columns of one categorical attribute share one column's
+weight; the behaviour block as a whole gets `behaviour_weight` and the (unit-norm) text block
+`text_weight`.
+
 Fitted on the training frame and stored inside the persona model, so serving applies exactly
 the training transformation. Missing blocks get a well-defined value rather than zeros that
 would cluster together by accident:
@@ -92,9 +96,17 @@ class Fusion:
             t[~has] = self.text_fill
         return z, t
 
+    def column_weights(self) -> np.ndarray:
+        """Per-column weights: the indicator columns of one categorical attribute (`attr__value`)
+        share the weight of one column, so an attribute with many values does not dominate."""
+        groups = pd.Series([c.split("__", 1)[0] if "__" in c else c for c in self.feature_columns])
+        sizes = groups.map(groups.value_counts()).to_numpy(dtype=float)
+        return 1.0 / np.sqrt(sizes)
+
     def _raw(self, frame: pd.DataFrame) -> np.ndarray:
         z, t = self._complete(frame)
-        z = z * (self.behaviour_weight / np.sqrt(max(len(self.feature_columns), 1)))
+        weights = self.column_weights()
+        z = z * weights * (self.behaviour_weight / np.sqrt(max(float((weights**2).sum()), 1.0)))
         return np.hstack([z, t * self.text_weight]).astype(np.float64) if self.text_dim else z.astype(np.float64)
 
     def fit(self, frame: pd.DataFrame, text_dim: int, seed: int = 0) -> "Fusion":

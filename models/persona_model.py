@@ -4,49 +4,59 @@
 MLflow pyfunc wrapper, loaded from the `state` artifact (state.json + arrays.npz, no pickles).
 Input columns: the numeric model features listed in state.json (missing ones are imputed) and
 optionally `text_embedding` (a list of floats). Output: persona_id (int), persona_name (str),
-confidence (0-1).
+confidence (0-1); persona_id -1 means unassigned (an outlier).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from models.clustering import Clustering, assign
+from models.clustering import UNASSIGNED, Clustering, assign
 from models.fusion import Fusion
+
+
+UNASSIGNED_NAME = "Unassigned (far from every persona)"
 
 
 @dataclass
 class PersonaScorer:
     fusion: Fusion
     clustering: Clustering
-    persona_names: list[str]
+    persona_names: list[str]  # per centroid
+    persona_ids: list[int] = field(default_factory=list)  # per centroid; stable across versions
+
+    def __post_init__(self) -> None:
+        if not self.persona_ids:
+            self.persona_ids = list(range(self.clustering.k))
 
     def represent(self, frame: pd.DataFrame) -> np.ndarray:
         return self.fusion.transform(frame)
 
+    def centroid_labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(centroid index or UNASSIGNED, confidence) per row."""
+        return assign(self.represent(frame), self.clustering)
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        ids, confidence = assign(self.represent(frame), self.clustering)
-        return pd.DataFrame(
-            {
-                "persona_id": ids.astype("int64"),
-                "persona_name": [self.persona_names[i] for i in ids],
-                "confidence": confidence.round(6),
-            },
-            index=frame.index,
-        )
+        idx, confidence = self.centroid_labels(frame)
+        ids = np.array(self.persona_ids + [UNASSIGNED], dtype=np.int64)
+        names = np.array(self.persona_names + [UNASSIGNED_NAME], dtype=object)
+        pick = np.where(idx == UNASSIGNED, len(self.persona_ids), idx)
+        return pd.DataFrame({"persona_id": ids[pick], "persona_name": names[pick], "confidence": confidence.round(6)}, index=frame.index)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "fusion": self.fusion.params(),
-            "temperature": self.clustering.temperature,
+            "outlier_threshold": self.clustering.outlier_threshold,
             "k_scores": {str(k): v for k, v in self.clustering.k_scores.items()},
+            "k_stability": {str(k): v for k, v in self.clustering.k_stability.items()},
+            "persona_ids": [int(i) for i in self.persona_ids],
             "persona_names": self.persona_names,
         }
         (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -60,10 +70,11 @@ class PersonaScorer:
             data = {k: arrays[k] for k in arrays.files}
         clustering = Clustering(
             centroids=data.pop("centroids"),
-            temperature=float(state["temperature"]),
+            outlier_threshold=float(state["outlier_threshold"]),
             k_scores={int(k): v for k, v in state["k_scores"].items()},
+            k_stability={int(k): v for k, v in state.get("k_stability", {}).items()},
         )
-        return cls(fusion=Fusion.restore(state["fusion"], data), clustering=clustering, persona_names=state["persona_names"])
+        return cls(fusion=Fusion.restore(state["fusion"], data), clustering=clustering, persona_names=state["persona_names"], persona_ids=state["persona_ids"])
 
 
 class PersonaModel(mlflow.pyfunc.PythonModel):

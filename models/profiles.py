@@ -19,6 +19,9 @@ STOP = {
 }  # fmt: skip
 
 
+NON_LABEL_OUTCOMES = ("n_exposures", "n_conversions", "score_mean")
+
+
 def humanise(column: str) -> str:
     if column.startswith("share_"):
         return column[len("share_") :].replace("_", " ") + " events"
@@ -133,9 +136,12 @@ def build_profiles(
     text_vectors: np.ndarray,
     n_traits: int = 5,
     n_quotes: int = 3,
+    fixed_names: dict[int, str] | None = None,
 ) -> list[dict]:
     """One profile per persona. `inputs`: model features by person_id; `labels`: persona per person_id;
-    `outcomes`: per person_id optional columns churned, n_exposures, n_conversions, score_mean."""
+    `outcomes`: per person_id label columns (0/1) and n_exposures, n_conversions, score_mean;
+    `fixed_names`: names to keep (e.g. a persona carried over from the previous version)."""
+    fixed_names = fixed_names or {}
     total = len(labels)
     terms = distinctive_terms(texts, labels)
     profiles = []
@@ -145,10 +151,11 @@ def build_profiles(
         persona_terms = terms.get(int(persona), [])
         kpis: dict[str, dict] = {}
         out = outcomes.reindex(members)
-        if "churned" in out.columns and out["churned"].notna().any():
-            known = out["churned"].dropna()
-            lo, hi = wilson(known.sum(), len(known))
-            kpis["churn_rate"] = {"value": round(float(known.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": int(len(known))}
+        for label in [c for c in out.columns if c not in NON_LABEL_OUTCOMES]:
+            known = out[label].dropna()
+            if len(known):
+                lo, hi = wilson(known.sum(), len(known))
+                kpis[f"{label}_rate"] = {"value": round(float(known.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": int(len(known))}
         if "n_exposures" in out.columns and out["n_exposures"].fillna(0).sum() > 0:
             exposed, converted = float(out["n_exposures"].fillna(0).sum()), float(out["n_conversions"].fillna(0).sum())
             lo, hi = wilson(converted, exposed)
@@ -159,7 +166,7 @@ def build_profiles(
         profiles.append(
             {
                 "persona_id": int(persona),
-                "name": _name(trait_list, persona_terms),
+                "name": fixed_names.get(int(persona)) or _name(trait_list, persona_terms),
                 "size": int(len(members)),
                 "share": round(len(members) / max(total, 1), 4),
                 "traits": trait_list,
@@ -188,10 +195,8 @@ def describe(profile: dict) -> str:
         parts.append("Compared with everyone they show " + ", ".join(phrases) + ".")
     if profile["terms"]:
         parts.append("Their tickets and survey answers talk about " + ", ".join(profile["terms"][:4]) + ".")
-    kpis = profile["kpis"]
-    if "churn_rate" in kpis:
-        parts.append(f"Churn {kpis['churn_rate']['value']:.0%} (95% CI {kpis['churn_rate']['ci95'][0]:.0%}-{kpis['churn_rate']['ci95'][1]:.0%}).")
-    if "campaign_conversion_rate" in kpis:
-        k = kpis["campaign_conversion_rate"]
-        parts.append(f"Campaign conversion {k['value']:.0%} (95% CI {k['ci95'][0]:.0%}-{k['ci95'][1]:.0%}).")
+    for key, k in profile["kpis"].items():
+        if key.endswith("_rate"):
+            what = key[: -len("_rate")].replace("_", " ")
+            parts.append(f"{what.capitalize()} rate {k['value']:.0%} (95% CI {k['ci95'][0]:.0%}-{k['ci95'][1]:.0%}, n={k['n']:,}).")
     return " ".join(parts)

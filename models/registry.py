@@ -94,14 +94,45 @@ def version_run_id(ws: Workspace, name: str, version: int) -> str:
 
 
 def previous_champion(ws: Workspace, name: str) -> int | None:
-    """The version that held `champion` before the current one, from the audit log."""
+    """The version that held `champion` before the current one, from the alias history."""
+    moves = [e for e in alias_history(ws, name) if e.get("alias") == CHAMPION]
+    return moves[-1].get("previous") if moves else None
+
+
+def run_metrics(ws: Workspace, name: str, version: int) -> dict[str, float]:
+    return client(ws).get_run(version_run_id(ws, name, version)).data.metrics
+
+
+def promote(ws: Workspace, cfg, version: int, reason: str, force: bool = False) -> list:
+    """Move `champion` to `version` if it passes the promotion gate against the current champion
+    (or unconditionally with `force`, which needs a reason). Returns the gate checks."""
+    from models.promotion import evaluate_gate, gate_passed
+    from personaops.errors import PromotionBlockedError
+
+    known = {v.version for v in versions(ws, cfg.registered_name)}
+    if version not in known:
+        raise NotFoundError(f"Model '{cfg.registered_name}' has no version {version} (versions: {sorted(known) or 'none'}); pick one from `personas models list`.")
+    current = alias_version(ws, cfg.registered_name, CHAMPION)
+    champion = run_metrics(ws, cfg.registered_name, current) if current is not None and current != version else None
+    checks = evaluate_gate(run_metrics(ws, cfg.registered_name, version), champion, cfg)
+    if not gate_passed(checks) and not force:
+        failed = "; ".join(str(c) for c in checks if not c.passed)
+        raise PromotionBlockedError(
+            f"Version {version} fails the promotion gate ({failed}); keep the champion, or pass --force with --reason to override."
+        )
+    label = "forced" if not gate_passed(checks) else "gate passed"
+    set_alias(ws, cfg.registered_name, CHAMPION, version, f"{reason} ({label}: {'; '.join(map(str, checks))})")
+    return checks
+
+
+def alias_history(ws: Workspace, name: str) -> list[dict]:
+    """Every alias move of this model, oldest first (from the append-only audit log)."""
     import json
 
     if not ws.audit_log.exists():
-        return None
-    moves = [
+        return []
+    return [
         e
         for e in map(json.loads, ws.audit_log.read_text(encoding="utf-8").splitlines())
-        if e.get("event") == "model_alias_moved" and e.get("model") == name and e.get("alias") == CHAMPION
+        if e.get("event") == "model_alias_moved" and e.get("model") == name
     ]
-    return moves[-1].get("previous") if moves else None

@@ -1,28 +1,36 @@
 """Train a persona model and track it in MLflow: one run, one registered model version.
 
 The run holds params (clustering range, fusion weights, encoder, feature service), metrics
-(silhouette per k, persona sizes), artifacts (profiles.json, the training reference frame used
-by monitoring) and the pyfunc model logged with an input example (its signature). The first
-version of the registered model becomes `champion`; later ones become `challenger`.
+(silhouette, Davies-Bouldin, stability, size balance, outliers, agreement with the previous
+version), artifacts (profiles.json, centroids, feature list, the 2-D persona map, continuity
+report, the training reference frame used by monitoring), the input dataset (`mlflow.log_input`,
+named after the Feast feature service, digest = the input snapshot hash) and the pyfunc model
+with an input example (its signature). New versions get the alias `challenger`; the promotion
+gate decides whether they also become `champion`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from models import registry
-from models.clustering import assign, fit_personas
+from models.clustering import UNASSIGNED, fit_personas
+from models.continuity import Continuity, match_personas
 from models.fusion import Fusion
-from models.persona_model import PersonaModel, PersonaScorer
+from models.persona_model import UNASSIGNED_NAME, PersonaModel, PersonaScorer
+from models.plots import persona_map
 from models.profiles import build_profiles
+from models.promotion import describe, evaluate_gate, gate_passed
 from personaops import __version__
 from personaops.config import ModelConfig
+from personaops.errors import PipelineStateError
 from personaops.workspace import Workspace
 
 REFERENCE_ARTIFACT = "reference/training_frame.parquet"
@@ -30,22 +38,61 @@ PROFILES_ARTIFACT = "profiles.json"
 
 
 @dataclass
+class PreviousModel:
+    """What the current champion says, for continuity and the gate."""
+
+    version: int
+    assignments: pd.Series  # persona_id by person_id
+    profiles: list[dict]
+    metrics: dict[str, float]
+
+
+@dataclass
 class TrainResult:
     run_id: str
     version: int
-    alias: str
+    aliases: list[str]
     k: int
     profiles: list[dict]
     assignments: pd.DataFrame  # person_id, persona_id, persona_name, confidence
     metrics: dict[str, float]
+    gate: list[dict] = field(default_factory=list)
+    continuity: dict = field(default_factory=dict)
 
 
 def fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, cfg: ModelConfig) -> PersonaScorer:
-    """Fit fusion + clustering (names are filled in from profiles afterwards)."""
+    """Fit fusion + clustering (ids 0..k-1 and placeholder names until profiles name them)."""
     fusion = Fusion(feature_columns, cfg.behaviour_weight, cfg.text_weight, cfg.pca_components).fit(frame, text_dim, seed=cfg.seed)
     x = fusion.transform(frame)
-    clustering = fit_personas(x, cfg.k_min, cfg.k_max, cfg.restarts, cfg.iterations, cfg.seed, cfg.silhouette_sample)
+    clustering = fit_personas(
+        x, cfg.k_min, cfg.k_max, cfg.restarts, cfg.iterations, cfg.seed, cfg.silhouette_sample,
+        cfg.min_persona_share, cfg.outlier_mads, cfg.stability_floor, cfg.stability_rounds,
+    )  # fmt: skip
     return PersonaScorer(fusion=fusion, clustering=clustering, persona_names=[f"persona {i}" for i in range(clustering.k)])
+
+
+def partition_metrics(x: np.ndarray, centroid_idx: np.ndarray, confidence: np.ndarray, sample: int, seed: int) -> dict[str, float]:
+    """Quality and balance of a partition (silhouette and Davies-Bouldin on a sample of assigned rows)."""
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
+
+    assigned = np.flatnonzero(centroid_idx != UNASSIGNED)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(assigned, size=min(sample, len(assigned)), replace=False)
+    labels = centroid_idx[idx]
+    sizes = np.bincount(centroid_idx[assigned])
+    sizes = sizes[sizes > 0]
+    shares = sizes / len(centroid_idx)
+    entropy = float(-(shares / shares.sum() * np.log(shares / shares.sum())).sum() / math.log(len(sizes))) if len(sizes) > 1 else 0.0
+    multi = len(set(labels.tolist())) > 1
+    return {
+        "silhouette": float(silhouette_score(x[idx], labels)) if multi else -1.0,
+        "davies_bouldin": float(davies_bouldin_score(x[idx], labels)) if multi else float("nan"),
+        "smallest_persona_share": float(shares.min()),
+        "largest_persona_share": float(shares.max()),
+        "size_balance": entropy,
+        "outlier_share": float((centroid_idx == UNASSIGNED).mean()),
+        "mean_confidence": float(confidence.mean()),
+    }
 
 
 def train_persona_model(
@@ -58,6 +105,7 @@ def train_persona_model(
     outcomes: pd.DataFrame,
     tags: dict[str, str],
     params: dict[str, str],
+    previous: PreviousModel | None = None,
 ) -> TrainResult:
     """`frame`: one row per person (index person_id) with `feature_columns` and `text_embedding`."""
     import mlflow
@@ -71,45 +119,63 @@ def train_persona_model(
     )
     text_dim = int(text_vectors.shape[1]) if len(text_vectors) else 0
     scorer = fit_scorer(frame, feature_columns, text_dim, cfg)
-    raw = scorer.predict(frame)
-    labels = raw["persona_id"]
-    profiles = build_profiles(frame[feature_columns], labels, outcomes, texts, text_vectors, cfg.traits_per_persona, cfg.quotes_per_persona)
-    scorer.persona_names = [next(p["name"] for p in profiles if p["persona_id"] == i) if i in set(labels) else f"persona {i}" for i in range(scorer.clustering.k)]
+    x = scorer.represent(frame)
+    idx, confidence = scorer.centroid_labels(frame)
+    metrics = partition_metrics(x, idx, confidence, cfg.silhouette_sample, cfg.seed)
+    metrics["stability"] = scorer.clustering.k_stability.get(scorer.clustering.k, float("nan"))
+
+    continuity: Continuity = match_personas(pd.Series(idx, index=frame.index), scorer.clustering.k, previous.assignments if previous else None, cfg.continuity_min_jaccard)
+    scorer.persona_ids = continuity.persona_ids
+    ids = np.array(continuity.persona_ids + [UNASSIGNED], dtype=np.int64)
+    labels = pd.Series(ids[np.where(idx == UNASSIGNED, len(continuity.persona_ids), idx)], index=frame.index)
+    kept = {p["persona_id"]: p["name"] for p in previous.profiles} if previous else {}
+    fixed = {pid: kept[pid] for pid in continuity.matched if pid in kept}
+    fixed[UNASSIGNED] = UNASSIGNED_NAME
+    profiles = build_profiles(frame[feature_columns], labels, outcomes, texts, text_vectors, cfg.traits_per_persona, cfg.quotes_per_persona, fixed)
+    names = {p["persona_id"]: p["name"] for p in profiles}
+    scorer.persona_names = [names.get(pid, f"persona {pid}") for pid in continuity.persona_ids]
     assignments = scorer.predict(frame).rename_axis("person_id").reset_index()
 
-    sizes = assignments["persona_id"].value_counts()
-    metrics = {
-        "k": float(scorer.clustering.k),
-        "silhouette": float(scorer.clustering.k_scores[scorer.clustering.k]),
-        "persons": float(len(frame)),
-        "persons_with_text": float(frame["text_embedding"].notna().sum()) if "text_embedding" in frame else 0.0,
-        "smallest_persona_share": float(sizes.min() / len(frame)),
-        "largest_persona_share": float(sizes.max() / len(frame)),
-        "mean_confidence": float(assignments["confidence"].mean()),
-    }
+    metrics.update({"k": float(scorer.clustering.k), "persons": float(len(frame)), "new_personas": float(len(continuity.new)), "vanished_personas": float(len(continuity.vanished))})
+    metrics["persons_with_text"] = float(frame["text_embedding"].notna().sum()) if "text_embedding" in frame else 0.0
+    if continuity.agreement is not None:
+        metrics["agreement_with_previous"] = continuity.agreement
+    continuity_report = {"previous_version": previous.version if previous else None, "matched": continuity.matched, "new": continuity.new, "vanished": continuity.vanished}
+
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"personas-{tags.get('personas.run_id', '')}") as run:
         mlflow.set_tags(tags)
         mlflow.log_params(
             {
                 "k_min": cfg.k_min, "k_max": cfg.k_max, "restarts": cfg.restarts, "iterations": cfg.iterations,
                 "seed": cfg.seed, "behaviour_weight": cfg.behaviour_weight, "text_weight": cfg.text_weight,
-                "pca_components": cfg.pca_components, "n_features": len(feature_columns), "text_dim": text_dim, **params,
+                "pca_components": cfg.pca_components, "min_persona_share": cfg.min_persona_share,
+                "outlier_mads": cfg.outlier_mads, "n_features": len(feature_columns), "text_dim": text_dim, **params,
             }
         )  # fmt: skip
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN is not a metric
         for k, score in scorer.clustering.k_scores.items():
-            mlflow.log_metric("silhouette_by_k", score, step=k)
+            if score is not None:
+                mlflow.log_metric("silhouette_by_k", score, step=k)
+                mlflow.log_metric("stability_by_k", scorer.clustering.k_stability[k], step=k)
+        reference = frame[feature_columns].join(assignments.set_index("person_id")[["persona_id"]])
+        mlflow.log_input(
+            mlflow.data.from_pandas(reference.reset_index(), name=tags.get("personas.feature_service", "persona_inputs"), digest=tags.get("personas.input_fingerprint")),
+            context="training",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            (tmp_path / PROFILES_ARTIFACT).write_text(json.dumps(profiles, indent=2), encoding="utf-8")
-            mlflow.log_artifact(str(tmp_path / PROFILES_ARTIFACT))
-            reference = frame[feature_columns].join(assignments.set_index("person_id")[["persona_id"]])
+            for name, payload in ((PROFILES_ARTIFACT, profiles), ("features.json", feature_columns), ("continuity.json", continuity_report)):
+                (tmp_path / name).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+                mlflow.log_artifact(str(tmp_path / name))
+            np.save(tmp_path / "centroids.npy", scorer.clustering.centroids)
+            mlflow.log_artifact(str(tmp_path / "centroids.npy"))
+            mlflow.log_artifact(str(persona_map(x, labels.to_numpy(), names, tmp_path / "persona_map.png", seed=cfg.seed)))
             (tmp_path / "reference").mkdir()
             reference.reset_index().to_parquet(tmp_path / REFERENCE_ARTIFACT, index=False)
             mlflow.log_artifact(str(tmp_path / REFERENCE_ARTIFACT), artifact_path="reference")
             state = scorer.save(tmp_path / "state")
             example = frame[feature_columns + (["text_embedding"] if "text_embedding" in frame else [])].head(5).reset_index(drop=True)
-            example["text_embedding"] = example["text_embedding"].map(lambda v: None if v is None or (isinstance(v, float)) else [float(a) for a in v])
+            example["text_embedding"] = example["text_embedding"].map(lambda v: None if v is None or isinstance(v, float) else [float(a) for a in v])
             info = mlflow.pyfunc.log_model(
                 name="persona_model",
                 python_model=PersonaModel(),
@@ -120,9 +186,17 @@ def train_persona_model(
             )
         run_id = run.info.run_id
     version = int(info.registered_model_version)
-    alias = registry.CHAMPION if registry.alias_version(ws, cfg.registered_name, registry.CHAMPION) is None else registry.CHALLENGER
-    registry.set_alias(ws, cfg.registered_name, alias, version, reason="first trained version" if alias == registry.CHAMPION else "newly trained candidate")
-    return TrainResult(run_id=run_id, version=version, alias=alias, k=scorer.clustering.k, profiles=profiles, assignments=assignments, metrics=metrics)
+    checks = evaluate_gate(metrics, previous.metrics if previous else None, cfg)
+    registry.set_alias(ws, cfg.registered_name, registry.CHALLENGER, version, reason="newly trained version")
+    if gate_passed(checks) and (previous is None or cfg.auto_promote):
+        registry.set_alias(ws, cfg.registered_name, registry.CHAMPION, version, reason="promotion gate passed: " + "; ".join(map(str, checks)))
+    elif previous is None:
+        failed = "; ".join(str(c) for c in checks if not c.passed)
+        raise PipelineStateError(
+            f"Model version {version} failed the promotion gate ({failed}) and there is no champion to serve; inspect it with `personas models show {version}` and promote it with --force --reason if you accept it."
+        )
+    aliases = next(v.aliases for v in registry.versions(ws, cfg.registered_name) if v.version == version)
+    return TrainResult(run_id, version, aliases, scorer.clustering.k, profiles, assignments, metrics, describe(checks), continuity_report)
 
 
 def load_profiles(ws: Workspace, run_id: str) -> list[dict]:

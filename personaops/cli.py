@@ -289,14 +289,92 @@ def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @models_app.command("promote")
-def models_promote(version: int, reason: str = typer.Option("manual promotion", help="why (kept in the audit log)")) -> None:
-    """Make VERSION the champion and publish its assignments online at once."""
+def models_promote(
+    version: int,
+    reason: str = typer.Option("manual promotion", help="why (kept in the alias history)"),
+    force: bool = typer.Option(False, "--force", help="promote even if the promotion gate fails (give a --reason)"),
+) -> None:
+    """Make VERSION the champion if it passes the promotion gate, and publish its assignments at once."""
     from models import registry
 
     cfg, ws = _workspace()
-    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, version, reason)
-    out.print(f"{cfg.model.registered_name} v{version} is now champion")
+    if force and reason == "manual promotion":
+        raise PersonaOpsError("--force needs a --reason saying why the promotion gate is overridden.")
+    checks = registry.promote(ws, cfg.model, version, reason, force)
+    out.print(f"{cfg.model.registered_name} v{version} is now champion ({'; '.join(map(str, checks))})")
     _republish(cfg, ws)
+
+
+@models_app.command("history")
+def models_history(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every alias move (who, when, from which version to which, why), oldest first."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    moves = registry.alias_history(ws, cfg.model.registered_name)
+    if as_json:
+        _emit_json(moves)
+        return
+    table = Table("when", "alias", "from", "to", "who", "why")
+    for m in moves:
+        table.add_row(m["at"][:19], m["alias"], str(m.get("previous") or "-"), str(m["version"]), m.get("actor", ""), m.get("reason", ""))
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(version: int, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One version: its aliases, MLflow run, metrics and parameters."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    found = {v.version: v for v in registry.versions(ws, cfg.model.registered_name)}
+    if version not in found:
+        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no version {version} (versions: {sorted(found) or 'none'}); see `personas models list`.")
+    run = registry.client(ws).get_run(found[version].run_id)
+    info = {
+        "version": version,
+        "aliases": found[version].aliases,
+        "run_id": run.info.run_id,
+        "metrics": run.data.metrics,
+        "params": run.data.params,
+        "tags": {k: v for k, v in run.data.tags.items() if k.startswith("personas.")},
+    }
+    if as_json:
+        _emit_json(info)
+        return
+    out.print(f"[bold]{cfg.model.registered_name} v{version}[/]  aliases: {', '.join(info['aliases']) or '-'}  run: {info['run_id']}")
+    for k, v in sorted(info["metrics"].items()):
+        out.print(f"  {k:<24} {v:.4g}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    to: Optional[int] = typer.Option(None, "--to", help="version to roll back to (default: the previous champion)"),
+    reason: str = typer.Option("manual rollback", help="why (kept in the alias history)"),
+) -> None:
+    """Move `champion` back (to the previous champion or --to VERSION) and re-publish its assignments."""
+    from models import registry
+
+    cfg, ws = _workspace()
+    current = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    target = to if to is not None else registry.previous_champion(ws, cfg.model.registered_name)
+    if current is None or target is None:
+        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no earlier champion to roll back to in {ws.root}; see `personas models history`.")
+    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, target, f"rollback: {reason}")
+    out.print(f"{cfg.model.registered_name}: champion v{current} -> v{target}")
+    _republish(cfg, ws)
+
+
+def _republish(cfg: PersonasConfig, ws: Workspace) -> None:
+    """Publish the (new) champion's assignments for the latest run's features, at once."""
+    record = ws.latest_run_record()
+    if record is None:
+        return
+    ws.prefect.mkdir(parents=True, exist_ok=True)
+    from flows.build_personas import publish_champion
+
+    done = publish_champion(cfg, ws, record["features"]["as_of"])
+    out.print(f"published {done['rows']:,} persons online for model version {done['model_version']}")
 
 
 # --- identity: merge/split history and the review queue ---------------------------------------
@@ -366,63 +444,26 @@ def _quiet_libraries() -> None:
     """Library deprecation chatter and INFO logs are not for the person at the terminal."""
     if os.environ.get("PERSONAS_VERBOSE"):
         return
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # also for the Prefect server subprocess
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow re-levels its logger on import
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("feast").setLevel(logging.WARNING)
 
 
-@models_app.command("show")
-def models_show(version: int, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One version: its aliases, MLflow run, metrics and parameters."""
-    from models import registry
+def _crash_log(exc: BaseException) -> Path:
+    import traceback
+    from datetime import datetime, timezone
 
-    cfg, ws = _workspace()
-    found = {v.version: v for v in registry.versions(ws, cfg.model.registered_name)}
-    if version not in found:
-        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no version {version} (versions: {sorted(found) or 'none'}); see `personas models list`.")
-    run = registry.client(ws).get_run(found[version].run_id)
-    info = {
-        "version": version,
-        "aliases": found[version].aliases,
-        "run_id": run.info.run_id,
-        "metrics": run.data.metrics,
-        "params": run.data.params,
-        "tags": {k: v for k, v in run.data.tags.items() if k.startswith("personas.")},
-    }
-    if as_json:
-        _emit_json(info)
-        return
-    out.print(f"[bold]{cfg.model.registered_name} v{version}[/]  aliases: {', '.join(info['aliases']) or '-'}  run: {info['run_id']}")
-    for k, v in sorted(info["metrics"].items()):
-        out.print(f"  {k:<24} {v:.4g}")
-
-
-@models_app.command("rollback")
-def models_rollback(reason: str = typer.Option("manual rollback", help="why (kept in the audit log)")) -> None:
-    """Move `champion` back to the version that held it before (from the audit log)."""
-    from models import registry
-
-    cfg, ws = _workspace()
-    current = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
-    previous = registry.previous_champion(ws, cfg.model.registered_name)
-    if current is None or previous is None:
-        raise NotFoundError(f"Model '{cfg.model.registered_name}' has no earlier champion to roll back to in {ws.root}; see `personas models list`.")
-    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, previous, reason)
-    out.print(f"{cfg.model.registered_name}: champion v{current} -> v{previous}")
-    _republish(cfg, ws)
-
-
-def _republish(cfg: PersonasConfig, ws: Workspace) -> None:
-    """Publish the (new) champion's assignments for the latest run's features, at once."""
-    record = ws.latest_run_record()
-    if record is None:
-        return
-    ws.prefect.mkdir(parents=True, exist_ok=True)
-    from flows.build_personas import publish_champion
-
-    done = publish_champion(cfg, ws, record["features"]["as_of"])
-    out.print(f"published {done['rows']:,} persons online for model version {done['model_version']}")
+    home = Path(os.environ.get("PERSONAS_HOME", ".personas"))
+    path = home / "logs" / f"crash-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        path = Path("/dev/stderr")
+    return path
 
 
 def main() -> None:
@@ -437,6 +478,10 @@ def main() -> None:
     except PersonaOpsError as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except Exception as exc:  # a bug, not a user error: one line here, the traceback in a log file
+        log = _crash_log(exc)
+        err.print(f"error: internal error ({exc.__class__.__name__}: {str(exc)[:200]}); the traceback is in {log} — please report it.", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

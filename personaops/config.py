@@ -76,6 +76,13 @@ class ModelConfig(_Section):
     silhouette_sample: int = 3000
     quotes_per_persona: int = 3
     traits_per_persona: int = 5
+    min_persona_share: float = Field(0.03, description="a k whose smallest persona holds less than this share (0-1) is not considered")
+    outlier_mads: float = Field(8.0, description="unassigned when farther from every centroid than median + this many MADs")
+    stability_rounds: int = 5
+    stability_floor: float = Field(0.9, description="mean bootstrap ARI (0-1) below which a version is not promotable")
+    promotion_tolerance: float = Field(0.02, description="how much worse than the champion a challenger may be (silhouette, stability)")
+    auto_promote: bool = Field(True, description="promote a new version to champion when it passes the gate")
+    continuity_min_jaccard: float = Field(0.3, description="membership overlap (0-1) needed to keep a previous persona id")
 
 
 class MonitoringConfig(_Section):

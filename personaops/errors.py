@@ -23,3 +23,7 @@ class NotFoundError(PersonaOpsError):
 
 class PipelineStateError(PersonaOpsError):
     """A stage needs the output of an earlier stage that has not run in this workspace."""
+
+
+class PromotionBlockedError(PersonaOpsError):
+    """A model version failed the promotion gate and was not forced."""

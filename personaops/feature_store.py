@@ -53,6 +53,12 @@ def write_table(ws: Workspace, view: str, frame: pd.DataFrame) -> Path:
     """Write a feature view's offline table atomically."""
     path = Workspace.ensure(ws.feature_table(view))
     tmp = path.with_name(f".{path.name}.tmp")
+    frame = frame.copy()
+    for col in frame.columns:
+        # Text columns must be typed as strings even when empty or all-missing: Feast infers
+        # feature types from the Parquet schema and cannot type a null column.
+        if frame[col].dtype == object and frame[col].map(lambda v: v is None or isinstance(v, str) or (isinstance(v, float) and v != v)).all():
+            frame[col] = frame[col].astype("string")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path

@@ -13,13 +13,20 @@ import numpy as np
 import pandas as pd
 
 # Model inputs come from these views; campaign outcomes, labels and sensitive attributes never do.
-MODEL_INPUT_VIEWS = ("person_behaviour", "person_support", "person_survey")
+MODEL_INPUT_VIEWS = ("person_behaviour", "person_support", "person_survey", "person_profile")
 MAX_EVENT_TYPES = 30
+MAX_CATEGORIES = 12  # one-hot columns per categorical attribute (the most frequent values)
+MIN_CATEGORY_SHARE = 0.01  # rarer values get no column of their own
 
 
 def event_type_column(event_type: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", str(event_type).lower()).strip("_") or "blank"
     return f"share_{slug}"[:60]
+
+
+def _empty(*features: str) -> pd.DataFrame:
+    """A typed table with no rows (Feast infers field types from the columns' types)."""
+    return pd.DataFrame({"person_id": pd.Series(dtype="string"), **{f: pd.Series(dtype="float64") for f in features}})
 
 
 def _with_person(frame: pd.DataFrame, record_person: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -37,7 +44,7 @@ def _stamp(table: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Activity and event-type mix per person (counts; days; shares in 0-1)."""
     if events.empty:
-        return _stamp(pd.DataFrame(columns=["person_id", "n_events"]), as_of)
+        return _stamp(_empty("n_events"), as_of)
     ev = events.copy()
     ev["day"] = ev["event_time"].dt.floor("D")
     grouped = ev.groupby("person_id")
@@ -62,7 +69,7 @@ def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFram
 def support_features(tickets: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Ticket volume and recency per person (count; days; characters)."""
     if tickets.empty:
-        return _stamp(pd.DataFrame(columns=["person_id", "n_tickets"]), as_of)
+        return _stamp(_empty("n_tickets"), as_of)
     grouped = tickets.groupby("person_id")
     out = pd.DataFrame({"n_tickets": grouped.size().astype("int64")})
     out["days_since_last_ticket"] = (as_of - grouped["event_time"].max()).dt.total_seconds() / 86400.0
@@ -73,7 +80,7 @@ def support_features(tickets: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
 def survey_features(surveys: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Survey participation and score (NPS 0-10) per person."""
     if surveys.empty or "score" not in surveys.columns:
-        return _stamp(pd.DataFrame(columns=["person_id", "n_surveys"]), as_of)
+        return _stamp(_empty("n_surveys"), as_of)
     ordered = surveys.sort_values("event_time")
     grouped = ordered.groupby("person_id")
     out = pd.DataFrame({"n_surveys": grouped.size().astype("int64")})
@@ -85,7 +92,7 @@ def survey_features(surveys: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 def campaign_features(exposures: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Campaign exposures and conversions per person (counts; rate 0-1). Outcomes, not model inputs."""
     if exposures.empty:
-        return _stamp(pd.DataFrame(columns=["person_id", "n_exposures"]), as_of)
+        return _stamp(_empty("n_exposures"), as_of)
     grouped = exposures.groupby("person_id")
     out = pd.DataFrame({"n_exposures": grouped.size().astype("int64")})
     out["n_conversions"] = grouped["converted"].sum().astype("int64")
@@ -96,7 +103,7 @@ def campaign_features(exposures: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFr
 def profile_features(crm: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """CRM attributes of each person's latest CRM record: categoricals, tenure (days), labels."""
     if crm.empty:
-        return _stamp(pd.DataFrame(columns=["person_id", "tenure_days"]), as_of)
+        return _stamp(_empty("tenure_days"), as_of)
     latest = crm.sort_values("_row_number").drop_duplicates("person_id", keep="last").set_index("person_id")
     out = pd.DataFrame(index=latest.index)
     if "event_time" in latest.columns:
@@ -121,7 +128,7 @@ def label_table(frames: dict[str, pd.DataFrame], exposures: pd.DataFrame, as_of:
     if not exposures.empty:
         parts.append(exposures.groupby("person_id")["converted"].max().rename("converted").to_frame())
     if not parts:
-        return _stamp(pd.DataFrame(columns=["person_id"]), as_of)
+        return _stamp(_empty(), as_of)
     out = pd.concat(parts, axis=1)
     out = out.T.groupby(level=0).max().T  # same label from several sources: any
     return _stamp(out.rename_axis("person_id"), as_of)
@@ -156,6 +163,19 @@ def person_texts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[["person_id", "source", "source_key", "event_time", "text"]]
 
 
+def one_hot(categorical: pd.DataFrame) -> pd.DataFrame:
+    """Indicator columns `<attr>__<value>` (0/1) for the frequent values of each attribute; NaN
+    where the attribute itself is missing."""
+    parts = []
+    for col in categorical.columns:
+        values = categorical[col].astype(object)
+        shares = values.value_counts(normalize=True)
+        for value in shares[shares >= MIN_CATEGORY_SHARE].index[:MAX_CATEGORIES]:
+            slug = re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_") or "blank"
+            parts.append((values == value).astype(float).where(values.notna()).rename(f"{col}__{slug}"[:60]))
+    return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=categorical.index)
+
+
 def model_input_frame(tables: dict[str, pd.DataFrame], persons: pd.Index) -> pd.DataFrame:
     """One row per person: the numeric model-input features (missing view rows stay NaN)."""
     frame = pd.DataFrame(index=persons.rename("person_id"))
@@ -163,9 +183,11 @@ def model_input_frame(tables: dict[str, pd.DataFrame], persons: pd.Index) -> pd.
         table = tables.get(view)
         if table is None or table.empty:
             continue
-        numeric = table.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
-        numeric = numeric.select_dtypes(include=[np.number])
-        frame = frame.join(numeric, how="left")
+        values = table.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
+        frame = frame.join(values.select_dtypes(include=[np.number]), how="left")
+        categorical = values.select_dtypes(exclude=[np.number])
+        if len(categorical.columns):
+            frame = frame.join(one_hot(categorical), how="left")
     # A person absent from a count table has zero of those things; other gaps stay NaN and are
     # imputed by the model (from similar people), not guessed here.
     counts = [c for c in frame.columns if c.startswith("n_")]

@@ -91,24 +91,34 @@ def test_a_bad_mapping_fails_inside_the_flow_with_one_sentence(tmp_path):
     assert "column 'email' of the mapping is not in" in done.stderr.replace("\n", " ")
 
 
-def test_a_new_period_trains_a_challenger_and_promote_rollback_republish(demo, tmp_path):
+def test_a_new_period_trains_a_challenger_gated_and_promote_rollback_republish(demo, tmp_path):
     home, _ = demo
     data = tmp_path / "p1"
     assert personas(home, "generate", "--users", "400", "--seed", "3", "--period", "1", "--out", str(data)).returncode == 0
     done = personas(home, "run", "--sources", str(data / "sources_p1.yaml"))
     assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(sorted((home / "runs").glob("*.json"))[-1].read_text())
+    gate_ok = all(check["passed"] for check in record["train"]["gate"])
     listed = {v["version"]: v["aliases"] for v in json.loads(personas(home, "models", "list", "--json").stdout)}
-    assert listed == {1: ["champion"], 2: ["challenger"]}
+    assert set(listed) == {1, 2} and "challenger" in listed[2]
+    assert ("champion" in listed[2]) == gate_ok and ("champion" in listed[1]) == (not gate_ok)
+    champion = 2 if gate_ok else 1
     person = pd.read_parquet(home / "identity" / "record_person.parquet").query("source == 'crm'")["person_id"].iloc[0]
-    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 1
+    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == champion
+    # unchanged people keep their persona ids across versions (continuity)
+    continuity = record["train"]["continuity"]
+    assert continuity["previous_version"] == 1 and len(continuity["matched"]) >= 3
 
-    assert personas(home, "models", "promote", "2", "--reason", "better stability").returncode == 0
+    assert personas(home, "models", "rollback", "--to", "1", "--reason", "bad drift").returncode == 0
+    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 1
+    blocked = personas(home, "models", "promote", "2", "--force")
+    assert blocked.returncode == 1 and "--force needs a --reason" in blocked.stderr
+    assert personas(home, "models", "promote", "2", "--force", "--reason", "better stability").returncode == 0
     assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 2
     shown = json.loads(personas(home, "models", "show", "2", "--json").stdout)
-    assert "champion" in shown["aliases"] and shown["metrics"]["k"] >= 2
-
-    assert personas(home, "models", "rollback", "--reason", "bad drift").returncode == 0
-    assert json.loads(personas(home, "get", person, "--json").stdout)["model_version"] == 1
-    moves = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
-    reasons = [m["reason"] for m in moves if m["event"] == "model_alias_moved" and m["alias"] == "champion"]
-    assert reasons[-2:] == ["better stability", "bad drift"]
+    assert "champion" in shown["aliases"] and shown["metrics"]["stability"] > 0
+    history = json.loads(personas(home, "models", "history", "--json").stdout)
+    champion_moves = [m for m in history if m["alias"] == "champion"]
+    assert champion_moves[-2]["reason"] == "rollback: bad drift" and champion_moves[-2]["version"] == 1
+    assert champion_moves[-1]["reason"].startswith("better stability") and champion_moves[-1]["previous"] == 1
+    assert all({"at", "actor", "previous", "version", "reason"} <= set(m) for m in history)

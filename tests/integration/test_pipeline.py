@@ -137,3 +137,30 @@ def test_rerun_on_the_same_inputs_changes_and_duplicates_nothing(pipeline, gener
         before.sort_values("person_id").reset_index(drop=True)[["person_id", "persona_id", "model_version"]],
         after.sort_values("person_id").reset_index(drop=True)[["person_id", "persona_id", "model_version"]],
     )
+
+
+def test_retraining_on_unchanged_data_keeps_persona_ids_and_names(pipeline):
+    """A retrain with another seed on the same features keeps every persona's id and name."""
+    from flows.build_personas import _current_model_frame, _previous_model
+    from models.embedder import TextEmbedder
+    from models.train import train_persona_model
+    from personaops import features as F
+
+    home, record = pipeline
+    cfg = load_config()
+    cfg.home = Path(home)
+    ws = Workspace(home)
+    previous = _previous_model(ws, cfg)
+    tables, frame, columns = _current_model_frame(ws)
+    texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
+    vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache).encode(texts["text"].tolist())
+    model_cfg = cfg.model.model_copy(update={"seed": cfg.model.seed + 17, "auto_promote": False})
+    result = train_persona_model(ws, model_cfg, frame, columns, texts, vectors, F.outcome_frame(tables), {"personas.run_id": "retrain-test"}, {}, previous)
+    again = result.assignments.set_index("person_id")["persona_id"]
+    same = (again.reindex(previous.assignments.index) == previous.assignments).mean()
+    assert same >= 0.98, same
+    assert result.continuity["new"] == [] and result.continuity["vanished"] == []
+    old_names = {p["persona_id"]: p["name"] for p in previous.profiles}
+    assert {p["persona_id"]: p["name"] for p in result.profiles} == old_names
+    assert result.metrics["agreement_with_previous"] >= 0.95
+    assert result.aliases == ["challenger"]  # auto_promote off: the champion stays

@@ -43,3 +43,15 @@ def test_labels_take_any_positive_and_campaign_conversion():
 
 def test_event_type_columns_are_safe_names():
     assert F.event_type_column("Page View/Mobile") == "share_page_view_mobile"
+
+
+def test_crm_attributes_become_numeric_model_inputs():
+    crm = pd.DataFrame(
+        {"person_id": ["a", "b", "c"], "_row_number": [1, 2, 3], "cat__plan": ["pro", "free", None],
+         "num__balance": [10.0, 20.0, None], "event_time": pd.to_datetime(["2025-02-01"] * 3, utc=True)}
+    )  # fmt: skip
+    tables = {"person_profile": F.profile_features(crm, AS_OF)}
+    frame = F.model_input_frame(tables, pd.Index(["a", "b", "c", "d"]))
+    assert frame.loc["a", "plan__pro"] == 1.0 and frame.loc["b", "plan__pro"] == 0.0
+    assert np.isnan(frame.loc["c", "plan__pro"]) and np.isnan(frame.loc["d", "plan__free"])
+    assert frame.loc["b", "balance"] == 20.0 and np.isclose(frame.loc["a", "tenure_days"], 365.0)

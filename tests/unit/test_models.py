@@ -2,7 +2,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from models.clustering import assign, fit_personas
+from models.clustering import assign, fit_personas, stability
+from models.continuity import match_personas
+from models.promotion import evaluate_gate, gate_passed
 from models.fusion import Fusion
 from models.persona_model import PersonaScorer
 from models.profiles import build_profiles, wilson
@@ -86,7 +88,59 @@ def test_profiles_name_traits_kpis_and_quotes():
     profiles = build_profiles(frame[["f1", "f2", "f3"]], labels, outcomes, texts, vectors)
     assert [p["size"] for p in profiles] == [60, 60]
     assert len({p["name"] for p in profiles}) == 2
-    assert profiles[1]["kpis"]["churn_rate"]["value"] == 1.0 and profiles[0]["kpis"]["churn_rate"]["value"] == 0.0
+    assert profiles[1]["kpis"]["churned_rate"]["value"] == 1.0 and profiles[0]["kpis"]["churned_rate"]["value"] == 0.0
+    assert "Churned rate 100%" in profiles[1]["description"]
     assert set(profiles[0]["terms"]) & {"slow", "api", "export"}
     assert profiles[0]["quotes"][0]["text"] == "slow api export"
     assert profiles[0]["traits"][0]["feature"] in {"f1", "f2", "f3"}
+
+
+def test_far_away_people_are_unassigned_and_confidence_is_a_distance_ratio():
+    frame, _ = _blobs()
+    scorer = fit_scorer(frame, ["f1", "f2", "f3"], 8, ModelConfig(k_min=4, k_max=4, pca_components=6))
+    weird = frame.head(3).copy()
+    weird[["f1", "f2", "f3"]] = 1e4
+    predicted = scorer.predict(pd.concat([frame, weird]))
+    assert (predicted["persona_id"].tail(3) == -1).all()
+    assert predicted["persona_name"].iloc[-1].startswith("Unassigned")
+    assert (predicted["persona_id"].head(len(frame)) >= 0).mean() > 0.99
+    assert predicted["confidence"].between(0, 1).all() and predicted["confidence"].head(len(frame)).median() > 0.5
+
+
+def test_stability_is_high_for_clear_structure_and_k_respects_min_share():
+    frame, _ = _blobs()
+    cfg = ModelConfig(k_min=2, k_max=8, pca_components=6, min_persona_share=0.2)
+    scorer = fit_scorer(frame, ["f1", "f2", "f3"], 8, cfg)
+    assert scorer.clustering.k == 4  # five or more would leave a persona under 20% of people
+    assert all(scorer.clustering.k_scores[k] is None for k in range(5, 9))
+    x = scorer.represent(frame)
+    assert scorer.clustering.k_stability[4] > 0.95
+    assert stability(x, scorer.clustering.centroids, cfg.restarts, cfg.iterations, 0, rounds=3) > 0.95
+
+
+def test_continuity_keeps_previous_ids_and_reports_new_and_vanished():
+    people = pd.Index([f"p{i}" for i in range(9)])
+    previous = pd.Series([5, 5, 5, 7, 7, 7, 9, 9, 9], index=people)
+    # the new centroids come out in another order, persona 9 vanished, a new group appears
+    new = pd.Series([1, 1, 1, 0, 0, 0, 2, 2, 2], index=people)
+    grown = pd.concat([new, pd.Series([3, 3], index=["q1", "q2"])])
+    result = match_personas(grown, 4, previous, 0.3)
+    assert result.persona_ids[1] == 5 and result.persona_ids[0] == 7 and result.persona_ids[2] == 9
+    assert result.persona_ids[3] == 10 and result.new == [10] and result.vanished == []
+    shifted = match_personas(pd.Series([0, 0, 0, 0, 0, 0, 1, 1, 1], index=people), 2, previous, 0.3)
+    assert shifted.persona_ids[1] == 9 and len(shifted.vanished) == 1  # 6 people of 5 and 7 merged: only one id survives
+    assert match_personas(new, 3, None, 0.3).persona_ids == [0, 1, 2]
+
+
+def test_promotion_gate_blocks_a_worse_challenger_and_passes_a_better_one():
+    cfg = ModelConfig(stability_floor=0.9, promotion_tolerance=0.02, min_persona_share=0.03)
+    champion = {"silhouette": 0.35, "stability": 0.97, "smallest_persona_share": 0.1}
+    worse = {"silhouette": 0.25, "stability": 0.97, "smallest_persona_share": 0.1}
+    unstable = {"silhouette": 0.40, "stability": 0.80, "smallest_persona_share": 0.1}
+    better = {"silhouette": 0.36, "stability": 0.98, "smallest_persona_share": 0.1}
+    assert not gate_passed(evaluate_gate(worse, champion, cfg))
+    assert not gate_passed(evaluate_gate(unstable, champion, cfg))
+    assert gate_passed(evaluate_gate(better, champion, cfg))
+    assert gate_passed(evaluate_gate(better, None, cfg))
+    failed = [c.name for c in evaluate_gate(worse, champion, cfg) if not c.passed]
+    assert failed == ["silhouette_vs_champion"]
