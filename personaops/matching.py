@@ -18,7 +18,7 @@ import pandas as pd
 # person attributes a source may carry, e.g. FEBRL's names, date of birth and address).
 STRING_ATTRIBUTES = ["name", "first_name", "last_name", "address", "city"]
 EXACT_ATTRIBUTES = ["device_id"]
-MATCH_ATTRIBUTES = ["name", "first_name", "last_name", "email", "phone", "device_id", "date_of_birth", "postcode", "address", "city"]
+MATCH_ATTRIBUTES = ["name", "first_name", "last_name", "email", "phone", "device_id", "date_of_birth", "postcode", "address", "city", "national_id"]
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _comparisons(columns: list[str]):
                 cll.ElseLevel().configure(m_probability=0.03),
             ]
             comparisons.append(cl.CustomComparison(levels, output_column_name="email"))
-        elif col in ("phone", "date_of_birth", "postcode"):
+        elif col in ("phone", "date_of_birth", "postcode", "national_id"):
             levels = [
                 cll.NullLevel(col),
                 cll.ExactMatchLevel(col).configure(m_probability=0.85),
@@ -106,7 +106,7 @@ def _agreement(scored: pd.DataFrame, gammas: list[str], levels: dict[str, int]) 
 def _blocking_rules(columns: list[str]):
     from splink import block_on
 
-    rules = [block_on(c) for c in ("email", "phone", "device_id", "date_of_birth", "postcode") if c in columns]
+    rules = [block_on(c) for c in ("email", "phone", "national_id", "device_id", "date_of_birth", "postcode") if c in columns]
     if "name" in columns:
         rules.append(block_on("name"))
         rules.append(block_on("substr(name, 1, 3)", "substr(name, -3)"))
@@ -130,7 +130,7 @@ def _training_rules(table: pd.DataFrame, columns: list[str], min_pairs: int = 50
         counts = table[col].value_counts()
         return int((counts * (counts - 1) // 2).sum())
 
-    strong = [c for c in ("date_of_birth", "email", "phone", "postcode") if c in columns and pairs(c) >= min_pairs]
+    strong = [c for c in ("date_of_birth", "email", "phone", "national_id", "postcode") if c in columns and pairs(c) >= min_pairs]
     names = [c for c in ("name", "last_name", "first_name") if c in columns and pairs(c) >= min_pairs]
     rules = [block_on(c) for c in (strong[:1] + names[:1] + strong[1:2])]
     return rules

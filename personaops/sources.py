@@ -7,6 +7,9 @@ sources:
     path: crm.csv             # CSV or Parquet, file or folder; relative to this file
     key: customer_id          # the source's own record id (optional: row number otherwise)
     identifiers: {customer_id: customer_id, email: email, phone: phone, name: full_name}
+    attributes: {}            # person attributes the probabilistic match compares, never rule
+                              # keys: first_name, last_name, date_of_birth, postcode, address,
+                              # city, national_id; a value may list columns to join
     timestamp: signup_date
     text: []                  # free-text columns (embedded)
     numeric: [] ; categorical: [plan, region]
@@ -31,6 +34,11 @@ from personaops.errors import SourceError
 SourceKind = Literal["crm", "events", "tickets", "surveys", "campaigns"]
 IdentifierKind = Literal["customer_id", "email", "phone", "name", "device_id", "account_id"]
 IDENTIFIER_KINDS: tuple[str, ...] = ("customer_id", "email", "phone", "name", "device_id", "account_id")
+# Person attributes: compared by the probabilistic identity pass (with typo tolerance), never
+# used as deterministic link keys — a date of birth or postcode is shared by many people, and a
+# national id is often keyed with typos.
+AttributeKind = Literal["first_name", "last_name", "date_of_birth", "postcode", "address", "city", "national_id"]
+ATTRIBUTE_KINDS: tuple[str, ...] = ("first_name", "last_name", "date_of_birth", "postcode", "address", "city", "national_id")
 
 # Kind-specific roles: which `fields` each kind requires and allows.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -57,7 +65,9 @@ class SourceSpec(BaseModel):
     path: Path
     format: Literal["csv", "parquet"] | None = None
     key: str | None = None
-    identifiers: dict[IdentifierKind, str]
+    identifiers: dict[IdentifierKind, str] = {}
+    # One column, or several joined with a space (e.g. address: [street_number, street, locality]).
+    attributes: dict[AttributeKind, str | list[str]] = {}
     timestamp: str | None = None
     text: list[str] = []
     numeric: list[str] = []
@@ -68,8 +78,10 @@ class SourceSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_roles(self) -> "SourceSpec":
-        if not self.identifiers:
-            raise ValueError("needs at least one identifier column (customer_id, email, phone, name, device_id or account_id)")
+        if not self.identifiers and not self.attributes:
+            raise ValueError("needs at least one identifier column (customer_id, email, phone, name, device_id or account_id) or person attribute column")
+        if any(not isinstance(v, str) and not v for v in self.attributes.values()):
+            raise ValueError("an attribute maps to an empty list of columns; name at least one column")
         missing = [f for f in REQUIRED_FIELDS[self.kind] if f not in self.fields]
         if missing:
             raise ValueError(f"a {self.kind} source needs fields: {', '.join(missing)}")
@@ -85,6 +97,7 @@ class SourceSpec(BaseModel):
     def mapped_columns(self) -> list[str]:
         """Every file column this mapping reads, in a stable order, without repeats."""
         cols = ([self.key] if self.key else []) + list(self.identifiers.values())
+        cols += [c for v in self.attributes.values() for c in ([v] if isinstance(v, str) else v)]
         cols += [self.timestamp] if self.timestamp else []
         cols += self.text + self.numeric + self.categorical + self.labels + self.sensitive
         cols += list(self.fields.values())
