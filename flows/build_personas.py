@@ -185,6 +185,15 @@ def _previous_model(ws: Workspace, cfg: PersonasConfig):
     return PreviousModel(version=version, assignments=published, profiles=load_profiles(ws, run_id), metrics=metrics)
 
 
+def _sensitive(ws: Workspace) -> pd.DataFrame | None:
+    """Sensitive attributes by person_id (bias audits only), as the features stage wrote them."""
+    path = ws.root / "audit" / "person_sensitive.parquet"
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path)
+    return table.set_index("person_id") if "person_id" in table.columns and len(table.columns) > 1 else None
+
+
 @task(name="train")
 def train(home: str | None, run_id: str, encoder: str) -> dict:
     """Fit the persona model; log the MLflow run; register a version; apply the promotion gate."""
@@ -214,6 +223,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
         tags={"personas.run_id": run_id, "personas.input_fingerprint": fingerprint, "personas.feature_service": MODEL_INPUT_SERVICE},
         params={"encoder": Path(encoder).name, "feature_service": MODEL_INPUT_SERVICE},
         previous=_previous_model(ws, cfg),
+        sensitive=_sensitive(ws),
     )
     progress.stage_finished(
         "train",

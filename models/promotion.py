@@ -1,5 +1,7 @@
-"""The promotion gate: a challenger becomes champion only when its quality and stability pass
-absolute floors and are not worse than the champion's beyond a tolerance."""
+"""The promotion gate: a challenger becomes champion only when its stability and persona sizes
+pass absolute floors and its quality, stability and bias (largest demographic-parity difference
+of persona assignment across sensitive groups) are not worse than the champion's beyond a
+tolerance."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ class GateCheck:
     passed: bool
 
     def __str__(self) -> str:
-        return f"{self.name} {self.value:.3f} {'>=' if self.passed else '<'} {self.threshold:.3f}"
+        upper = self.name.startswith("bias")  # bias checks are ceilings, the others floors
+        sign = ("<=" if self.passed else ">") if upper else (">=" if self.passed else "<")
+        return f"{self.name} {self.value:.3f} {sign} {self.threshold:.3f}"
 
 
 def evaluate_gate(candidate: dict[str, float], champion: dict[str, float] | None, cfg: ModelConfig) -> list[GateCheck]:
@@ -35,6 +39,10 @@ def evaluate_gate(candidate: dict[str, float], champion: dict[str, float] | None
             floor = champion.get(metric, float("-inf")) - cfg.promotion_tolerance
             value = candidate.get(metric, float("-inf"))
             checks.append(GateCheck(f"{metric}_vs_champion", value, floor, value >= floor))
+        if "bias_max_dp_difference" in candidate and "bias_max_dp_difference" in champion:
+            ceiling = champion["bias_max_dp_difference"] + cfg.bias_tolerance
+            value = candidate["bias_max_dp_difference"]
+            checks.append(GateCheck("bias_max_dp_difference_vs_champion", value, ceiling, value <= ceiling))
     return checks
 
 

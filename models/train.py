@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from models import registry
+from models.bias import persona_parity
 from models.clustering import UNASSIGNED, fit_personas
 from models.continuity import Continuity, match_personas
 from models.fusion import Fusion
@@ -106,8 +107,10 @@ def train_persona_model(
     tags: dict[str, str],
     params: dict[str, str],
     previous: PreviousModel | None = None,
+    sensitive: pd.DataFrame | None = None,
 ) -> TrainResult:
-    """`frame`: one row per person (index person_id) with `feature_columns` and `text_embedding`."""
+    """`frame`: one row per person (index person_id) with `feature_columns` and `text_embedding`;
+    `sensitive`: sensitive attributes by person_id, for the bias audit only."""
     import mlflow
 
     client = registry.client(ws)
@@ -136,6 +139,10 @@ def train_persona_model(
     scorer.persona_names = [names.get(pid, f"persona {pid}") for pid in continuity.persona_ids]
     assignments = scorer.predict(frame).rename_axis("person_id").reset_index()
 
+    bias = persona_parity(assignments.set_index("person_id")["persona_id"], sensitive) if sensitive is not None and len(sensitive.columns) else None
+    if bias is not None and bias["by_attribute"]:
+        metrics["bias_max_dp_difference"] = bias["max_dp_difference"]
+        metrics["bias_min_dp_ratio"] = bias["min_dp_ratio"]
     metrics.update({"k": float(scorer.clustering.k), "persons": float(len(frame)), "new_personas": float(len(continuity.new)), "vanished_personas": float(len(continuity.vanished))})
     metrics["persons_with_text"] = float(frame["text_embedding"].notna().sum()) if "text_embedding" in frame else 0.0
     if continuity.agreement is not None:
@@ -164,7 +171,7 @@ def train_persona_model(
         )
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            for name, payload in ((PROFILES_ARTIFACT, profiles), ("features.json", feature_columns), ("continuity.json", continuity_report)):
+            for name, payload in ((PROFILES_ARTIFACT, profiles), ("features.json", feature_columns), ("continuity.json", continuity_report), ("bias.json", bias)):
                 (tmp_path / name).write_text(json.dumps(payload, indent=2), encoding="utf-8")
                 mlflow.log_artifact(str(tmp_path / name))
             np.save(tmp_path / "centroids.npy", scorer.clustering.centroids)

@@ -199,19 +199,23 @@ def get(
     from personaops.feature_store import ASSIGNMENT_FEATURES, read_persona
 
     cfg, ws = _workspace()
+    record = None
     if person_id is None:
         if not (source and key):
             raise PersonaOpsError("Give a PERSON_ID, or --source NAME and --key VALUE of one of their records.")
-        path = ws.identity / "record_person.parquet"
-        if not path.exists():
-            raise NotFoundError(f"No identity map in {ws.root}; run `personas run` first.")
-        mapping = pd.read_parquet(path, columns=["source", "source_key", "person_id"])
-        hit = mapping[(mapping["source"] == source) & (mapping["source_key"] == key)]
-        if hit.empty:
-            raise NotFoundError(f"No record with key {key!r} in source {source!r}; check the source name and key (see `personas assignments`).")
-        person_id = str(hit["person_id"].iloc[0])
+        from personaops.identity_store import lookup_record
+
+        record = lookup_record(ws, source, key)  # through the identity graph's record -> person map
+        person_id = record["person_id"]
+    elif source or key:
+        raise PersonaOpsError("Give either a PERSON_ID or --source NAME and --key VALUE, not both.")
     row = read_persona(ws, cfg, [person_id]).iloc[0]
     if pd.isna(row["persona_id"]):
+        if record is not None:
+            raise NotFoundError(
+                f"Record {record['source']}:{record['source_key']} belongs to person {person_id}, who has no published persona in {ws.root}; "
+                "a run that stopped after the resolve stage leaves the map ahead of the online store, so re-run `personas run`."
+            )
         raise NotFoundError(f"Person {person_id!r} has no persona in the online store at {ws.root}; check the id (see `personas assignments`).")
     result = {"person_id": person_id, **{f: row[f] for f in ASSIGNMENT_FEATURES}}
     result["persona_id"], result["model_version"] = int(result["persona_id"]), int(result["model_version"])
@@ -448,6 +452,12 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow re-levels its logger on import
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    # Some libraries re-add their own warning filters on import; route whatever still gets
+    # through to a silent logger instead of the terminal.
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.addHandler(logging.NullHandler())
+    py_warnings.propagate = False
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("feast").setLevel(logging.WARNING)
 

@@ -82,6 +82,7 @@ class ModelConfig(_Section):
     stability_floor: float = Field(0.9, description="mean bootstrap ARI (0-1) below which a version is not promotable")
     promotion_tolerance: float = Field(0.02, description="how much worse than the champion a challenger may be (silhouette, stability)")
     auto_promote: bool = Field(True, description="promote a new version to champion when it passes the gate")
+    bias_tolerance: float = Field(0.05, description="how much larger a challenger's max demographic-parity difference (0-1) may be than the champion's")
     continuity_min_jaccard: float = Field(0.3, description="membership overlap (0-1) needed to keep a previous persona id")
 
 

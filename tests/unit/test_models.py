@@ -144,3 +144,26 @@ def test_promotion_gate_blocks_a_worse_challenger_and_passes_a_better_one():
     assert gate_passed(evaluate_gate(better, None, cfg))
     failed = [c.name for c in evaluate_gate(worse, champion, cfg) if not c.passed]
     assert failed == ["silhouette_vs_champion"]
+
+
+def test_persona_parity_measures_assignment_rates_across_groups():
+    from models.bias import persona_parity
+
+    people = [f"p{i}" for i in range(200)]
+    sensitive = pd.DataFrame({"gender": ["f"] * 100 + ["m"] * 100, "age": np.arange(200) + 18}, index=people)
+    skewed = pd.Series([0] * 100 + [1] * 100, index=people)  # persona 0 is all women
+    report = persona_parity(skewed, sensitive)
+    assert report["by_attribute"]["gender"][0]["dp_difference"] == 1.0 and report["max_dp_difference"] == 1.0
+    assert set(report["by_attribute"]["age"]) == {0, 1}  # numeric age is audited in quartile bands
+    rng = np.random.default_rng(0)
+    even = pd.Series(rng.integers(0, 2, size=200), index=people)
+    assert persona_parity(even, sensitive[["gender"]])["max_dp_difference"] < 0.2
+
+
+def test_promotion_gate_blocks_a_challenger_that_is_more_biased():
+    cfg = ModelConfig(bias_tolerance=0.05)
+    champion = {"silhouette": 0.3, "stability": 0.95, "smallest_persona_share": 0.1, "bias_max_dp_difference": 0.10}
+    biased = dict(champion, bias_max_dp_difference=0.30)
+    checks = evaluate_gate(biased, champion, cfg)
+    assert [c.name for c in checks if not c.passed] == ["bias_max_dp_difference_vs_champion"]
+    assert gate_passed(evaluate_gate(dict(champion, bias_max_dp_difference=0.12), champion, cfg))

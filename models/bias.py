@@ -1,0 +1,47 @@
+"""Bias audit of persona assignments across sensitive attributes (fairlearn).
+
+For each sensitive attribute and each persona: the demographic-parity difference and ratio of
+"assigned to this persona" across the attribute's groups. Numeric attributes with many values
+are cut into quartile bands; groups smaller than `min_group` people are left out (their rates
+are noise). Sensitive attributes are read for this audit only, never as model inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def audit_groups(values: pd.Series) -> pd.Series:
+    """Group labels of one sensitive attribute (numeric with > 10 values -> quartile bands)."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().mean() > 0.9 and numeric.nunique() > 10:
+        return pd.qcut(numeric, 4, duplicates="drop").astype(str).where(numeric.notna())
+    return values.astype(object).where(values.notna())
+
+
+def persona_parity(assignments: pd.Series, sensitive: pd.DataFrame, min_group: int = 30) -> dict:
+    """`assignments`: persona_id by person_id; `sensitive`: attributes by person_id.
+    Returns {"max_dp_difference", "min_dp_ratio", "by_attribute": {attr: {persona: {...}}}}."""
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio
+
+    report: dict = {"by_attribute": {}, "max_dp_difference": 0.0, "min_dp_ratio": 1.0}
+    for attr in sensitive.columns:
+        groups = audit_groups(sensitive[attr]).reindex(assignments.index)
+        sizes = groups.value_counts()
+        keep = groups.isin(sizes[sizes >= min_group].index)
+        if keep.sum() == 0 or groups[keep].nunique() < 2:
+            continue
+        g, a = groups[keep], assignments[keep]
+        per_persona = {}
+        for persona in sorted(p for p in a.unique() if p >= 0):
+            y = (a == persona).astype(int).to_numpy()
+            diff = float(demographic_parity_difference(y, y, sensitive_features=g.to_numpy()))
+            ratio = float(demographic_parity_ratio(y, y, sensitive_features=g.to_numpy()))
+            rates = pd.Series(y, index=g.index).groupby(g).mean().round(4).to_dict()
+            per_persona[int(persona)] = {"dp_difference": round(diff, 4), "dp_ratio": round(ratio, 4) if np.isfinite(ratio) else None, "rates": rates}
+            report["max_dp_difference"] = max(report["max_dp_difference"], diff)
+            if np.isfinite(ratio):
+                report["min_dp_ratio"] = min(report["min_dp_ratio"], ratio)
+        report["by_attribute"][attr] = per_persona
+    return report
