@@ -52,6 +52,32 @@ def write_identity(ws: Workspace, result: IdentityResult, run_id: str) -> dict[s
     return {k: str(v) for k, v in paths.items()}
 
 
+def lookup_record(ws: Workspace, source: str, key: str) -> dict:
+    """The person a source record belongs to in the latest identity graph: {source, source_key,
+    person_id, linked_by}. The key matches exactly, else after trimming, else case-insensitively
+    when that names one record (ingest trims keys; users retype them)."""
+    path = ws.identity / "record_person.parquet"
+    if not path.is_file():
+        raise PipelineStateError(f"No identity map in {ws.root}; run `personas run --sources FILE` first.")
+    nodes = pd.read_parquet(path, columns=["source", "source_key", "person_id", "linked_by"])
+    sources = sorted(nodes["source"].unique())
+    if source not in sources:
+        raise NotFoundError(f"Source {source!r} is not in the identity map of {ws.root} (sources: {', '.join(sources) or 'none'}); check the --source name.")
+    keys = nodes[nodes["source"] == source]
+    hit = keys[keys["source_key"] == key]
+    if hit.empty:
+        hit = keys[keys["source_key"] == key.strip()]
+    if hit.empty:
+        hit = keys[keys["source_key"].str.casefold() == key.strip().casefold()]
+        if len(hit) > 1:
+            raise NotFoundError(f"Key {key!r} matches {len(hit)} records of source {source!r} only when case is ignored; give the key exactly as written in the source.")
+    if hit.empty:
+        raise NotFoundError(
+            f"No record with key {key!r} in source {source!r} of {ws.root}; check the key (the source's `key` column; quarantined rows have no person)."
+        )
+    return {k: str(v) for k, v in hit.iloc[0][["source", "source_key", "person_id", "linked_by"]].items()}
+
+
 def history(ws: Workspace, person_id: str) -> list[dict]:
     """Every merge / split event that involves `person_id` (as an old or a new id), oldest first."""
     path = ws.identity / "history.jsonl"
