@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personaops.errors import ConfigError
 
@@ -40,6 +40,10 @@ class IdentityConfig(_Section):
         "account_id",
         "device_id",
     ]
+    # Per source, the link keys its records may link on (a subset of link_keys, same priority);
+    # a source not listed links on every key. E.g. {tickets: [email]} keeps a helpdesk's
+    # free-typed phone numbers from joining people.
+    source_link_keys: dict[str, list[Literal["customer_id", "email", "phone", "account_id", "device_id"]]] = {}
     # A device seen with more customer ids than this is shared and never used to link.
     max_persons_per_device: int = 1
     junk_values: list[str] = ["", "unknown", "none", "null", "n/a", "test@test.com", "0000000000"]
@@ -54,6 +58,18 @@ class IdentityConfig(_Section):
     u_sampling_max_pairs: float = Field(1e6, description="record pairs sampled to estimate u probabilities")
     max_training_rows: int = Field(200_000, description="distinct record attribute rows the model is trained on at most")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _source_keys_are_link_keys(self) -> "IdentityConfig":
+        for source, kinds in self.source_link_keys.items():
+            extra = [k for k in kinds if k not in self.link_keys]
+            if extra:
+                raise ValueError(f"source_link_keys of {source!r} names {extra[0]!r}, which is not in link_keys ({', '.join(self.link_keys)})")
+        return self
+
+    def source_may_link_on(self, source: str, kind: str) -> bool:
+        """Whether records of `source` may link on key kind `kind` in the rule pass."""
+        return kind in self.link_keys and kind in self.source_link_keys.get(source, self.link_keys)
 
 
 class EmbeddingConfig(_Section):

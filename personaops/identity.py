@@ -1,7 +1,8 @@
 """Identity resolution: deterministic rules, then a Splink pass, into stable person ids.
 
 Pass 1 (rules): records are linked when they share a normalised customer id, e-mail, phone,
-account id or (unshared) device id; junk values never link, and a device seen with several
+account id or (unshared) device id — per source, only the kinds `source_link_keys` allows it;
+junk values never link, and a device seen with several
 customer ids is a shared device and never links customers. Connected components are the
 candidate persons; a component that breaks a guard (more distinct values of a key kind than
 `max_values_per_person` allows, or both ends of a rejected review pair) is rebuilt link by link
@@ -95,6 +96,9 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         if kind not in records.columns:
             continue
         values = records[kind].dropna().astype(str)
+        if cfg.source_link_keys:  # per-source rules: a source may be barred from linking on this kind
+            allowed = [src for src in pd.unique(records["source"]) if cfg.source_may_link_on(src, kind)]
+            values = values[records.loc[values.index, "source"].isin(allowed)]
         norm = NORMALISERS[kind](values).dropna()
         norm = norm[~norm.isin(junk) & (norm != "")]
         parts.append(pd.DataFrame({"record_idx": norm.index.to_numpy(), "kind": kind, "key": norm.to_numpy()}))
