@@ -16,6 +16,7 @@ import pandas as pd
 
 from personaops.config import PersonasConfig
 from personaops.errors import NotFoundError, PipelineStateError
+from personaops.online_publish import online_publisher
 from personaops.workspace import Workspace
 
 ASSIGNMENT_VIEW = "persona_assignment"
@@ -82,7 +83,8 @@ def apply_definitions(ws: Workspace, cfg: PersonasConfig) -> list[str]:
 
 def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.DataFrame, model_version: int, published_at: pd.Timestamp) -> int:
     """Write assignments (person_id, persona_id, persona_name, confidence) of one model version to
-    the offline table (history kept per version) and the online store; return rows written online."""
+    the offline table (history kept per version) and the online store, whose content for the view
+    this publish replaces atomically; return rows written online."""
     rows = assignments[["person_id", "persona_id", "persona_name", "confidence"]].copy()
     rows["model_version"] = int(model_version)
     rows["event_timestamp"] = published_at
@@ -94,9 +96,8 @@ def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.Data
     else:
         rows_all = rows
     write_table(ws, ASSIGNMENT_VIEW, rows_all)
-    store = feature_store(ws, cfg)
-    store.write_to_online_store(ASSIGNMENT_VIEW, rows.reset_index(drop=True))
-    return len(rows)
+    # One transaction replaces the view's online rows (SQLite): no reader sees two versions mixed.
+    return online_publisher(feature_store(ws, cfg)).replace(ASSIGNMENT_VIEW, rows.reset_index(drop=True))
 
 
 def read_persona(ws: Workspace, cfg: PersonasConfig, person_ids: list[str]) -> pd.DataFrame:

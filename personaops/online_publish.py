@@ -1,0 +1,232 @@
+"""Publishing a feature view's rows to Feast's online store: batched, and atomic per publish.
+
+Feast's `write_to_online_store` upserts one SQL statement per feature value. For the SQLite
+online store we write exactly the rows Feast would write — Feast's table, entity keys from
+`serialize_entity_key`, values as Feast `ValueProto` bytes — with one sorted `executemany`
+that replaces the view's whole table in one transaction: a reader sees the previous publish or
+this one, never a mix for one person, and persons absent from this publish are gone. Stock
+Feast readers (`get_online_features`, `feast serve`) read the result unchanged.
+
+Online store types without a fast path here (e.g. redis) go through Feast's own
+`write_to_online_store`, which upserts: persons absent from the publish keep their old rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from personaops.errors import PipelineStateError
+
+# Columns of Feast 0.67's SQLite online table that a publish fills (vector_value stays NULL).
+_SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
+_SQLITE_TABLE_COLUMNS = {"entity_key", "feature_name", "value", "value_text", "vector_value", "event_ts", "created_ts"}
+# Above this many distinct values, fixed-width numbers are encoded by the layout Feast's own
+# serialization of a sample value shows, instead of one ValueProto per distinct value.
+_DISTINCT_VALUES_VIA_PROTO = 2_000
+
+
+class OnlinePublisher(Protocol):
+    """Writes one feature view's rows (entity columns, features, timestamps) to the online store."""
+
+    def replace(self, view_name: str, rows: pd.DataFrame) -> int:
+        """Publish `rows` as the view's online content; return the number of entity rows written."""
+
+
+@dataclass
+class FeastWritePublisher:
+    """Any online store Feast supports, through Feast's `write_to_online_store` (an upsert)."""
+
+    store: object
+
+    def replace(self, view_name: str, rows: pd.DataFrame) -> int:
+        self.store.write_to_online_store(view_name, rows.reset_index(drop=True))
+        return len(rows)
+
+
+@dataclass
+class SqlitePublisher:
+    """Feast's SQLite online store, replaced in one transaction by one `executemany`."""
+
+    store: object
+    busy_timeout_s: float = 30.0
+
+    @staticmethod
+    def supports(config) -> bool:
+        """Plain SQLite online stores only: vector and OpenAI-compatible tables have extra columns."""
+        online = config.online_store
+        return not getattr(online, "vector_enabled", False) and not getattr(online, "enable_openai_compatible_store", False)
+
+    def db_path(self) -> Path:
+        config = self.store.config
+        path = Path(config.online_store.path)
+        # Feast resolves a relative online store path against the repo (SqliteOnlineStore._get_db_path).
+        return path if path.is_absolute() or not config.repo_path else Path(config.repo_path) / path
+
+    def table_name(self, view) -> str:
+        from feast.infra.online_stores.helpers import compute_table_id
+
+        config = self.store.config
+        return compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+
+    def encode(self, view, rows: pd.DataFrame) -> list[tuple]:
+        """The SQLite rows Feast's online_write_batch would write for `rows`, sorted by primary key."""
+        return encode_sqlite_rows(view, rows, self.store.config.entity_key_serialization_version)
+
+    def replace(self, view_name: str, rows: pd.DataFrame) -> int:
+        view = self.store.get_feature_view(view_name)
+        table = self.table_name(view)
+        encoded = self.encode(view, rows)
+        write_sqlite_table(self.db_path(), table, encoded, self.busy_timeout_s)
+        return len(rows)
+
+
+# Online store type (feature_store.yaml `online_store.type`) -> fast publisher.
+PUBLISHERS = {"sqlite": SqlitePublisher, "feast.infra.online_stores.sqlite.SqliteOnlineStore": SqlitePublisher}
+
+
+def online_publisher(store) -> OnlinePublisher:
+    """The fastest publisher for this FeatureStore's online store; Feast's own write otherwise."""
+    cls = PUBLISHERS.get(store.config.online_store.type)
+    if cls is not None and cls.supports(store.config):
+        return cls(store)
+    return FeastWritePublisher(store)
+
+
+# --- encoding: Feast's serialization, once per distinct value ----------------------------------
+def entity_keys(join_key: str, value_type, values: np.ndarray, version: int) -> list[bytes]:
+    """`serialize_entity_key` of each value of a single join key (bytes, one per value)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    def feast_key(value) -> bytes:
+        proto = python_values_to_proto_values(np.array([value], dtype=object), value_type)[0]
+        return serialize_entity_key(EntityKeyProto(join_keys=[join_key], entity_values=[proto]), entity_key_serialization_version=version)
+
+    if len(values) == 0:
+        return []
+    if value_type == ValueType.STRING and version >= 3:
+        # v3 layout: key names (Feast's prefix helper), then value type, value length, UTF-8 bytes.
+        head = serialize_entity_key_prefix([join_key], version) + struct.pack("<I", ValueType.STRING.value)
+        pack = struct.Struct("<I").pack
+        keys = [head + pack(len(b)) + b for b in (str(v).encode("utf8") for v in values)]
+        if keys[0] == feast_key(values[0]) and keys[-1] == feast_key(values[-1]):
+            return keys
+    return [feast_key(v) for v in values]
+
+
+def feature_values(values: np.ndarray, value_type) -> tuple[list[bytes], list[str | None]]:
+    """(serialized ValueProto, value_text) of each value, as Feast's SQLite store writes them."""
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    fixed = {ValueType.DOUBLE: ("double_val", "<f8", float), ValueType.INT64: ("int64_val", "<i8", int)}
+    if len(uniques) > _DISTINCT_VALUES_VIA_PROTO and value_type in fixed and values.dtype.kind in "fiu":
+        encoded = _fixed_width_values(values, *fixed[value_type], ValueProto, python_values_to_proto_values, value_type)
+        if encoded is not None:
+            return encoded
+    protos = python_values_to_proto_values(np.asarray(uniques, dtype=values.dtype if values.dtype.kind in "fiub" else object), value_type)
+    blobs = np.array([p.SerializeToString() for p in protos], dtype=object)
+    texts = np.array([extract_text_and_num(p, False)[0] for p in protos], dtype=object)
+    return blobs[codes].tolist(), texts[codes].tolist()
+
+
+def _fixed_width_values(values, field, dtype, cast, ValueProto, to_protos, value_type):
+    """Bytes of many distinct numbers: Feast's tag bytes + the little-endian number, checked
+    against Feast's own serialization of a sample; None when the layout does not match."""
+    tag = ValueProto(**{field: cast(1)}).SerializeToString()[: -np.dtype(dtype).itemsize]
+    missing = pd.isna(values)
+    numbers = np.where(missing, 0, values).astype(dtype)
+    width = len(tag) + numbers.dtype.itemsize
+    buf = np.empty(len(numbers), dtype=[("tag", f"S{len(tag)}"), ("value", dtype)])
+    buf["tag"], buf["value"] = tag, numbers
+    raw = buf.tobytes()
+    blobs = [raw[i : i + width] for i in range(0, len(raw), width)]
+    texts = [str(v) for v in numbers.tolist()]
+    for i in np.flatnonzero(missing):
+        blobs[i], texts[i] = ValueProto().SerializeToString(), None
+    probe = [i for i in (0, len(values) // 2, len(values) - 1) if not missing[i]]
+    feast = to_protos(values[probe], value_type)
+    if any(blobs[i] != p.SerializeToString() for i, p in zip(probe, feast)):
+        return None
+    return blobs, texts
+
+
+def _epoch_seconds(stamps: pd.Series) -> list[int]:
+    """Timestamps as Feast's SQLite store stores them: naive UTC, adapted to whole epoch seconds."""
+    import pyarrow as pa
+    from feast.utils import _coerce_datetime, to_naive_utc
+
+    codes, uniques = pd.factorize(stamps, use_na_sentinel=False)
+    as_feast = pd.to_datetime(pa.array(pd.Series(uniques, dtype=stamps.dtype)).to_numpy(zero_copy_only=False))
+    seconds = np.array([int(to_naive_utc(_coerce_datetime(t)).timestamp()) for t in as_feast], dtype=object)
+    return seconds[codes].tolist()
+
+
+def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version: int) -> list[tuple]:
+    """The rows of a SQLite online table for `rows` of a feature view, sorted by primary key
+    (entity_key, feature_name); later duplicates of an entity stay after earlier ones."""
+    import pyarrow as pa
+
+    join = [(c.name, c.dtype.to_value_type()) for c in view.entity_columns]
+    if len(join) != 1:
+        raise PipelineStateError(f"Feature view '{view.name}' has {len(join)} join keys; the fast SQLite publish handles one, so publish it with Feast's write_to_online_store.")
+    features = sorted((f.name, f.dtype.to_value_type()) for f in view.features)
+    missing = [c for c in [join[0][0], *(f for f, _ in features), view.batch_source.timestamp_field] if c not in rows.columns]
+    if missing:
+        raise PipelineStateError(f"Rows for feature view '{view.name}' lack column '{missing[0]}'; add it before publishing.")
+    # The same Arrow -> NumPy conversion Feast applies before serializing.
+    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+    column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+    keys = entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)
+    event_ts = _epoch_seconds(rows[view.batch_source.timestamp_field].reset_index(drop=True))
+    created_col = view.batch_source.created_timestamp_column
+    created_ts = _epoch_seconds(rows[created_col].reset_index(drop=True)) if created_col and created_col in rows.columns else [None] * len(rows)
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: duplicates keep their order
+    pick = lambda seq: [seq[i] for i in order]  # noqa: E731
+    keys, event_ts, created_ts = pick(keys), pick(event_ts), pick(created_ts)
+    per_feature = []
+    for name, value_type in features:
+        blobs, texts = feature_values(column(name), value_type)
+        per_feature.append(zip(keys, itertools.repeat(name), pick(blobs), pick(texts), event_ts, created_ts))
+    return list(itertools.chain.from_iterable(zip(*per_feature)))
+
+
+def write_sqlite_table(db_path: Path, table: str, rows: list[tuple], busy_timeout_s: float = 30.0) -> None:
+    """Replace every row of a Feast SQLite online table with `rows`, in one transaction."""
+    if not Path(db_path).exists():
+        raise PipelineStateError(f"Online store {db_path} does not exist; apply the Feast repo (`personas run`) before publishing.")
+    quoted = '"' + table.replace('"', '""') + '"'
+    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({quoted})")}
+        if not columns:
+            raise PipelineStateError(f"Online store {db_path} has no table {table}; apply the Feast repo (`personas run`) before publishing.")
+        if columns != _SQLITE_TABLE_COLUMNS:
+            raise PipelineStateError(f"Online table {table} in {db_path} has columns {sorted(columns)}, not Feast's plain SQLite layout; publish it with Feast's write_to_online_store.")
+        conn.execute("PRAGMA cache_size=-131072")  # 128 MiB: the table's b-trees stay in memory while loading
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"DELETE FROM {quoted}")
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {quoted} ({', '.join(_SQLITE_COLUMNS)}) VALUES ({', '.join('?' * len(_SQLITE_COLUMNS))})",
+                rows,
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
