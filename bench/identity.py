@@ -12,6 +12,7 @@ on the generator's multi-source data, side by side:
 Prints a table; asserts nothing.
 
     python bench/identity.py [--users 2000] [--only febrl]
+    python bench/identity.py --scale 1000000     # resolve 1M generated records: wall time, peak RSS
 """
 
 from __future__ import annotations
@@ -144,14 +145,14 @@ def product(records: pd.DataFrame) -> pd.Series:
     return pd.Series(out["person_id"].to_numpy(), index=record_ids(out).to_numpy())
 
 
-def generated(users: int) -> tuple[pd.DataFrame, pd.Series, Path]:
+def generated(users: int, root: Path | None = None) -> tuple[pd.DataFrame, pd.Series, Path]:
     from personaops.config import IngestConfig
     from personaops.generate import generate
     from personaops.ingest import ingest_sources, read_lake
     from personaops.sources import load_sources
     from personaops.workspace import Workspace
 
-    root = Path(tempfile.mkdtemp(prefix="bench-identity-"))
+    root = root or Path(tempfile.mkdtemp(prefix="bench-identity-"))
     generate(users, 7, root / "data")
     ws = Workspace(root / "home")
     frames = []
@@ -172,11 +173,76 @@ def _febrl_task(which: int, with_id: bool):
     return load
 
 
+def scale_records(total: int, folder: Path) -> Path:
+    """Generated multi-source records (about 38 per person), ingested through the lake, cut to
+    `total` records; written as one Parquet file with the true person per record."""
+    import json
+
+    per_person = 37.0  # accepted records per generated person (CRM, events, tickets, surveys, campaigns), a little under the mean
+    records, truth, _ = generated(int(total / per_person) + 1, folder)
+    records = records.head(total).copy()
+    records["true_person"] = (records["source"] + ":" + records["source_key"]).map(truth).to_numpy()
+    path = folder / "records.parquet"
+    records.to_parquet(path, index=False)
+    (folder / "records.json").write_text(json.dumps({"records": len(records)}))
+    return path
+
+
+def resolve_file(path: Path) -> dict:
+    """Resolve the records in `path` in this process: wall time (s), peak RSS (GB), pairwise scores."""
+    import resource
+
+    from personaops.config import IdentityConfig
+    from personaops.identity import record_ids, resolve_identities
+
+    records = pd.read_parquet(path)
+    truth = pd.Series(records.pop("true_person").to_numpy(), index=record_ids(records).to_numpy())
+    started = time.perf_counter()
+    result = resolve_identities(records, IdentityConfig())
+    seconds = time.perf_counter() - started
+    predicted = pd.Series(result.records["person_id"].to_numpy(), index=record_ids(result.records).to_numpy())
+    p, r, f1 = pairwise_scores(predicted, truth)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+    return {"records": len(records), "persons": result.stats["persons"], "seconds": seconds, "peak_rss_gb": peak_gb,
+            "precision": p, "recall": r, "f1": f1, "splink_entities": result.stats["entities_matched"]}  # fmt: skip
+
+
+def scale(total: int) -> None:
+    """Generate and ingest `total` records, then resolve them in a fresh process so its peak RSS
+    is the resolve stage's own (reading the records included), not the generator's."""
+    import json
+    import subprocess
+    import sys
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    started = time.perf_counter()
+    path = scale_records(total, folder)
+    print(f"generated and ingested {total:,} records in {time.perf_counter() - started:.0f} s ({folder})", flush=True)
+    done = subprocess.run([sys.executable, __file__, "--resolve-file", str(path)], capture_output=True, text=True, check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"resolve: {figures['records']:,} records -> {figures['persons']:,} persons "
+        f"({figures['splink_entities']:,} entities scored by Splink) in {figures['seconds']:.1f} s wall, "
+        f"peak RSS {figures['peak_rss_gb']:.2f} GB; pairwise precision {figures['precision']:.4f} "
+        f"recall {figures['recall']:.4f} F1 {figures['f1']:.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000, help="people in the generated data set")
     parser.add_argument("--only", default="", help="run only the data sets whose name contains this text")
+    parser.add_argument("--scale", type=int, default=0, help="instead: resolve this many generated records; wall time and peak RSS")
+    parser.add_argument("--resolve-file", type=Path, help=argparse.SUPPRESS)  # the --scale child process
     args = parser.parse_args()
+    if args.resolve_file:
+        import json
+
+        print(json.dumps(resolve_file(args.resolve_file)))
+        return
+    if args.scale:
+        scale(args.scale)
+        return
     tasks = {
         "FEBRL4 (all columns)": _febrl_task(4, True),
         "FEBRL4 (no id)": _febrl_task(4, False),

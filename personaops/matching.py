@@ -114,8 +114,10 @@ def _blocking_rules(columns: list[str]):
         rules.append(block_on("first_name", "last_name"))
         rules.append(block_on("substr(first_name, 1, 2)", "substr(last_name, 1, 2)"))
     if "email" in columns:
-        # A typo'd address still shares a prefix or a suffix of its local part.
-        rules.append(block_on("substr(email, 1, 5)"))
+        # A typo'd address still shares a prefix or a suffix of its local part. The prefix is
+        # usually the first name, so it blocks together with the local part's digits (which the
+        # fuzzy e-mail levels require to agree anyway): 11.5M -> far fewer pairs on 31k people.
+        rules.append(block_on("substr(email, 1, 5)", "regexp_replace(regexp_extract(email, '^[^@]+'), '[^0-9]', '', 'g')"))
         rules.append(block_on("regexp_extract(email, '(.{5})@', 1)"))
     return rules
 
