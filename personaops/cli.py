@@ -262,6 +262,25 @@ def personas(as_json: bool = typer.Option(False, "--json", help="print JSON")) -
 
 
 @app.command()
+def serve(
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)"),
+    insecure_dev: bool = typer.Option(False, "--insecure-dev", help="serve without API tokens (local development only)"),
+) -> None:
+    """The HTTP API: personas by person, batch lookup, catalogue, health, Prometheus metrics (docs/api.md)."""
+    import uvicorn
+
+    from personaops.api import api_tokens, create_app
+
+    cfg, ws = _workspace()
+    application = create_app(cfg, insecure_dev=insecure_dev)
+    if not api_tokens(cfg):
+        err.print("warning: --insecure-dev: no API token configured, every caller is admin; never expose this server.")
+    err.print(f"serving {ws.root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def monitor(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """The latest monitoring result (drift share and report paths)."""
     cfg, ws = _workspace()

@@ -106,6 +106,15 @@ class MonitoringConfig(_Section):
     drift_share_alert: float = Field(0.3, description="share of drifted feature columns that counts as drift (0-1)")
 
 
+ApiRole = Literal["reader", "analyst", "admin"]
+
+
+class ApiConfig(_Section):
+    # API token -> role (reader < analyst < admin); PERSONAS_API_TOKENS='tok:role,...' adds more.
+    tokens: dict[str, ApiRole] = {}
+    max_lookup_ids: int = Field(1000, description="person ids one batch lookup may ask for")
+
+
 class PersonasConfig(_Section):
     home: Path = Path(".personas")
     profile: Literal["local", "production"] = "local"
@@ -115,6 +124,7 @@ class PersonasConfig(_Section):
     embedding: EmbeddingConfig = EmbeddingConfig()
     model: ModelConfig = ModelConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    api: ApiConfig = ApiConfig()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

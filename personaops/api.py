@@ -1,0 +1,347 @@
+"""The PersonaOps HTTP API (`personas serve`): personas for product and marketing tools.
+
+`create_app(cfg)` builds a FastAPI app on one workspace; nothing happens at import, and the Feast
+store, the MLflow client and the Parquet tables are opened on first use. Persona reads go through
+the stock Feast SDK (feature service `persona_v1`) on the online store the pipeline publishes to.
+
+Auth: `Authorization: Bearer <token>`; tokens map to roles reader < analyst < admin, from
+`api.tokens` in personas.yaml and `PERSONAS_API_TOKENS=token:role,...`. /health, /metrics and
+the OpenAPI document are open (load balancers and Prometheus scrape them without secrets).
+"""
+
+import hmac
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from personaops.config import PersonasConfig
+from personaops.errors import ConfigError, NotFoundError, PersonaOpsError
+from personaops.workspace import Workspace
+
+ROLES = ("reader", "analyst", "admin")
+TOKENS_ENV = "PERSONAS_API_TOKENS"
+# Person ids are opaque, printable and short; anything else is malformed input (422).
+PERSON_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@#+\-]{0,127}$"
+
+
+def api_tokens(cfg: PersonasConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """token -> role from personas.yaml's `api.tokens` and $PERSONAS_API_TOKENS (which wins)."""
+    environ = dict(os.environ) if environ is None else environ
+    tokens = dict(cfg.api.tokens)
+    raw = environ.get(TOKENS_ENV, "").strip()
+    for i, pair in enumerate(p.strip() for p in raw.split(",") if p.strip()):
+        token, sep, role = pair.rpartition(":")
+        if not sep or not token:
+            raise ConfigError(f"{TOKENS_ENV} entry {i + 1} is not 'token:role'; write it as comma-separated pairs such as abc123:reader,def456:analyst.")
+        if role not in ROLES:
+            raise ConfigError(f"{TOKENS_ENV} entry {i + 1} has role {role!r}; use one of {', '.join(ROLES)}.")
+        tokens[token] = role
+    return tokens
+
+
+@dataclass
+class PersonaService:
+    """What the endpoints read: the online store through Feast, the champion's catalogue from
+    MLflow, identity and sensitive tables from the workspace. Opened lazily, cached per version."""
+
+    cfg: PersonasConfig
+    ws: Workspace
+    _store: Any = None
+    _service: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _profiles: dict[int, tuple[str, list[dict]]] = field(default_factory=dict)
+    _tables: dict[Path, tuple[float, Any]] = field(default_factory=dict)
+
+    def _feast(self):
+        if self._store is None:
+            from personaops.feature_store import SERVING_SERVICE, feature_store
+
+            if not (self.ws.feast / "registry.db").exists():
+                raise NotFoundError(f"No Feast registry in {self.ws.root}; run `personas run` (or `personas demo`) before serving.")
+            store = feature_store(self.ws, self.cfg)
+            self._service = store.get_feature_service(SERVING_SERVICE)
+            self._store = store
+        return self._store
+
+    def personas_of(self, person_ids: list[str]) -> list[dict | None]:
+        """The published assignment of each person (None where the online store has none)."""
+        with self._lock:  # one SQLite connection inside Feast's online store
+            store = self._feast()
+            found = store.get_online_features(features=self._service, entity_rows=[{"person_id": p} for p in person_ids]).to_dict()
+        out: list[dict | None] = []
+        for i, person_id in enumerate(person_ids):
+            version = found["model_version"][i]
+            if version is None:
+                out.append(None)
+                continue
+            confidence = found["confidence"][i]
+            out.append(
+                {
+                    "person_id": person_id,
+                    "persona_id": int(found["persona_id"][i]),
+                    "persona_name": found["persona_name"][i],
+                    "confidence": None if confidence is None or math.isnan(confidence) else float(confidence),
+                    "model_version": int(version),
+                }
+            )
+        return out
+
+    def champion(self) -> tuple[int, str]:
+        from models import registry
+
+        name = self.cfg.model.registered_name
+        version = registry.alias_version(self.ws, name, registry.CHAMPION)
+        if version is None:
+            raise NotFoundError(f"No champion persona model in {self.ws.root}; run `personas run` first.")
+        return version, name
+
+    def catalogue(self) -> dict:
+        from models import registry
+        from models.train import load_profiles
+
+        version, name = self.champion()
+        if version not in self._profiles:
+            run_id = registry.version_run_id(self.ws, name, version)
+            self._profiles[version] = (run_id, load_profiles(self.ws, run_id))
+        run_id, profiles = self._profiles[version]
+        return {"model": name, "version": version, "run_id": run_id, "personas": profiles}
+
+    def _table(self, path: Path):
+        """A workspace Parquet table, re-read when the file changes."""
+        import pandas as pd
+
+        if not path.exists():
+            raise NotFoundError(f"No table {path.name} in {self.ws.root}; run `personas run` first.")
+        mtime = path.stat().st_mtime
+        cached = self._tables.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, pd.read_parquet(path))
+            self._tables[path] = cached
+        return cached[1]
+
+    def sensitive(self, person_id: str) -> dict | None:
+        table = self._table(self.ws.root / "audit" / "person_sensitive.parquet")
+        rows = table[table["person_id"] == person_id]
+        if rows.empty:
+            return None
+        return {k: _json_value(v) for k, v in rows.iloc[-1].items() if k != "person_id"}
+
+    def records(self, person_id: str) -> list[dict]:
+        table = self._table(self.ws.identity / "record_person.parquet")
+        rows = table[table["person_id"] == person_id]
+        cols = [c for c in ("source", "source_key", "linked_by") if c in rows.columns]
+        return [{k: _json_value(v) for k, v in r.items()} for r in rows[cols].to_dict("records")]
+
+
+def _json_value(v):
+    """NaN/NaT -> None and NumPy scalars -> Python, so JSON encoding never fails."""
+    try:
+        import pandas as pd
+
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v.item() if hasattr(v, "item") else v
+
+
+def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[str, str] | None = None):
+    """The FastAPI app on cfg's workspace. Raises ConfigError when no API token is configured
+    unless `insecure_dev` (then every caller is treated as admin)."""
+    from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Request
+    from fastapi.responses import JSONResponse, Response
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from pydantic import BaseModel, Field
+
+    from personaops import __version__
+
+    tokens = api_tokens(cfg, environ)
+    if not tokens and not insecure_dev:
+        raise ConfigError(
+            f"No API token is configured; add api.tokens to personas.yaml or set {TOKENS_ENV}=token:role (roles: {', '.join(ROLES)}), or pass --insecure-dev for local development only."
+        )
+    ws = Workspace.from_config(cfg)
+    service = PersonaService(cfg, ws)
+
+    # Per-app registry: two apps in one process (tests) never share counters.
+    metrics = CollectorRegistry()
+    requests_total = Counter("personas_api_requests", "HTTP requests served", ["method", "route", "status"], registry=metrics)
+    latency = Histogram(
+        "personas_api_request_seconds", "Request latency (seconds)", ["route"], registry=metrics,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )  # fmt: skip
+    persons_looked_up = Counter("personas_api_persons_looked_up", "Persons read from the online store", ["found"], registry=metrics)
+
+    app = FastAPI(
+        title="PersonaOps API",
+        version=__version__,
+        description="Persona assignments, the persona catalogue and person lineage, served from the Feast online store the pipeline publishes to.",
+    )
+    app.state.service = service
+
+    class Measure:
+        """Counts and times every request by route template (plain ASGI: no per-request task)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            started, status = time.perf_counter(), [500]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_status)
+            finally:
+                # The router records the matched route in the shared scope.
+                template = getattr(scope.get("route"), "path", "unmatched")
+                requests_total.labels(scope["method"], template, str(status[0])).inc()
+                latency.labels(template).observe(time.perf_counter() - started)
+
+    app.add_middleware(Measure)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError):
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(PersonaOpsError)
+    async def not_ready(_: Request, exc: PersonaOpsError):
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    bearer = HTTPBearer(auto_error=False, description="An API token from api.tokens or PERSONAS_API_TOKENS.")
+
+    def caller_role(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        if not tokens:  # --insecure-dev with nothing configured
+            return "admin"
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "Missing API token; send 'Authorization: Bearer <token>'.", headers={"WWW-Authenticate": "Bearer"})
+        given = credentials.credentials.encode()
+        role = None
+        for token, token_role in tokens.items():  # compare with every token: no timing hint
+            if hmac.compare_digest(given, token.encode()):
+                role = token_role
+        if role is None:
+            raise HTTPException(401, "Unknown API token; ask an admin for a valid one.", headers={"WWW-Authenticate": "Bearer"})
+        return role
+
+    def require(minimum: str):
+        def check(role: Annotated[str, Depends(caller_role)]) -> str:
+            if ROLES.index(role) < ROLES.index(minimum):
+                raise HTTPException(403, f"This endpoint needs the '{minimum}' role; your token has '{role}'.")
+            return role
+
+        return check
+
+    PersonId = Annotated[str, PathParam(pattern=PERSON_ID_PATTERN, description="A resolved person id")]
+
+    class Persona(BaseModel):
+        person_id: str
+        persona_id: int = Field(description="persona of the champion model (-1: unassigned outlier)")
+        persona_name: str | None
+        confidence: float | None = Field(description="assignment confidence (0-1)")
+        model_version: int = Field(description="persona-model version that published this assignment")
+
+    class LookupRequest(BaseModel):
+        person_ids: list[Annotated[str, Field(pattern=PERSON_ID_PATTERN)]] = Field(min_length=1, max_length=cfg.api.max_lookup_ids)
+
+    class LookupResponse(BaseModel):
+        personas: list[Persona] = Field(description="found persons, in request order")
+        not_found: list[str] = Field(description="requested ids the online store has no persona for")
+
+    class Catalogue(BaseModel):
+        model: str
+        version: int
+        run_id: str
+        personas: list[dict[str, Any]]
+
+    class Health(BaseModel):
+        status: Literal["ok", "not_ready"]
+        online_store: bool
+        champion_version: int | None
+        version: str
+
+    class Sensitive(BaseModel):
+        person_id: str
+        attributes: dict[str, Any] = Field(description="sensitive attributes (bias audits only)")
+
+    class Explanation(BaseModel):
+        person_id: str
+        persona: Persona
+        model: str
+        run_id: str = Field(description="MLflow run that trained the serving model version")
+        records: list[dict[str, Any]] = Field(description="source records resolved into this person")
+
+    def one(person_id: str) -> dict:
+        found = service.personas_of([person_id])[0]
+        if found is None:
+            raise NotFoundError(f"Person {person_id!r} has no persona in the online store; check the id (see `personas assignments`).")
+        persons_looked_up.labels("true").inc()
+        return found
+
+    @app.get("/health", response_model=Health, tags=["operations"], responses={503: {"model": Health}})
+    def health(response: Response) -> dict:
+        """Readiness: 200 when there is an online store and a champion to serve, else 503."""
+        online = (ws.feast / "registry.db").exists() and (ws.feast / "online_store.db").exists()
+        try:
+            # Never create an MLflow store as a side effect of a probe.
+            version = service.champion()[0] if online and (ws.mlflow / "mlflow.db").exists() else None
+        except PersonaOpsError:
+            version = None
+        ready = online and version is not None
+        response.status_code = 200 if ready else 503
+        return {"status": "ok" if ready else "not_ready", "online_store": online, "champion_version": version, "version": __version__}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus text exposition of request counts and latencies."""
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/persons/{person_id}/persona", response_model=Persona, tags=["personas"], dependencies=[Depends(require("reader"))])
+    def persona_of(person_id: PersonId) -> dict:
+        """One person's persona, from the Feast online store (feature service persona_v1)."""
+        return one(person_id)
+
+    @app.post("/personas/lookup", response_model=LookupResponse, tags=["personas"], dependencies=[Depends(require("reader"))])
+    def lookup(request: Annotated[LookupRequest, Body()]) -> dict:
+        """Many persons' personas in one online read; unknown ids are listed, not errors."""
+        ids = list(dict.fromkeys(request.person_ids))
+        found = service.personas_of(ids)
+        hits = [f for f in found if f is not None]
+        persons_looked_up.labels("true").inc(len(hits))
+        persons_looked_up.labels("false").inc(len(ids) - len(hits))
+        return {"personas": hits, "not_found": [p for p, f in zip(ids, found) if f is None]}
+
+    @app.get("/personas", response_model=Catalogue, tags=["personas"], dependencies=[Depends(require("reader"))])
+    def catalogue() -> dict:
+        """The champion model's persona catalogue: who each persona is, how big, what they say."""
+        return service.catalogue()
+
+    @app.get("/persons/{person_id}/sensitive", response_model=Sensitive, tags=["analyst"], dependencies=[Depends(require("analyst"))])
+    def sensitive(person_id: PersonId) -> dict:
+        """A person's sensitive attributes, as recorded for bias audits (analyst role)."""
+        attributes = service.sensitive(person_id)
+        if attributes is None:
+            raise NotFoundError(f"Person {person_id!r} has no sensitive attributes on record; check the id.")
+        return {"person_id": person_id, "attributes": attributes}
+
+    @app.get("/persons/{person_id}/explain", response_model=Explanation, tags=["analyst"], dependencies=[Depends(require("analyst"))])
+    def explain(person_id: PersonId) -> dict:
+        """Where a person's persona comes from: source records, model version and MLflow run (analyst role)."""
+        from models import registry
+
+        persona = one(person_id)
+        name = cfg.model.registered_name
+        run_id = registry.version_run_id(ws, name, persona["model_version"])
+        return {"person_id": person_id, "persona": persona, "model": name, "run_id": run_id, "records": service.records(person_id)}
+
+    return app

@@ -1,0 +1,214 @@
+"""`personas serve`'s API on the pipeline's real workspace: Feast online reads, MLflow catalogue,
+the auth matrix, and user errors as 4xx (never 500)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from personaops.api import create_app
+from personaops.config import load_config
+from personaops.errors import ConfigError
+from personaops.workspace import Workspace
+
+pytestmark = pytest.mark.integration
+TOKENS = "read-tok:reader,analyst-tok:analyst,admin-tok:admin"
+AUTH = {role: {"Authorization": f"Bearer {role}-tok"} for role in ("read", "analyst", "admin")}
+
+
+def _cfg(home):
+    cfg = load_config(environ={})
+    cfg.home = home
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def served(pipeline):
+    """(TestClient, published assignments of the serving version, a person with sensitive attributes)."""
+    home, record = pipeline
+    client = TestClient(create_app(_cfg(home), environ={"PERSONAS_API_TOKENS": TOKENS}), raise_server_exceptions=False)
+    published = pd.read_parquet(Workspace(home).feature_table("persona_assignment"))
+    published = published[published["model_version"] == record["publish"]["model_version"]].set_index("person_id")
+    sensitive = pd.read_parquet(home / "audit" / "person_sensitive.parquet")
+    return client, published, str(sensitive["person_id"].iloc[0])
+
+
+def test_a_person_s_persona_is_what_the_pipeline_published(served):
+    client, published, _ = served
+    person = published.index[7]
+    got = client.get(f"/persons/{person}/persona", headers=AUTH["read"])
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["person_id"] == person
+    assert body["persona_id"] == published.loc[person, "persona_id"]
+    assert body["persona_name"] == published.loc[person, "persona_name"]
+    assert body["model_version"] == published.loc[person, "model_version"]
+    assert body["confidence"] == pytest.approx(published.loc[person, "confidence"])
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/persons/{p}/persona", {}, 401),
+        ("/persons/{p}/persona", {"Authorization": "Bearer not-a-token"}, 401),
+        ("/persons/{p}/persona", {"Authorization": "Basic cmVhZC10b2s6"}, 401),
+        ("/persons/{p}/persona", AUTH["read"], 200),
+        ("/persons/{p}/persona", AUTH["admin"], 200),
+        ("/personas", {}, 401),
+        ("/personas", AUTH["read"], 200),
+        ("/persons/{p}/sensitive", {}, 401),
+        ("/persons/{p}/sensitive", AUTH["read"], 403),
+        ("/persons/{p}/sensitive", AUTH["analyst"], 200),
+        ("/persons/{p}/sensitive", AUTH["admin"], 200),
+        ("/persons/{p}/explain", AUTH["read"], 403),
+        ("/persons/{p}/explain", AUTH["analyst"], 200),
+    ],
+)
+def test_auth_matrix(served, path, headers, status):
+    client, published, with_sensitive = served
+    person = with_sensitive if with_sensitive in published.index else published.index[0]
+    got = client.get(path.format(p=person), headers=headers)
+    assert got.status_code == status, got.text
+    if status == 401:
+        assert got.headers["www-authenticate"] == "Bearer"
+    if status in (401, 403):
+        assert got.json()["detail"].endswith(".")
+
+
+def test_sensitive_attributes_and_explanation_come_from_the_workspace(served, pipeline):
+    client, published, person = served
+    attributes = client.get(f"/persons/{person}/sensitive", headers=AUTH["analyst"]).json()["attributes"]
+    expected = pd.read_parquet(pipeline[0] / "audit" / "person_sensitive.parquet").set_index("person_id").loc[person]
+    assert set(attributes) == set(expected.index) and attributes
+    person = published.index[3]
+    explained = client.get(f"/persons/{person}/explain", headers=AUTH["analyst"]).json()
+    records = pd.read_parquet(pipeline[0] / "identity" / "record_person.parquet")
+    assert sorted((r["source"], r["source_key"]) for r in explained["records"]) == sorted(
+        records[records["person_id"] == person][["source", "source_key"]].itertuples(index=False, name=None)
+    )
+    assert explained["persona"]["persona_id"] == published.loc[person, "persona_id"] and explained["run_id"]
+
+
+def test_unknown_person_is_404_for_every_person_endpoint(served):
+    client, _, _ = served
+    for path in ("/persons/nobody-0000/persona", "/persons/nobody-0000/sensitive", "/persons/nobody-0000/explain"):
+        got = client.get(path, headers=AUTH["admin"])
+        assert got.status_code == 404, (path, got.text)
+        assert "nobody-0000" in got.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/persons/has%20space/persona", None),
+        ("get", "/persons/" + "x" * 200 + "/persona", None),
+        ("post", "/personas/lookup", {}),
+        ("post", "/personas/lookup", {"person_ids": []}),
+        ("post", "/personas/lookup", {"person_ids": "p1"}),
+        ("post", "/personas/lookup", {"person_ids": [1, 2]}),
+        ("post", "/personas/lookup", {"person_ids": ["ok", "bad id"]}),
+        ("post", "/personas/lookup", {"person_ids": [f"p{i}" for i in range(1001)]}),
+        ("post", "/personas/lookup", "not json"),
+    ],
+)
+def test_malformed_input_is_422(served, method, path, body):
+    client, _, _ = served
+    kwargs = {"content": body} if isinstance(body, str) else {"json": body} if body is not None else {}
+    got = getattr(client, method)(path, headers=AUTH["read"], **kwargs)
+    assert got.status_code == 422, got.text
+
+
+def test_batch_lookup_returns_found_persons_in_order_and_lists_the_unknown(served):
+    client, published, _ = served
+    ids = [published.index[5], "nobody-1", published.index[2], published.index[5]]
+    got = client.post("/personas/lookup", json={"person_ids": ids}, headers=AUTH["read"])
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert [p["person_id"] for p in body["personas"]] == [published.index[5], published.index[2]]
+    assert [p["persona_id"] for p in body["personas"]] == published.loc[[published.index[5], published.index[2]], "persona_id"].tolist()
+    assert body["not_found"] == ["nobody-1"]
+
+
+def test_catalogue_is_the_champion_s_personas(served, pipeline):
+    client, published, _ = served
+    got = client.get("/personas", headers=AUTH["read"])
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["version"] == pipeline[1]["publish"]["model_version"]
+    assert {p["persona_id"] for p in body["personas"]} >= set(published["persona_id"].unique()) - {-1}
+    assert sum(p["size"] for p in body["personas"]) <= len(published)
+
+
+def test_health_metrics_and_openapi_are_open(served):
+    client, published, _ = served
+    client.get(f"/persons/{published.index[0]}/persona", headers=AUTH["read"])
+    client.get("/persons/nobody-2/persona", headers=AUTH["read"])
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["champion_version"] >= 1
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'personas_api_requests_total{method="GET",route="/persons/{person_id}/persona",status="200"}' in text
+    assert 'personas_api_requests_total{method="GET",route="/persons/{person_id}/persona",status="404"}' in text
+    assert "personas_api_request_seconds_bucket" in text
+    spec = client.get("/openapi.json").json()
+    assert {"/persons/{person_id}/persona", "/personas/lookup", "/personas", "/health", "/metrics", "/persons/{person_id}/sensitive"} <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_no_token_configured_refuses_to_start_unless_insecure_dev(pipeline):
+    home, _ = pipeline
+    with pytest.raises(ConfigError, match="--insecure-dev"):
+        create_app(_cfg(home), environ={})
+    open_client = TestClient(create_app(_cfg(home), insecure_dev=True, environ={}))
+    assert open_client.get("/personas").status_code == 200
+
+
+def _serve(home, port: int, env: dict[str, str], *flags: str):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONAS_", "MLFLOW_", "PREFECT_"))}
+    full_env.update(env, PERSONAS_HOME=str(home))
+    code = "import sys; from personaops.cli import main; sys.argv = ['personas', 'serve', *sys.argv[1:]]; main()"
+    return subprocess.Popen([sys.executable, "-c", code, "--port", str(port), *flags], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_personas_serve_refuses_to_start_without_a_token(pipeline):
+    server = _serve(pipeline[0], 1, {})
+    _, stderr = server.communicate(timeout=120)
+    assert server.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: No API token is configured") and "Traceback" not in stderr
+
+
+def test_personas_serve_answers_over_loopback(pipeline, served):
+    import socket
+    import time
+
+    import httpx
+
+    _, published, _ = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _serve(pipeline[0], port, {"PERSONAS_API_TOKENS": "loop-tok:reader"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() is not None else "no answer"
+                time.sleep(0.3)
+        assert health.status_code == 200
+        person = published.index[11]
+        got = httpx.get(f"http://127.0.0.1:{port}/persons/{person}/persona", headers={"Authorization": "Bearer loop-tok"}, timeout=60)
+        assert got.status_code == 200 and got.json()["persona_id"] == published.loc[person, "persona_id"]
+        assert httpx.get(f"http://127.0.0.1:{port}/personas", timeout=60).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
