@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "resolve", "features", "train", "publish", "monitor"]
+STAGES = ["ingest", "resolve", "features", "quality", "train", "publish", "monitor"]
 
 ONE_RUN = r"""
 import json, os, sys, time
@@ -51,21 +51,23 @@ def main() -> None:
     for users in args.users:
         record = one_run(users)
         rows = sum(s["rows_in"] for s in record["ingest"])
+        timings = record["timings"]
         result = {
             "users": users,
             "source_rows": rows,
             "persons": record["resolve"]["persons"],
             "total_seconds": round(record["total_seconds"], 2),
-            "stages": {s: {"seconds": record[s]["seconds"], "peak_rss_mib": record[s]["peak_rss_mib"]} for s in STAGES},
-            "ingest_rows_per_second": round(rows / record["ingest"]["seconds"]),
+            "stages": {s: timings[s] for s in STAGES},
+            "ingest_rows_per_second": round(rows / timings["ingest"]["seconds"]),
             "distinct_texts_embedded": record["features"]["distinct_texts"],
-            "publish_rows_per_second": round(record["publish"]["rows"] / record["publish"]["seconds"]),
+            "publish_rows_per_second": round(record["publish"]["rows"] / timings["publish"]["seconds"]) if timings["publish"]["seconds"] else None,
         }
         results.append(result)
         print(f"\n{users:,} people: {rows:,} source rows -> {result['persons']:,} persons in {result['total_seconds']} s")
         print(f"{'stage':<10}{'seconds':>10}{'peak RSS MiB':>15}")
         for stage, v in result["stages"].items():
-            print(f"{stage:<10}{v['seconds']:>10.2f}{v['peak_rss_mib']:>15.0f}")
+            if v["seconds"] is not None:
+                print(f"{stage:<10}{v['seconds']:>10.2f}{v['peak_rss_mib']:>15.0f}")
         print(f"ingest {result['ingest_rows_per_second']:,} rows/s; publish (incl. scoring) {result['publish_rows_per_second']:,} rows/s")
     if len(results) > 1:
         a, b = results[0], results[-1]

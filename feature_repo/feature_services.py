@@ -2,7 +2,7 @@
 
 from feast import FeatureService
 
-from feature_views import person_behaviour, person_support, person_survey, person_text_embedding, persona_assignment
+from feature_views import person_behaviour, person_profile, person_support, person_survey, person_text_embedding, persona_assignment
 
 # What a downstream model or service reads to know a person's persona.
 persona_v1 = FeatureService(
@@ -14,6 +14,6 @@ persona_v1 = FeatureService(
 # The persona model's inputs; its name is recorded on every MLflow training run.
 persona_model_inputs_v1 = FeatureService(
     name="persona_model_inputs_v1",
-    features=[person_behaviour, person_support, person_survey, person_text_embedding],
-    description="Inputs of the persona model: behaviour, support, survey and text-embedding features.",
+    features=[person_behaviour, person_support, person_survey, person_profile, person_text_embedding],
+    description="Inputs of the persona model: behaviour, support, survey, CRM profile and text-embedding features.",
 )

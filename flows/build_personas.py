@@ -22,6 +22,7 @@ from personaops import __version__
 from personaops import features as F
 from personaops import progress
 from personaops.config import PersonasConfig, load_config
+from personaops.errors import PipelineStateError
 from personaops.feature_store import MODEL_INPUT_SERVICE, apply_definitions, publish_assignments, write_table
 from personaops.identity import resolve_identities
 from personaops.ingest import ingest_sources, read_lake
@@ -59,14 +60,6 @@ def _lake_frames(ws: Workspace, batches: dict[str, list[str]], record_person: pd
             frame = F._with_person(frame, record_person, source)
         frames[source] = frame
     return frames
-
-
-def _current_model_frame(ws: Workspace) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
-    """(feature tables, model frame of every resolved person, model feature columns)."""
-    tables = F.read_tables(ws.features)
-    persons = pd.Index(sorted(pd.read_parquet(ws.identity / "record_person.parquet")["person_id"].unique()), name="person_id")
-    frame, columns = F.model_frame(tables, persons)
-    return tables, frame, columns
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -209,7 +202,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
         if client.get_run(v.run_id).data.tags.get("personas.input_fingerprint") == fingerprint:
             progress.stage_finished("train", f"inputs unchanged: reusing model version {v.version}")
             return {"run_id": v.run_id, "version": v.version, "aliases": v.aliases, "reused": True}
-    tables, frame, columns = _current_model_frame(ws)
+    tables, frame, columns = F.current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
     vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].tolist())
     result = train_persona_model(
@@ -241,7 +234,7 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
     from models import registry
 
     version, model = registry.load_champion(ws, cfg.model.registered_name)
-    _, frame, _ = _current_model_frame(ws)
+    _, frame, _ = F.current_model_frame(ws)
     predicted = model.predict(frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
     rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
@@ -258,23 +251,44 @@ def publish(home: str | None, as_of: str) -> dict:
     return out
 
 
-@task(name="monitor")
-def monitor(home: str | None, run_id: str) -> dict:
-    """Evidently drift + summary report of current features vs the champion's training reference."""
-    from models import registry
-    from models.train import load_reference
-    from monitoring.reports import drift_report
+@task(name="quality")
+def quality(home: str | None, ingest_report: list[dict]) -> dict:
+    """Data-quality checks before training: broken data must not train or promote a model."""
+    from monitoring.monitor import quality_only
 
     cfg, ws = _config(home)
-    progress.stage_started("monitor", "drift and data summary reports")
+    progress.stage_started("quality", "checking data quality")
+    results, decision = quality_only(cfg, ws, ingest_report, ws.last_healthy_ingest())
+    verdict = "ok" if decision.action == "none" else f"{decision.action}: " + ", ".join(f["rule"] for f in decision.fired)
+    progress.stage_finished("quality", f"data quality {verdict}")
+    return {"results": results, "action": decision.action, "fired": decision.fired}
+
+
+@task(name="monitor")
+def monitor(home: str | None, run_id: str, ingest_report: list[dict], as_of: str, trained_this_run: bool) -> dict:
+    """All monitoring checks vs the champion's reference, the policy's decision, and its action."""
+    from flows.monitor_personas import act
+    from monitoring.monitor import run_checks
+    from monitoring.policy import record as record_decision
+
+    cfg, ws = _config(home)
+    progress.stage_started("monitor", "drift, quality and bias reports")
+    results, decision = run_checks(cfg, ws, run_id, ingest_report, ws.last_healthy_ingest())
+    outcome = act(cfg, ws, decision, run_id, as_of, trained_this_run)
+    reports = {"html": str(ws.reports / run_id / "drift.html"), "json": str(ws.reports / run_id / "drift.json"), "monitoring": str(ws.reports / run_id / "monitoring.json")}
+    record_decision(ws, decision, run_id, results["model_version"], reports, outcome)
+    progress.stage_finished("monitor", f"drifted columns {results['features']['drifted_share']:.0%}; action: {decision.action}; reports in {ws.reports / run_id}")
+    return {**reports, "drifted_share": results["features"]["drifted_share"], "action": decision.action, "fired": decision.fired, "outcome": outcome}
+
+
+def registry_champion(cfg: PersonasConfig, ws: Workspace) -> int:
+    """The champion version; a clear error when broken data arrives before any model exists."""
+    from models import registry
+
     version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
-    reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
-    _, current, columns = _current_model_frame(ws)
-    summary = drift_report(
-        reference, current, columns, ws.reports / run_id, run_id, version, cfg.monitoring.drift_share_alert
-    )
-    progress.stage_finished("monitor", f"drifted columns {summary.drifted_share:.0%}; reports in {ws.reports / run_id}")
-    return {"html": summary.html, "json": summary.json, "drifted_share": summary.drifted_share, "drift_detected": summary.drift_detected}
+    if version is None:
+        raise PipelineStateError(f"The data failed its quality checks and there is no champion yet in {ws.root}; see the quarantine and fix the sources first.")
+    return version
 
 
 def _timed(stage, *args) -> dict:
@@ -297,9 +311,14 @@ def build_personas(sources: str, home: str | None = None) -> dict:
     ingested = _timed(ingest, sources, home, run_id)
     resolved = _timed(resolve, home, ingested["batches"], run_id)
     featured = _timed(features, home, ingested["batches"], ingested["kinds"])
-    trained = _timed(train, home, run_id, featured["encoder"])
-    published = _timed(publish, home, featured["as_of"])
-    monitored = _timed(monitor, home, run_id)
+    checked = _timed(quality, home, ingested["sources"])
+    if checked["action"] == "none":
+        trained = _timed(train, home, run_id, featured["encoder"])
+        published = _timed(publish, home, featured["as_of"])
+    else:  # broken data trains nothing and publishes nothing; the champion keeps serving
+        trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
+        published = {"skipped": trained["skipped"], "model_version": registry_champion(cfg, ws)}
+    monitored = _timed(monitor, home, run_id, ingested["sources"], featured["as_of"], "skipped" not in trained)
     record = {
         "run_id": run_id,
         "flow_run_id": str(flow_run.get_id()),
@@ -311,6 +330,11 @@ def build_personas(sources: str, home: str | None = None) -> dict:
         "batches": ingested["batches"],
         "resolve": resolved,
         "features": featured,
+        "quality": checked,
+        "timings": {
+            stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib")}
+            for stage, out in (("ingest", ingested), ("resolve", resolved), ("features", featured), ("quality", checked), ("train", trained), ("publish", published), ("monitor", monitored))
+        },
         "train": trained,
         "publish": published,
         "monitor": monitored,

@@ -25,6 +25,9 @@ NON_LABEL_OUTCOMES = ("n_exposures", "n_conversions", "score_mean")
 def humanise(column: str) -> str:
     if column.startswith("share_"):
         return column[len("share_") :].replace("_", " ") + " events"
+    if "__" in column:  # an indicator of a categorical attribute's value
+        attr, value = column.split("__", 1)
+        return f"{attr.replace('_', ' ')} = {value.replace('_', ' ')}"
     return {
         "n_events": "activity", "n_sessions": "sessions", "active_days": "active days",
         "events_per_session": "events per session", "days_since_last_event": "days since last visit",

@@ -18,7 +18,7 @@ CHALLENGER = "challenger"
 
 
 def client(ws: Workspace):
-    """An MlflowClient on the workspace's tracking store (or $MLFLOW_TRACKING_URI when set)."""
+    """An MlflowClient on the workspace's tracking store (the local profile's SQLite database)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -75,6 +75,8 @@ def set_alias(ws: Workspace, name: str, alias: str, version: int, reason: str) -
         raise NotFoundError(f"Model '{name}' has no version {version} (versions: {sorted(known) or 'none'}); pick one from `personas models list`.")
     previous = alias_version(ws, name, alias)
     c.set_registered_model_alias(name, alias, str(version))
+    if alias == CHAMPION and alias_version(ws, name, CHALLENGER) == version:
+        c.delete_registered_model_alias(name, CHALLENGER)  # a champion is no longer a challenger
     ws.audit("model_alias_moved", model=name, alias=alias, version=version, previous=previous, reason=reason, actor=getpass.getuser())
 
 

@@ -61,6 +61,17 @@ class TrainResult:
     continuity: dict = field(default_factory=dict)
 
 
+def optional_signature(example: pd.DataFrame, output: pd.DataFrame):
+    """The model's signature with every input optional: the model imputes missing features and
+    text, so a person without (say) texts must not be rejected by MLflow's schema check."""
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inferred = infer_signature(example, output)
+    inputs = Schema([ColSpec(type=c.type, name=c.name, required=False) for c in inferred.inputs.inputs])
+    return inferred.__class__(inputs=inputs, outputs=inferred.outputs)
+
+
 def fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, cfg: ModelConfig) -> PersonaScorer:
     """Fit fusion + clustering (ids 0..k-1 and placeholder names until profiles name them)."""
     fusion = Fusion(feature_columns, cfg.behaviour_weight, cfg.text_weight, cfg.pca_components).fit(frame, text_dim, seed=cfg.seed)
@@ -164,9 +175,10 @@ def train_persona_model(
             if score is not None:
                 mlflow.log_metric("silhouette_by_k", score, step=k)
                 mlflow.log_metric("stability_by_k", scorer.clustering.k_stability[k], step=k)
-        reference = frame[feature_columns].join(assignments.set_index("person_id")[["persona_id"]])
+        # The monitoring reference: model inputs (with text embeddings) and the assignments.
+        reference = frame[feature_columns + (["text_embedding"] if "text_embedding" in frame else [])].join(assignments.set_index("person_id")[["persona_id"]])
         mlflow.log_input(
-            mlflow.data.from_pandas(reference.reset_index(), name=tags.get("personas.feature_service", "persona_inputs"), digest=tags.get("personas.input_fingerprint")),
+            mlflow.data.from_pandas(reference.drop(columns=["text_embedding"], errors="ignore").reset_index(), name=tags.get("personas.feature_service", "persona_inputs"), digest=tags.get("personas.input_fingerprint")),
             context="training",
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -181,13 +193,15 @@ def train_persona_model(
             reference.reset_index().to_parquet(tmp_path / REFERENCE_ARTIFACT, index=False)
             mlflow.log_artifact(str(tmp_path / REFERENCE_ARTIFACT), artifact_path="reference")
             state = scorer.save(tmp_path / "state")
-            example = frame[feature_columns + (["text_embedding"] if "text_embedding" in frame else [])].head(5).reset_index(drop=True)
-            example["text_embedding"] = example["text_embedding"].map(lambda v: None if v is None or isinstance(v, float) else [float(a) for a in v])
+            example = frame[feature_columns].head(5).astype("float64").reset_index(drop=True)
+            if "text_embedding" in frame:
+                example["text_embedding"] = frame["text_embedding"].head(5).map(lambda v: None if v is None or isinstance(v, float) else [float(a) for a in v]).to_numpy()
             info = mlflow.pyfunc.log_model(
                 name="persona_model",
                 python_model=PersonaModel(),
                 artifacts={"state": str(state)},
                 input_example=example,
+                signature=optional_signature(example, scorer.predict(frame.head(5)).reset_index(drop=True)),
                 registered_model_name=cfg.registered_name,
                 pip_requirements=[f"personaops=={__version__}"],
             )

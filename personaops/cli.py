@@ -73,17 +73,25 @@ def _quiet_prefect_console() -> None:
                 handler.setLevel(logging.CRITICAL)
 
 
-def _run_pipeline(sources: Path, ws: Workspace) -> dict:
+def _run_flow(name: str, ws: Workspace, **params) -> dict:
+    """Run a Prefect flow in this process with a progress display."""
     ws.prefect.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
-    from flows.build_personas import build_personas
+    if name == "build_personas":
+        from flows.build_personas import build_personas as flow_fn
+    else:
+        from flows.monitor_personas import monitor_personas as flow_fn
 
     _quiet_prefect_console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
         progress.listen(_RichListener(bar))
         try:
-            return build_personas(sources=str(sources.resolve()), home=str(ws.root))
+            return flow_fn(home=str(ws.root), **params)
         finally:
             progress.listen(None)
+
+
+def _run_pipeline(sources: Path, ws: Workspace) -> dict:
+    return _run_flow("build_personas", ws, sources=str(sources.resolve()))
 
 
 def _print_run(record: dict) -> None:
@@ -96,9 +104,10 @@ def _print_run(record: dict) -> None:
         table.add_row(s["source"], f"{s['rows_in']:,}", f"{s['accepted']:,}", f"{s['quarantined']:,}")
     out.print(table)
     train = record["train"]
+    trained = f"v{train['version']} ({', '.join(train['aliases']) or 'no alias'}; MLflow run {train['run_id']})" if "run_id" in train else f"nothing ({train['skipped']})"
     out.print(
-        f"persons: {record['resolve']['persons']:,}   model version: {record['publish']['model_version']} "
-        f"(MLflow run {train['run_id']})   drifted feature share: {record['monitor']['drifted_share']:.0%}"
+        f"persons: {record['resolve']['persons']:,}   trained: {trained}   serving: v{record['publish']['model_version']}   "
+        f"drifted feature share: {record['monitor']['drifted_share']:.0%}   monitoring action: {record['monitor']['action']}"
     )
     out.print(f"reports: {record['monitor']['html']}")
 
@@ -281,18 +290,29 @@ def serve(
 
 
 @app.command()
-def monitor(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """The latest monitoring result (drift share and report paths)."""
+def monitor(
+    sources: Optional[Path] = typer.Option(None, "--sources", help="new data to bring in first (ingest, resolve, features; no training)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Drift, quality and bias checks of the champion on the current data, the policy's decision,
+    and its action (none, retrain, rollback or review)."""
     cfg, ws = _workspace()
-    record = ws.latest_run_record()
-    if record is None:
-        raise NotFoundError(f"No run in {ws.root}; run `personas run` first.")
-    summary = json.loads((Path(record["monitor"]["json"]).parent / "summary.json").read_text(encoding="utf-8"))
+    if sources is not None:
+        from personaops.sources import load_sources
+
+        load_sources(sources)
+    summary = _run_flow("monitor_personas", ws, sources=str(sources.resolve()) if sources else None)
     if as_json:
         _emit_json(summary)
-    else:
-        out.print(f"run {summary['run_id']}: drifted share {summary['drifted_share']:.0%} (alert at {cfg.monitoring.drift_share_alert:.0%}); columns: {', '.join(summary['drifted_columns']) or 'none'}")
-        out.print(f"report: {summary['html']}")
+        return
+    results = summary["results"]
+    out.print(f"monitoring run {summary['run_id']} of persona-model v{summary['model_version']}: action [bold]{summary['action']}[/]")
+    for f in summary["fired"]:
+        out.print(f"  {f['rule']}: {f['metric']} = {f['value']:.3f} (threshold {f['threshold']}) -> {f['action']}")
+    out.print(f"  drifted feature columns {results['features']['drifted_share']:.0%}; persona mix TVD {results['persona_mix']['total_variation']:.3f}")
+    if summary["outcome"]:
+        out.print(f"  done: {json.dumps(summary['outcome'], default=str)[:300]}")
+    out.print(f"reports: {summary['reports']['html']} and {summary['reports']['monitoring']}")
 
 
 @models_app.command("list")

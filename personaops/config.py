@@ -104,6 +104,8 @@ class ModelConfig(_Section):
 
 class MonitoringConfig(_Section):
     drift_share_alert: float = Field(0.3, description="share of drifted feature columns that counts as drift (0-1)")
+    policy: Path | None = Field(None, description="monitoring policy file; empty = monitoring/policy.yaml")
+    embedding_sample: int = Field(3000, description="text vectors per side in the embedding drift check")
 
 
 ApiRole = Literal["reader", "analyst", "admin"]

@@ -72,7 +72,8 @@ def support_features(tickets: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
         return _stamp(_empty("n_tickets"), as_of)
     grouped = tickets.groupby("person_id")
     out = pd.DataFrame({"n_tickets": grouped.size().astype("int64")})
-    out["days_since_last_ticket"] = (as_of - grouped["event_time"].max()).dt.total_seconds() / 86400.0
+    if "event_time" in tickets.columns:  # a source without timestamps has no recency
+        out["days_since_last_ticket"] = (as_of - grouped["event_time"].max()).dt.total_seconds() / 86400.0
     out["mean_ticket_chars"] = grouped["text"].apply(lambda s: s.fillna("").str.len().mean())
     return _stamp(out.rename_axis("person_id"), as_of)
 
@@ -81,7 +82,7 @@ def survey_features(surveys: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Survey participation and score (NPS 0-10) per person."""
     if surveys.empty or "score" not in surveys.columns:
         return _stamp(_empty("n_surveys"), as_of)
-    ordered = surveys.sort_values("event_time")
+    ordered = surveys.sort_values("event_time") if "event_time" in surveys.columns else surveys.sort_values("_row_number")
     grouped = ordered.groupby("person_id")
     out = pd.DataFrame({"n_surveys": grouped.size().astype("int64")})
     out["score_mean"] = grouped["score"].mean()
@@ -236,3 +237,11 @@ def outcome_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             t = table.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
             parts.append(t[[c for c in cols if c in t.columns]] if cols else t)
     return pd.concat(parts, axis=1) if parts else pd.DataFrame()
+
+
+def current_model_frame(ws) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
+    """For a Workspace: (feature tables, model frame of every resolved person, model feature columns)."""
+    tables = read_tables(ws.features)
+    persons = pd.Index(sorted(pd.read_parquet(ws.identity / "record_person.parquet")["person_id"].unique()), name="person_id")
+    frame, columns = model_frame(tables, persons)
+    return tables, frame, columns

@@ -8,8 +8,10 @@ sources, a `sources.yaml` describing them, and `truth/records.parquet` (source, 
 true_person) + `truth/persons.parquet` (true_person, true_persona, churned, ...).
 
 `period` > 0 re-observes the same population 30 days later per period (new events, tickets,
-surveys and campaigns); `drift` plants a change: `mix` (a persona grows), `behaviour`
-(activity drops), `text` (new vocabulary), `quality` (missing and broken values).
+surveys and campaigns); `drift` plants a change: `mix` (half the casual browsers become deal
+seekers), `behaviour` (activity halves within every persona), `vocabulary` (half the texts use
+new words), `broken` (40% of events lose their event type, 30% of survey scores are text) or
+`bias` (80% of one region's telemetry goes missing).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd
 
 from personaops.sources import SourceSpec, dump_sources
 
-DRIFT_KINDS = ("none", "mix", "behaviour", "text", "quality")
+DRIFT_KINDS = ("none", "mix", "behaviour", "vocabulary", "broken", "bias")
 EVENT_TYPES = [
     "login", "page_view", "dashboard_view", "report_export", "api_call", "query_run", "error_seen",
     "help_center_view", "pricing_view", "coupon_applied", "checkout", "invite_sent", "share", "billing_view",
@@ -132,7 +134,8 @@ DRIFT_TEXTS = [
     "The new AI assistant gave me wrong answers", "Voice commands in the mobile app do not work",
     "The chatbot keeps recommending irrelevant templates", "Augmented reality preview is blurry",
 ]  # fmt: skip
-BASE_DATE = datetime(2026, 10, 1, tzinfo=timezone.utc)
+# Fixed (deterministic per seed) and far enough back that two years of monthly periods stay in the past.
+BASE_DATE = datetime(2024, 10, 1, tzinfo=timezone.utc)
 WINDOW_DAYS = 90
 
 
@@ -271,7 +274,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
                 email = f"  {email.upper()} "
             elif r < 0.14:
                 email = person_alt_emails[i]  # not in the CRM: a different key for the same person
-            if drift == "text" and rng.random() < 0.5:
+            if drift == "vocabulary" and rng.random() < 0.5:
                 body = f"{DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]}."
             elif rng.random() < 0.08:
                 body = GENERIC_TEXTS[rng.integers(len(GENERIC_TEXTS))]
@@ -287,7 +290,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
             name = person_names[i] if rng.random() < 0.5 else _typo(rng, person_names[i])
             nps = int(np.clip(np.round(rng.normal(p.nps_mean, 1.3)), 0, 10))
             answer = p.survey_lines[rng.integers(len(p.survey_lines))]
-            if drift == "text" and rng.random() < 0.5:
+            if drift == "vocabulary" and rng.random() < 0.5:
                 answer = DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]
             ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
             surveys.append(
@@ -314,12 +317,18 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     tk = pd.DataFrame(tickets, columns=["ticket_id", "email", "subject", "body", "created_at"])
     sv = pd.DataFrame(surveys, columns=["response_id", "respondent_email", "respondent_name", "nps", "answer", "submitted_at"])
     ex = pd.DataFrame(exposures, columns=["exposure_id", "customer_id", "email", "campaign", "sent_at", "converted"])
-    if drift == "quality":
-        qrng = np.random.default_rng([seed, period, 7])
-        crm.loc[qrng.random(len(crm)) < 0.2, "phone"] = ""
-        crm.loc[qrng.random(len(crm)) < 0.1, "plan"] = "legacy_plan"
+    qrng = np.random.default_rng([seed, period, 7])
+    if drift == "broken":  # a telemetry export loses its key field; survey scores arrive as text
+        ev.loc[qrng.random(len(ev)) < 0.4, "event_type"] = ""
         if len(sv):
-            sv.loc[qrng.random(len(sv)) < 0.1, "nps"] = "n/a"
+            sv["nps"] = sv["nps"].astype(object)
+            sv.loc[qrng.random(len(sv)) < 0.3, "nps"] = "n/a"
+    if drift == "bias":  # one group is mostly missing from this period's telemetry and texts
+        north = {f"C{i:06d}" for i in range(users) if persons[i]["region"] == "north"}
+        drop = ev["user_id"].isin(north) & (qrng.random(len(ev)) < 0.8)
+        kept = set(ev.loc[~drop, "event_id"])
+        ev = ev[~drop].reset_index(drop=True)
+        records = [r for r in records if r[0] != "events" or r[1] in kept]
 
     suffix = f"_p{period}" if period else ""
     crm.to_csv(out / f"crm{suffix}.csv", index=False)

@@ -329,7 +329,9 @@ def ingest_file(spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, 
     for idx, msgs in _pandera_reasons(_schema(spec, cfg, now), canon, spec).items():
         # A value that failed to parse is reported once, not again as "missing".
         already = {m.split(":", 1)[0] for m in reasons.get(idx, [])}
-        reasons.setdefault(idx, []).extend(m for m in msgs if not (m.endswith(" is missing") and m[: -len(" is missing")] in already))
+        kept = reasons.setdefault(idx, [])
+        # a row-level check fails once per checked column in pandera's report: say it once
+        kept.extend(dict.fromkeys(m for m in msgs if m not in kept and not (m.endswith(" is missing") and m[: -len(" is missing")] in already)))
 
     hashes = _row_hashes(raw)
     first_hash: dict[str, int] = {}

@@ -123,6 +123,17 @@ class Workspace:
         records = sorted(self.runs.glob("*.json"))
         return json.loads(records[-1].read_text(encoding="utf-8")) if records else None
 
+    def last_healthy_ingest(self) -> list[dict] | None:
+        """Ingest counts of the newest run whose monitoring did not call for review or rollback:
+        the baseline for source-volume checks (a broken run is no baseline)."""
+        if not self.runs.is_dir():
+            return None
+        for path in sorted(self.runs.glob("*.json"), reverse=True):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("monitor", {}).get("action") not in ("review", "rollback") and record.get("ingest"):
+                return record["ingest"]
+        return None
+
     def audit(self, event: str, **details: Any) -> None:
         """Append one event to the workspace audit log (JSON lines)."""
         entry = {"at": datetime.now(timezone.utc).isoformat(), "event": event, **details}

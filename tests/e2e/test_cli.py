@@ -63,7 +63,8 @@ def test_catalogue_and_assignments_follow_the_contract(demo, tmp_path):
     assert list(frame.columns) == ["source", "source_key", "person_id", "persona_id", "persona_name", "confidence", "model_version"]
     assert frame["persona_id"].notna().all()
     monitor = json.loads(personas(home, "monitor", "--json").stdout)
-    assert Path(monitor["html"]).is_file() and 0.0 <= monitor["drifted_share"] <= 1.0
+    assert Path(monitor["reports"]["html"]).is_file() and 0.0 <= monitor["results"]["features"]["drifted_share"] <= 1.0
+    assert monitor["action"] == "none" and monitor["model_version"] == 1  # same data as training: nothing to do
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from tests.helpers import CORRUPT_REASONS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["ingest", "resolve", "features", "train", "publish", "monitor"]
+STAGES = ["ingest", "resolve", "features", "quality", "train", "publish", "monitor"]
 
 
 def _fresh_python(code: str, env: dict[str, str]) -> str:
@@ -141,7 +141,7 @@ def test_rerun_on_the_same_inputs_changes_and_duplicates_nothing(pipeline, gener
 
 def test_retraining_on_unchanged_data_keeps_persona_ids_and_names(pipeline):
     """A retrain with another seed on the same features keeps every persona's id and name."""
-    from flows.build_personas import _current_model_frame, _previous_model
+    from flows.build_personas import _previous_model
     from models.embedder import TextEmbedder
     from models.train import train_persona_model
     from personaops import features as F
@@ -151,7 +151,7 @@ def test_retraining_on_unchanged_data_keeps_persona_ids_and_names(pipeline):
     cfg.home = Path(home)
     ws = Workspace(home)
     previous = _previous_model(ws, cfg)
-    tables, frame, columns = _current_model_frame(ws)
+    tables, frame, columns = F.current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
     vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache).encode(texts["text"].tolist())
     model_cfg = cfg.model.model_copy(update={"seed": cfg.model.seed + 17, "auto_promote": False})

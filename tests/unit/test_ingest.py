@@ -109,3 +109,11 @@ def test_range_and_length_checks_give_readable_reasons(tmp_path):
     assert report.quarantined == 2
     assert "created_at ('1950-01-01 00:00:00+00:00') is before 1970 or in the future" in reasons[0]
     assert "subject+body is too long" in reasons[1]
+
+
+def test_a_row_with_no_identifier_gets_that_reason_once(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    spec = SourceSpec(name="crm", kind="crm", path=tmp_path / "c.csv", key="id", identifiers={"email": "email", "phone": "phone"})
+    (tmp_path / "c.csv").write_text("id,email,phone\n1,,\n")
+    [report] = ingest_sources([spec], ws, IngestConfig(), "r1")
+    assert read_quarantine(ws, "crm", report.batch_ids)["reason"].iloc[0] == "no identifier column holds a value"

@@ -1,0 +1,104 @@
+"""Monitoring checks beyond Evidently's column drift: persona mix, per-persona centroid shift,
+text-embedding drift (Evidently's embeddings drift), data quality and bias.
+
+Each function returns a JSON-able dict; the policy (monitoring/policy.py) reads them by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def persona_mix(reference: pd.Series, current: pd.Series) -> dict:
+    """Persona shares at training vs now: chi-square test on the counts, total variation distance
+    (0-1, half the L1 distance between the share vectors) and the shares themselves."""
+    from scipy.stats import chi2_contingency
+
+    personas = sorted(set(reference.unique()) | set(current.unique()))
+    ref = reference.value_counts().reindex(personas, fill_value=0)
+    cur = current.value_counts().reindex(personas, fill_value=0)
+    table = np.vstack([ref.to_numpy(), cur.to_numpy()])
+    table = table[:, table.sum(axis=0) > 0]
+    p_value = float(chi2_contingency(table)[1]) if table.shape[1] > 1 else 1.0
+    ref_share, cur_share = ref / max(ref.sum(), 1), cur / max(cur.sum(), 1)
+    return {
+        "p_value": p_value,
+        "total_variation": float(0.5 * (ref_share - cur_share).abs().sum()),
+        "reference_share": {int(k): round(float(v), 4) for k, v in ref_share.items()},
+        "current_share": {int(k): round(float(v), 4) for k, v in cur_share.items()},
+        "smallest_current_share": float(cur_share[[p for p in personas if p >= 0]].min()) if any(p >= 0 for p in personas) else 0.0,
+    }
+
+
+def centroid_shift(reference_x: np.ndarray, reference_labels: np.ndarray, current_x: np.ndarray, current_labels: np.ndarray) -> dict:
+    """Per persona: distance between its training and current mean representation, in units of its
+    training spread (root-mean-square distance of members to their mean)."""
+    out = {}
+    for persona in sorted(set(reference_labels.tolist()) & set(current_labels.tolist())):
+        if persona < 0:
+            continue
+        ref, cur = reference_x[reference_labels == persona], current_x[current_labels == persona]
+        spread = float(np.sqrt(((ref - ref.mean(axis=0)) ** 2).sum(axis=1).mean())) or 1e-9
+        out[int(persona)] = round(float(np.linalg.norm(ref.mean(axis=0) - cur.mean(axis=0)) / spread), 4)
+    return {"by_persona": out, "max_shift": max(out.values()) if out else 0.0}
+
+
+def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, seed: int) -> dict:
+    """Evidently's embeddings drift (its default method: a classifier telling the two samples
+    apart; score = ROC AUC, 0.5 = indistinguishable) on up to `sample` vectors per side."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift
+
+    if len(reference) < 20 or len(current) < 20:
+        return {"score": None, "reason": "fewer than 20 texts on one side"}
+    rng = np.random.default_rng(seed)
+    ref = reference[rng.choice(len(reference), size=min(sample, len(reference)), replace=False)]
+    cur = current[rng.choice(len(current), size=min(sample, len(current)), replace=False)]
+    cols = [f"e{i}" for i in range(ref.shape[1])]
+    definition = DataDefinition(numerical_columns=cols, embeddings={"text": cols})
+    report = Report([EmbeddingsDrift(embeddings_name="text")])
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(pd.DataFrame(cur, columns=cols), data_definition=definition),
+        reference_data=Dataset.from_pandas(pd.DataFrame(ref, columns=cols), data_definition=definition),
+    )
+    score = next(float(m["value"]) for m in snapshot.dict()["metrics"] if m["config"].get("type", "").endswith("EmbeddingsDrift"))
+    return {"score": score, "method": "model (ROC AUC)", "reference_texts": len(ref), "current_texts": len(cur)}
+
+
+def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], ingest: list[dict], previous_ingest: list[dict] | None, profile: pd.DataFrame | None) -> dict:
+    """Missing-value shares (model features, training vs now), new categories of CRM attributes,
+    quarantine share and accepted-row change per source vs the previous run."""
+    missing_ref = reference[columns].isna().mean()
+    missing_cur = current.reindex(columns=columns).isna().mean()
+    increase = (missing_cur - missing_ref).clip(lower=0)
+    known = {tuple(c.split("__", 1)) for c in columns if "__" in c}  # (attribute, value slug) seen in training
+    new_categories: dict[str, list[str]] = {}
+    if profile is not None:
+        import re
+
+        for attr in {a for a, _ in known}:
+            if attr in profile.columns:
+                values = profile[attr].dropna().astype(str).unique()
+                slugs = {re.sub(r"[^a-z0-9]+", "_", v.lower()).strip("_") or "blank": v for v in values}
+                seen = {v for a, v in known if a == attr}
+                fresh = sorted(v for slug, v in slugs.items() if slug not in seen and (profile[attr] == v).mean() >= 0.01)
+                if fresh:
+                    new_categories[attr] = fresh
+    before = {s["source"]: s for s in previous_ingest or []}
+    sources = {}
+    for s in ingest:
+        prev = before.get(s["source"])
+        sources[s["source"]] = {
+            "rows_in": s["rows_in"],
+            "quarantine_share": round(s["quarantined"] / s["rows_in"], 4) if s["rows_in"] else 0.0,
+            "accepted_change": round(s["accepted"] / prev["accepted"] - 1, 4) if prev and prev["accepted"] else None,
+        }
+    return {
+        "missing_increase": {c: round(float(v), 4) for c, v in increase[increase > 0.01].items()},
+        "max_missing_increase": float(increase.max()) if len(increase) else 0.0,
+        "new_categories": new_categories,
+        "sources": sources,
+        "max_quarantine_share": max((v["quarantine_share"] for v in sources.values()), default=0.0),
+        "max_accepted_change": max((abs(v["accepted_change"]) for v in sources.values() if v["accepted_change"] is not None), default=0.0),
+    }
