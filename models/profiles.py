@@ -163,6 +163,9 @@ def build_profiles(
             exposed, converted = float(out["n_exposures"].fillna(0).sum()), float(out["n_conversions"].fillna(0).sum())
             lo, hi = wilson(converted, exposed)
             kpis["campaign_conversion_rate"] = {"value": round(converted / exposed, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": int(exposed)}
+        if "n_events" in inputs.columns and len(members) > 1:  # engagement: product events per person
+            m, lo, hi = mean_interval(inputs.loc[members, "n_events"].fillna(0))
+            kpis["engagement_events"] = {"value": round(m, 3), "ci95": [round(lo, 3), round(hi, 3)], "n": int(len(members))}
         if "score_mean" in out.columns and out["score_mean"].notna().any():
             m, lo, hi = mean_interval(out["score_mean"])
             kpis["survey_score"] = {"value": round(m, 3), "ci95": [round(lo, 3), round(hi, 3)], "n": int(out["score_mean"].notna().sum())}
@@ -198,6 +201,9 @@ def describe(profile: dict) -> str:
         parts.append("Compared with everyone they show " + ", ".join(phrases) + ".")
     if profile["terms"]:
         parts.append("Their tickets and survey answers talk about " + ", ".join(profile["terms"][:4]) + ".")
+    if "engagement_events" in profile["kpis"]:
+        k = profile["kpis"]["engagement_events"]
+        parts.append(f"Engagement {k['value']:.1f} product events per person (95% CI {k['ci95'][0]:.1f}-{k['ci95'][1]:.1f}).")
     for key, k in profile["kpis"].items():
         if key.endswith("_rate"):
             what = key[: -len("_rate")].replace("_", " ")

@@ -57,6 +57,10 @@ def test_catalogue_and_assignments_follow_the_contract(demo, tmp_path):
     assert sum(p["size"] for p in catalogue["personas"]) == pd.read_parquet(home / "identity" / "record_person.parquet")["person_id"].nunique()
     for p in catalogue["personas"]:
         assert p["name"] and p["description"] and p["traits"]
+        if p["persona_id"] >= 0 and p["size"] > 1:
+            assert {"churned_rate", "campaign_conversion_rate", "engagement_events"} <= set(p["kpis"])
+            lo, hi = p["kpis"]["churned_rate"]["ci95"]
+            assert lo <= p["kpis"]["churned_rate"]["value"] <= hi
     out = tmp_path / "a.parquet"
     assert personas(home, "assignments", "--out", str(out)).returncode == 0
     frame = pd.read_parquet(out)

@@ -90,6 +90,7 @@ def test_profiles_name_traits_kpis_and_quotes():
     assert len({p["name"] for p in profiles}) == 2
     assert profiles[1]["kpis"]["churned_rate"]["value"] == 1.0 and profiles[0]["kpis"]["churned_rate"]["value"] == 0.0
     assert "Churned rate 100%" in profiles[1]["description"]
+    assert "engagement_events" not in profiles[0]["kpis"]  # no event counts in these inputs
     assert set(profiles[0]["terms"]) & {"slow", "api", "export"}
     assert profiles[0]["quotes"][0]["text"] == "slow api export"
     assert profiles[0]["traits"][0]["feature"] in {"f1", "f2", "f3"}
