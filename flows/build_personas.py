@@ -312,10 +312,10 @@ def build_personas(sources: str, home: str | None = None) -> dict:
     resolved = _timed(resolve, home, ingested["batches"], run_id)
     featured = _timed(features, home, ingested["batches"], ingested["kinds"])
     checked = _timed(quality, home, ingested["sources"])
-    if checked["action"] == "none":
+    if checked["action"] in ("none", "retrain"):
         trained = _timed(train, home, run_id, featured["encoder"])
         published = _timed(publish, home, featured["as_of"])
-    else:  # broken data trains nothing and publishes nothing; the champion keeps serving
+    else:  # data calling for review or rollback trains and publishes nothing; the champion keeps serving
         trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
         published = {"skipped": trained["skipped"], "model_version": registry_champion(cfg, ws)}
     monitored = _timed(monitor, home, run_id, ingested["sources"], featured["as_of"], "skipped" not in trained)

@@ -82,6 +82,9 @@ def monitor_personas(sources: str | None = None, home: str | None = None) -> dic
     previous_ingest = ws.last_healthy_ingest() if sources else None
     results, decision = run_checks(cfg, ws, run_id, ingest_report, previous_ingest)
     outcome = act(cfg, ws, decision, run_id, as_of, trained_this_run=False)
+    if sources and decision.action in ("none", "retrain") and "published" not in outcome:
+        # healthy new data: the champion serves everyone in it, newcomers included
+        outcome["published"] = publish(home, as_of)["rows"]
     reports = {"html": str(ws.reports / run_id / "drift.html"), "json": str(ws.reports / run_id / "drift.json"), "monitoring": str(ws.reports / run_id / "monitoring.json")}
     record(ws, decision, run_id, results["model_version"], reports, outcome)
     summary = {

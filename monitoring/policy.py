@@ -36,6 +36,8 @@ class Rule(BaseModel):
     def _one_bound(self) -> "Rule":
         if (self.above is None) == (self.below is None):
             raise ValueError("give exactly one of above / below")
+        if self.metric.split(".", 1)[0] not in SECTIONS or "." not in self.metric:
+            raise ValueError(f"metric {self.metric!r} is not section.key with a section among {', '.join(SECTIONS)}")
         return self
 
 
@@ -51,8 +53,11 @@ class Decision:
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
+SECTIONS = ("features", "persona_mix", "centroids", "embeddings", "quality", "bias")
+
+
 def load_policy(path: Path | None = None) -> Policy:
-    path = Path(path or DEFAULT_POLICY)
+    path = DEFAULT_POLICY if path is None or str(path) in ("", ".") else Path(path)
     try:
         return Policy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
@@ -76,8 +81,8 @@ def decide(results: dict, policy: Policy) -> Decision:
     fired = []
     for rule in policy.rules:
         value = lookup(results, rule.metric)
-        if value is None:
-            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # not measured in this pass (e.g. no texts), or not a number
         if (rule.above is not None and value > rule.above) or (rule.below is not None and value < rule.below):
             fired.append({"rule": rule.name, "metric": rule.metric, "value": value, "threshold": rule.above if rule.above is not None else rule.below, "action": rule.action})
     action = max((f["action"] for f in fired), key=SEVERITY.__getitem__, default="none")

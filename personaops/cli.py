@@ -139,7 +139,7 @@ def generate(
     seed: int = typer.Option(7, help="random seed (same seed, same data)"),
     out_dir: Path = typer.Option(..., "--out", help="output folder"),
     period: int = typer.Option(0, min=0, help="later observation period of the same population"),
-    drift: str = typer.Option("none", help="planted change: none, mix, behaviour, text, quality"),
+    drift: str = typer.Option("none", help="planted change: none, mix, behaviour, vocabulary, broken, bias"),
 ) -> None:
     """Generate synthetic multi-source data with planted personas, a sources.yaml and truth files."""
     from personaops.generate import DRIFT_KINDS, generate as make
@@ -154,7 +154,7 @@ def generate(
 
 @app.command()
 def run(sources: Path = typer.Option(..., "--sources", help="sources.yaml describing your data")) -> None:
-    """Run the whole pipeline (ingest, resolve, features, train, publish, monitor) on your sources."""
+    """Run the whole pipeline (ingest, resolve, features, quality, train, publish, monitor) on your sources."""
     from personaops.sources import load_sources
 
     cfg, ws = _workspace()

@@ -179,7 +179,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
 
     shares = np.array([p.share for p in PERSONAS])
     persona_idx = pop_rng.choice(len(PERSONAS), size=users, p=shares / shares.sum())
-    if drift == "mix":  # a quarter of casual browsers became deal seekers
+    if drift == "mix":  # half the casual browsers became deal seekers
         movers = (persona_idx == 1) & (rng.random(users) < 0.5)
         persona_idx = np.where(movers, 3, persona_idx)
 
@@ -323,7 +323,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
         if len(sv):
             sv["nps"] = sv["nps"].astype(object)
             sv.loc[qrng.random(len(sv)) < 0.3, "nps"] = "n/a"
-    if drift == "bias":  # one group is mostly missing from this period's telemetry and texts
+    if drift == "bias":  # one group is mostly missing from this period's telemetry
         north = {f"C{i:06d}" for i in range(users) if persons[i]["region"] == "north"}
         drop = ev["user_id"].isin(north) & (qrng.random(len(ev)) < 0.8)
         kept = set(ev.loc[~drop, "event_id"])
