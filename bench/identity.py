@@ -13,6 +13,7 @@ Prints a table; asserts nothing.
 
     python bench/identity.py [--users 2000] [--only febrl]
     python bench/identity.py --scale 1000000     # resolve 1M generated records: wall time, peak RSS
+    python bench/identity.py --write-febrl DIR   # FEBRL as CSV + sources.yaml, for `personas run`
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def febrl_sources(which: int, with_id: bool, folder: Path) -> Path:
         }  # fmt: skip
         if with_id:
             attributes["national_id"] = "soc_sec_id"
-        sources.append({"name": name, "kind": "crm", "path": f"{name}.csv", "key": "rec_id", "attributes": attributes})
+        # `state` is FEBRL's one descriptive column: the persona stages of `personas run` need one.
+        sources.append({"name": name, "kind": "crm", "path": f"{name}.csv", "key": "rec_id", "attributes": attributes, "categorical": ["state"]})
     path = folder / "sources.yaml"
     path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False), encoding="utf-8")
     return path
@@ -234,7 +236,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the data sets whose name contains this text")
     parser.add_argument("--scale", type=int, default=0, help="instead: resolve this many generated records; wall time and peak RSS")
     parser.add_argument("--resolve-file", type=Path, help=argparse.SUPPRESS)  # the --scale child process
+    parser.add_argument("--write-febrl", type=Path, help="instead: write FEBRL CSVs + sources.yaml files here (for `personas run --sources`)")
     args = parser.parse_args()
+    if args.write_febrl:
+        for which in (4, 3):
+            for with_id, suffix in ((True, "all"), (False, "no_id")):
+                print(febrl_sources(which, with_id, args.write_febrl / f"febrl{which}_{suffix}"))
+        return
     if args.resolve_file:
         import json
 
