@@ -339,9 +339,14 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         """Where a person's persona comes from: source records, model version and MLflow run (analyst role)."""
         from models import registry
 
+        from mlflow.exceptions import MlflowException
+
         persona = one(person_id)
         name = cfg.model.registered_name
-        run_id = registry.version_run_id(ws, name, persona["model_version"])
+        try:
+            run_id = registry.version_run_id(ws, name, persona["model_version"])
+        except MlflowException:
+            raise NotFoundError(f"Model version {persona['model_version']} that published {person_id!r}'s persona is not in the registry of {ws.root}; re-publish with `personas run`.") from None
         return {"person_id": person_id, "persona": persona, "model": name, "run_id": run_id, "records": service.records(person_id)}
 
     return app
