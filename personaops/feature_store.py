@@ -77,8 +77,37 @@ def apply_definitions(ws: Workspace, cfg: PersonasConfig) -> list[str]:
     ]
     if missing:
         raise PipelineStateError(f"Feature table {missing[0]} does not exist yet; run the features stage (`personas run`) before applying the Feast repo.")
-    store.apply(objects)
+    store.apply(without_empty_views(objects))
     return sorted(fv.name for fv in store.list_feature_views())
+
+
+def without_empty_views(objects: list) -> list:
+    """Drop inferred feature views whose table has no feature column for these sources (e.g. no
+    labels, or a CRM table with no descriptive column) — Feast cannot infer a view with no
+    features — and drop them from the feature services that list them."""
+    import pyarrow.parquet as pq
+    from feast import FeatureService, FeatureView
+
+    empty = {
+        o.name
+        for o in objects
+        if isinstance(o, FeatureView) and not o.features and o.batch_source is not None
+        and not set(pq.read_schema(o.batch_source.path).names) - {"person_id", "event_timestamp", "created"}
+    }  # fmt: skip
+    if not empty:
+        return objects
+    views = {o.name: o for o in objects if isinstance(o, FeatureView)}
+    kept = []
+    for o in objects:
+        if isinstance(o, FeatureView) and o.name in empty:
+            continue
+        if isinstance(o, FeatureService) and any(p.name in empty for p in o.feature_view_projections):
+            remaining = [views[p.name] for p in o.feature_view_projections if p.name not in empty]
+            if not remaining:
+                continue
+            o = FeatureService(name=o.name, features=remaining, description=o.description, tags=o.tags)
+        kept.append(o)
+    return kept
 
 
 def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.DataFrame, model_version: int, published_at: pd.Timestamp) -> int:

@@ -53,3 +53,29 @@ def test_sensitive_attributes_are_never_model_inputs(german):
     for column in features:
         assert column.split("__")[0] not in SENSITIVE, column
     assert "bad_credit" not in features  # labels are outcomes, not inputs
+
+
+def test_a_bare_customer_table_without_labels_or_categories_runs(prefect_api, tmp_path):
+    """Only ids and numbers: the label and profile views have nothing to hold and are left out."""
+    import numpy as np
+    import pandas as pd
+
+    from flows.build_personas import build_personas
+    from personaops.config import load_config
+    from personaops.feature_store import feature_store
+
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 3, size=600)
+    frame = pd.DataFrame({"id": [f"K{i}" for i in range(600)], "email": [f"u{i}@example.com" for i in range(600)],
+                          "spend": rng.normal(groups * 10, 1.0), "visits": rng.normal(groups * 5, 0.5)})  # fmt: skip
+    frame.to_csv(tmp_path / "customers.csv", index=False)
+    (tmp_path / "sources.yaml").write_text(
+        "sources:\n- name: customers\n  kind: crm\n  path: customers.csv\n  key: id\n  identifiers: {email: email}\n  numeric: [spend, visits]\n"
+    )
+    home = tmp_path / "ws"
+    record = build_personas(sources=str(tmp_path / "sources.yaml"), home=str(home))
+    assert record["publish"]["rows"] == 600
+    cfg = load_config()
+    cfg.home = home
+    views = {v.name for v in feature_store(Workspace(home), cfg).list_feature_views()}
+    assert "person_labels" not in views and "persona_assignment" in views
