@@ -64,6 +64,21 @@ def check_read_back(store, rows: pd.DataFrame, method: str) -> None:
             raise SystemExit(f"{method}: the Feast SDK read back different {f} values than were published")
 
 
+def assignment_store(tmp: Path, persons: int, extra: tuple[str, ...] = ()):
+    """A workspace under `tmp` with `persons` generated assignments as the offline table and the
+    Feast objects of the assignment view (plus `extra` object names) applied: (cfg, ws, rows, store)."""
+    cfg = load_config(environ={})
+    cfg.home = tmp / "ws"
+    ws = Workspace(cfg.home)
+    os.environ["PERSONAS_HOME"] = str(ws.root)
+    rows = assignments(persons, 1, 1)
+    write_table(ws, ASSIGNMENT_VIEW, rows)
+    store = feature_store(ws, cfg)
+    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW, *extra}
+    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
+    return cfg, ws, rows, store
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="persons per publish")
@@ -71,14 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(environ={})
-        cfg.home = Path(tmp) / "ws"
-        ws = Workspace(cfg.home)
-        os.environ["PERSONAS_HOME"] = str(ws.root)
-        rows = assignments(args.rows, 1, 1)
-        write_table(ws, ASSIGNMENT_VIEW, rows)
-        store = feature_store(ws, cfg)
-        store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in {"person", "persona_assignment_source", ASSIGNMENT_VIEW}])
+        cfg, ws, rows, store = assignment_store(Path(tmp), args.rows)
         publisher = SqlitePublisher(store)
         view = store.get_feature_view(ASSIGNMENT_VIEW)
         values = len(rows) * len(view.features)

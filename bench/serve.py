@@ -32,11 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("FEAST_USAGE", "False")
 
-from personaops.config import load_config  # noqa: E402
-from personaops.feature_store import ASSIGNMENT_VIEW, SERVING_SERVICE, feature_store, repo_objects, write_table  # noqa: E402
+from personaops.feature_store import ASSIGNMENT_VIEW, SERVING_SERVICE  # noqa: E402
 from personaops.online_publish import online_publisher  # noqa: E402
-from personaops.workspace import Workspace  # noqa: E402
-from publish import assignments  # noqa: E402
+from publish import assignment_store  # noqa: E402
 
 TOKEN = "bench-token"
 SERVE = "import sys; from personaops.cli import main; sys.argv = ['personas', 'serve', '--port', sys.argv[1]]; main()"
@@ -63,15 +61,7 @@ def main() -> None:
     import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(environ={})
-        cfg.home = Path(tmp) / "ws"
-        ws = Workspace(cfg.home)
-        os.environ["PERSONAS_HOME"] = str(ws.root)
-        rows = assignments(args.persons, 1, 1)
-        write_table(ws, ASSIGNMENT_VIEW, rows)
-        store = feature_store(ws, cfg)
-        wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW, SERVING_SERVICE}
-        store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
+        cfg, ws, rows, store = assignment_store(Path(tmp), args.persons, (SERVING_SERVICE,))
         online_publisher(store).replace(ASSIGNMENT_VIEW, rows)
         ids = rows["person_id"].sample(args.requests, replace=True, random_state=2).tolist()
         print(f"{len(rows):,} persons online in {ws.feast / 'online_store.db'}; {args.requests:,} random single-person lookups each\n")

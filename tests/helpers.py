@@ -34,3 +34,16 @@ CORRUPT_REASONS = {
     "BAD-6": "malformed line",
     "BAD-7": "malformed line",
 }
+
+
+def lake_records(rows: list[dict], identifiers=("customer_id", "email", "phone", "device_id")):
+    """Identity-stage input from dicts: missing identifier columns empty, lineage columns filled."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for col in identifiers:
+        if col not in frame:
+            frame[col] = None
+    frame["_batch_id"], frame["_row_hash"] = "b", "h"
+    frame["_row_number"] = range(1, len(frame) + 1)
+    return frame

@@ -2,16 +2,11 @@ import pandas as pd
 
 from personaops.config import IdentityConfig
 from personaops.identity import resolve_identities
+from tests.helpers import lake_records
 
 
 def _records(rows):
-    frame = pd.DataFrame(rows)
-    for col in ("customer_id", "email", "phone", "device_id"):
-        if col not in frame:
-            frame[col] = None
-    frame["_batch_id"], frame["_row_hash"] = "b", "h"
-    frame["_row_number"] = range(1, len(frame) + 1)
-    return frame
+    return lake_records(rows)
 
 
 ROWS = [

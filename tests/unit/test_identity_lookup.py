@@ -13,18 +13,13 @@ from personaops.errors import NotFoundError, PipelineStateError
 from personaops.identity import resolve_identities
 from personaops.identity_store import lookup_record, write_identity
 from personaops.workspace import Workspace
+from tests.helpers import lake_records
 
 RULES = IdentityConfig(probabilistic=False)
 
 
 def _frame(rows):
-    frame = pd.DataFrame(rows)
-    for col in ("customer_id", "email", "phone"):
-        if col not in frame:
-            frame[col] = None
-    frame["_batch_id"], frame["_row_hash"] = "b", "h"
-    frame["_row_number"] = range(1, len(frame) + 1)
-    return frame
+    return lake_records(rows, ("customer_id", "email", "phone"))
 
 
 BASE = [

@@ -7,16 +7,11 @@ from pydantic import ValidationError
 from personaops.config import IdentityConfig, load_config
 from personaops.errors import ConfigError
 from personaops.identity import resolve_identities
+from tests.helpers import lake_records
 
 
 def _frame(rows):
-    frame = pd.DataFrame(rows)
-    for col in ("customer_id", "email", "phone", "device_id"):
-        if col not in frame:
-            frame[col] = None
-    frame["_batch_id"], frame["_row_hash"] = "b", "h"
-    frame["_row_number"] = range(1, len(frame) + 1)
-    return frame
+    return lake_records(rows)
 
 
 ROWS = [
