@@ -45,3 +45,32 @@ def persona_parity(assignments: pd.Series, sensitive: pd.DataFrame, min_group: i
                 report["min_dp_ratio"] = min(report["min_dp_ratio"], ratio)
         report["by_attribute"][attr] = per_persona
     return report
+
+
+def label_gaps(assignments: pd.Series, sensitive: pd.DataFrame, labels: pd.DataFrame, min_group: int = 30) -> dict:
+    """Within each persona, each label's rate per sensitive group and the largest gap between
+    groups (0-1): do people of one persona fare differently by group? Groups under `min_group`
+    people within the persona are left out."""
+    report: dict = {"by_label": {}, "max_gap": 0.0}
+    for label in labels.columns:
+        known = labels[label].dropna()
+        per_attr = {}
+        for attr in sensitive.columns:
+            groups = audit_groups(sensitive[attr]).reindex(known.index)
+            persona = assignments.reindex(known.index)
+            frame = pd.DataFrame({"y": known.astype(float), "g": groups, "p": persona}).dropna()
+            per_persona = {}
+            for p, part in frame[frame["p"] >= 0].groupby("p"):
+                sizes = part["g"].value_counts()
+                part = part[part["g"].isin(sizes[sizes >= min_group].index)]
+                if part["g"].nunique() < 2:
+                    continue
+                rates = part.groupby("g")["y"].mean()
+                gap = float(rates.max() - rates.min())
+                per_persona[int(p)] = {"rates": rates.round(4).to_dict(), "gap": round(gap, 4)}
+                report["max_gap"] = max(report["max_gap"], gap)
+            if per_persona:
+                per_attr[attr] = per_persona
+        if per_attr:
+            report["by_label"][label] = per_attr
+    return report

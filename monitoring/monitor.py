@@ -42,7 +42,7 @@ def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], 
 def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: list[dict], previous_ingest: list[dict] | None) -> tuple[dict, Decision]:
     """Every check against the champion; returns (results, decision) and writes the reports."""
     from models import registry
-    from models.bias import persona_parity
+    from models.bias import label_gaps, persona_parity
     from models.train import load_reference
 
     name = cfg.model.registered_name
@@ -77,6 +77,11 @@ def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: l
             bias = persona_parity(now, sensitive)
             baseline = champion_metrics.get("bias_max_dp_difference")
             bias["max_dp_difference_increase"] = bias["max_dp_difference"] - baseline if baseline is not None else 0.0
+            labels = tables.get("person_labels")
+            if labels is not None and len(labels):
+                outcome_labels = labels.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
+                bias["label_gaps"] = label_gaps(now, sensitive, outcome_labels)
+                bias["max_label_gap"] = bias["label_gaps"]["max_gap"]
             results["bias"] = bias
     decision = decide(results, load_policy(cfg.monitoring.policy))
     summary = {"run_id": run_id, "results": results, "decision": {"action": decision.action, "fired": decision.fired}, "html": drift.html, "json": drift.json}

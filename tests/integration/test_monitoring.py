@@ -48,6 +48,9 @@ def test_a_period_without_change_raises_no_alarm(monitored):
     summary = _monitor(home, data / "sources_p1.yaml")
     assert summary["action"] == "none", summary["fired"]
     assert summary["results"]["persona_mix"]["total_variation"] < 0.08
+    bias = summary["results"]["bias"]
+    assert set(bias["by_attribute"]) == {"age_band", "gender"} and 0.0 <= bias["max_label_gap"] <= 1.0
+    assert "churned" in bias["label_gaps"]["by_label"]
     assert Path(summary["reports"]["html"]).is_file() and Path(summary["reports"]["monitoring"]).is_file()
     decisions = (Path(home) / "monitoring" / "decisions.jsonl").read_text().splitlines()
     assert json.loads(decisions[-1])["action"] == "none"

@@ -168,3 +168,16 @@ def test_promotion_gate_blocks_a_challenger_that_is_more_biased():
     checks = evaluate_gate(biased, champion, cfg)
     assert [c.name for c in checks if not c.passed] == ["bias_max_dp_difference_vs_champion"]
     assert gate_passed(evaluate_gate(dict(champion, bias_max_dp_difference=0.12), champion, cfg))
+
+
+def test_label_gaps_compare_outcomes_of_groups_within_a_persona():
+    from models.bias import label_gaps
+
+    people = [f"p{i}" for i in range(240)]
+    persona = pd.Series([0] * 120 + [1] * 120, index=people)
+    sensitive = pd.DataFrame({"gender": (["f"] * 60 + ["m"] * 60) * 2}, index=people)
+    # in persona 0 women churn far more than men; in persona 1 both groups churn alike
+    churned = [1] * 45 + [0] * 15 + [1] * 15 + [0] * 45 + ([1] * 30 + [0] * 30) * 2
+    report = label_gaps(persona, sensitive, pd.DataFrame({"churned": churned}, index=people))
+    gaps = report["by_label"]["churned"]["gender"]
+    assert gaps[0]["gap"] == 0.5 and gaps[1]["gap"] == 0.0 and report["max_gap"] == 0.5
