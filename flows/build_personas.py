@@ -268,14 +268,14 @@ def quality(home: str | None, ingest_report: list[dict]) -> dict:
 def monitor(home: str | None, run_id: str, ingest_report: list[dict], as_of: str, trained_this_run: bool) -> dict:
     """All monitoring checks vs the champion's reference, the policy's decision, and its action."""
     from flows.monitor_personas import act
-    from monitoring.monitor import run_checks
+    from monitoring.monitor import report_paths, run_checks
     from monitoring.policy import record as record_decision
 
     cfg, ws = _config(home)
     progress.stage_started("monitor", "drift, quality and bias reports")
     results, decision = run_checks(cfg, ws, run_id, ingest_report, ws.last_healthy_ingest())
     outcome = act(cfg, ws, decision, run_id, as_of, trained_this_run)
-    reports = {"html": str(ws.reports / run_id / "drift.html"), "json": str(ws.reports / run_id / "drift.json"), "monitoring": str(ws.reports / run_id / "monitoring.json")}
+    reports = report_paths(ws, run_id)
     record_decision(ws, decision, run_id, results["model_version"], reports, outcome)
     progress.stage_finished("monitor", f"drifted columns {results['features']['drifted_share']:.0%}; action: {decision.action}; reports in {ws.reports / run_id}")
     return {**reports, "drifted_share": results["features"]["drifted_share"], "action": decision.action, "fired": decision.fired, "outcome": outcome}

@@ -64,7 +64,7 @@ def act(cfg: PersonasConfig, ws: Workspace, decision: Decision, run_id: str, as_
 @flow(name="monitor_personas")
 def monitor_personas(sources: str | None = None, home: str | None = None) -> dict:
     """Monitor the champion on the workspace's current data (or on new `sources`) and act."""
-    from monitoring.monitor import run_checks
+    from monitoring.monitor import report_paths, run_checks
     from monitoring.policy import record
 
     cfg, ws = _config(home)
@@ -85,7 +85,7 @@ def monitor_personas(sources: str | None = None, home: str | None = None) -> dic
     if sources and decision.action in ("none", "retrain") and "published" not in outcome:
         # healthy new data: the champion serves everyone in it, newcomers included
         outcome["published"] = publish(home, as_of)["rows"]
-    reports = {"html": str(ws.reports / run_id / "drift.html"), "json": str(ws.reports / run_id / "drift.json"), "monitoring": str(ws.reports / run_id / "monitoring.json")}
+    reports = report_paths(ws, run_id)
     record(ws, decision, run_id, results["model_version"], reports, outcome)
     summary = {
         "run_id": run_id,

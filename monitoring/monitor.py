@@ -39,6 +39,12 @@ def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], 
     return quality, decide({"quality": quality}, load_policy(cfg.monitoring.policy))
 
 
+def report_paths(ws: Workspace, run_id: str) -> dict[str, str]:
+    """Where a monitoring pass writes its reports."""
+    folder = ws.reports / run_id
+    return {"html": str(folder / "drift.html"), "json": str(folder / "drift.json"), "monitoring": str(folder / "monitoring.json")}
+
+
 def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: list[dict], previous_ingest: list[dict] | None) -> tuple[dict, Decision]:
     """Every check against the champion; returns (results, decision) and writes the reports."""
     from models import registry
