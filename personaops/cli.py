@@ -483,6 +483,50 @@ def review_reject(pair_id: str = typer.Argument(..., metavar="PAIR")) -> None:
     out.print(f"rejected {pair_id} ({entry['record_l']} / {entry['record_r']}); later runs keep them apart.")
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log of the workspace.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Check the audit log's hash chain; exit 1 if any entry was edited, removed, inserted or reordered."""
+    from personaops import audit
+
+    _, ws = _workspace()
+    verdict = audit.verify(ws.audit_log)
+    if as_json:
+        _emit_json(verdict.as_dict())
+    elif verdict.ok:
+        out.print(f"audit log intact: {verdict.entries} entries, chain and head agree.")
+    else:
+        for p in verdict.problems:
+            err.print(f"[red]line {p['line']}[/]: {p['problem']}", highlight=False)
+    if not verdict.ok:
+        if not as_json:
+            err.print(f"The audit log {ws.audit_log} has been tampered with ({len(verdict.problems)} problems above); "
+                      "restore it from a backup and investigate who changed it.")
+        raise typer.Exit(1)
+
+
+@audit_app.command("log")
+def audit_log(event: str = typer.Option(None, "--event", help="only entries of this event type"),
+              limit: int = typer.Option(50, "--limit", help="newest N entries (0 for all)"),
+              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The newest audit entries: who did what, when."""
+    from personaops import audit
+
+    _, ws = _workspace()
+    entries = audit.read(ws.audit_log, event)
+    if limit:
+        entries = entries[-limit:]
+    if as_json:
+        _emit_json(entries)
+        return
+    for e in entries:
+        details = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "at", "event", "prev", "hash"))
+        out.print(f"{e.get('seq', '?'):>5} {e.get('at', '')[:19]} [bold]{e.get('event')}[/] {details}", highlight=False)
+
+
 def _quiet_libraries() -> None:
     """Library deprecation chatter and INFO logs are not for the person at the terminal."""
     if os.environ.get("PERSONAS_VERBOSE"):
