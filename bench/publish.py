@@ -1,22 +1,33 @@
-"""Online publish benchmark: persona assignments into Feast's SQLite online store, four ways.
+"""Online publish benchmark: persona assignments into Feast's SQLite and Redis online stores.
 
-usage: python bench/publish.py [--rows 100000] [--repeat 3]
+usage: python bench/publish.py [--rows 100000] [--repeat 3] [--quick] [--json] [--no-redis]
 
 On one temporary workspace with the project's `persona_assignment` view applied (4 features:
 persona_id, persona_name, confidence, model_version), publishes the same N persons with
-  personaops   personaops.online_publish (Feast's serialization, one executemany, one transaction)
-  feast-write  FeatureStore.write_to_online_store
-  materialize  FeatureStore.materialize from the offline Parquet table
-  raw-sqlite   executemany of the already-encoded rows in one transaction (the floor: SQLite alone)
+
+SQLite (profile: local)
+  personaops          personaops.online_publish (Feast's serialization, one executemany, one transaction)
+  raw-sqlite (floor)  executemany of the already-encoded rows in one transaction (SQLite alone)
+  feast-write         FeatureStore.write_to_online_store
+  feast-materialize   FeatureStore.materialize from the offline Parquet table
+Redis (profile: production; the server `infra/services.sh start` runs, or PERSONAS_REDIS_URL)
+  personaops          personaops.online_publish (Feast's Redis layout, one HSET per person, pipelined)
+  raw-redis (floor)   the same already-encoded HSETs, pipelined (Redis and the socket alone)
+  feast-write         FeatureStore.write_to_online_store
+  feast-materialize   FeatureStore.materialize
+
 each over the previous publish (the steady state of a re-publish), checks that the stock SDK
-reads back what was written, and prints persons/s and feature values/s (one SQLite row each)
-side by side with ratios. The fast paths take the best of --repeat runs; Feast's run once.
+reads back what was written, and prints persons/s and feature values/s side by side with ratios.
+The fast paths take the best of --repeat runs; Feast's run once. --quick: 10,000 persons, one run.
+--json: one JSON object (figures, ratios, load average) as the last line of stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,57 +90,183 @@ def assignment_store(tmp: Path, persons: int, extra: tuple[str, ...] = ()):
     return cfg, ws, rows, store
 
 
+def _feast_materialize(store) -> None:
+    store.materialize(start_date=(AT - pd.Timedelta(days=1)).to_pydatetime(), end_date=(AT + pd.Timedelta(days=1)).to_pydatetime(), feature_views=[ASSIGNMENT_VIEW])
+
+
+def bench_sqlite(tmp: Path, persons: int, repeat: int, log) -> dict:
+    cfg, ws, rows, store = assignment_store(tmp, persons)
+    publisher = SqlitePublisher(store)
+    view = store.get_feature_view(ASSIGNMENT_VIEW)
+    log(f"SQLite: {len(rows):,} persons x {len(view.features)} features = {len(rows) * len(view.features):,} online rows in {publisher.db_path()}")
+    publisher.replace(ASSIGNMENT_VIEW, rows)  # the previous publish every method writes over
+    seconds: dict[str, float] = {}
+    best, parts = float("inf"), {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        encoded = publisher.encode(view, rows)
+        t1 = time.perf_counter()
+        write_sqlite_table(publisher.db_path(), publisher.table_name(view), encoded)
+        t2 = time.perf_counter()
+        if t2 - t0 < best:
+            best, parts = t2 - t0, {"encode": t1 - t0, "write": t2 - t1}
+    seconds["personaops"] = best
+    check_read_back(store, rows, "sqlite personaops")
+    seconds["raw-sqlite (floor)"] = min(_timed(lambda: write_sqlite_table(publisher.db_path(), publisher.table_name(view), encoded)) for _ in range(repeat))
+    check_read_back(store, rows, "raw-sqlite")
+    log("SQLite: feast write_to_online_store ...")
+    seconds["feast-write"] = _timed(lambda: store.write_to_online_store(ASSIGNMENT_VIEW, rows.reset_index(drop=True)))
+    check_read_back(store, rows, "sqlite feast-write")
+    log("SQLite: feast materialize ...")
+    seconds["feast-materialize"] = _timed(lambda: _feast_materialize(store))
+    check_read_back(store, rows, "sqlite feast-materialize")
+    return {"persons": len(rows), "features": len(view.features), "seconds": seconds, "personaops_breakdown_seconds": parts}
+
+
+def _redis_url(log) -> tuple[str, bool]:
+    """A Redis server: PERSONAS_REDIS_URL, or one started by infra/services.sh (stopped after)."""
+    if os.environ.get("PERSONAS_REDIS_URL"):
+        return os.environ["PERSONAS_REDIS_URL"], False
+    script = ROOT / "infra" / "services.sh"
+    up = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+    log("Redis: starting the local services (infra/services.sh start) ...")
+    done = subprocess.run([str(script), "start"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"infra/services.sh start failed ({done.stderr.strip().splitlines()[-1:]}); run `infra/services.sh install` or pass --no-redis.")
+    url = next(line.split("=", 1)[1].strip("'") for line in done.stdout.splitlines() if line.startswith("export PERSONAS_REDIS_URL="))
+    return url, not up
+
+
+def bench_redis(tmp: Path, persons: int, repeat: int, redis_url: str, log) -> dict:
+    """The same rows into Redis, with a file registry (the registry is not what is measured)."""
+    import redis
+    from feast import FeatureStore, RepoConfig
+
+    from personaops.feature_store import redis_connection_string
+    from personaops.online_publish import RedisPublisher, write_redis_hashes
+
+    cfg, ws, rows, _ = assignment_store(tmp, persons)
+    db_url = redis_url.rsplit("/", 1)[0] + "/14"  # a database of its own, flushed before and after
+    client = redis.Redis.from_url(db_url)
+    client.flushdb()
+    config = RepoConfig(
+        project="personaops",
+        provider="local",
+        registry=str(ws.feast / "registry.db"),
+        online_store={"type": "redis", "connection_string": redis_connection_string(db_url)},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=cfg.feature_repo,
+    )
+    store = FeatureStore(config=config)
+    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW}
+    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
+    publisher = RedisPublisher(store)
+    view = store.get_feature_view(ASSIGNMENT_VIEW)
+    log(f"Redis: {len(rows):,} persons x {len(view.features)} features, one hash per person, at {db_url}")
+    publisher.replace(ASSIGNMENT_VIEW, rows)
+    seconds: dict[str, float] = {}
+    best, parts = float("inf"), {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        keys, fields, values = publisher.encode(view, rows)
+        t1 = time.perf_counter()
+        write_redis_hashes(client, publisher.members_key(view), keys, fields, values)
+        t2 = time.perf_counter()
+        if t2 - t0 < best:
+            best, parts = t2 - t0, {"encode": t1 - t0, "write": t2 - t1}
+    seconds["personaops"] = best
+    check_read_back(store, rows, "redis personaops")
+    seconds["raw-redis (floor)"] = min(_timed(lambda: _raw_hset(client, keys, fields, values)) for _ in range(repeat))
+    check_read_back(store, rows, "raw-redis")
+    # Feast skips rows not newer than what is stored: start each Feast method from an empty view.
+    log("Redis: feast write_to_online_store ...")
+    client.flushdb()
+    seconds["feast-write"] = _timed(lambda: store.write_to_online_store(ASSIGNMENT_VIEW, rows.reset_index(drop=True)))
+    check_read_back(store, rows, "redis feast-write")
+    log("Redis: feast materialize ...")
+    client.flushdb()
+    seconds["feast-materialize"] = _timed(lambda: _feast_materialize(store))
+    check_read_back(store, rows, "redis feast-materialize")
+    client.flushdb()
+    client.close()
+    return {"persons": len(rows), "features": len(view.features), "seconds": seconds, "personaops_breakdown_seconds": parts}
+
+
+def _raw_hset(client, keys, fields, values) -> None:
+    """Pre-encoded HSETs (Feast's layout), pipelined in batches of 5,000: the floor of any publish."""
+    nf = len(fields)
+    for start in range(0, len(keys), 5_000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(start + 5_000, len(keys))):
+            pipe.hset(keys[i], mapping=dict(zip(fields, values[i * nf : (i + 1) * nf])))
+        pipe.execute()
+
+
+def _table(name: str, result: dict, floor: str) -> list[str]:
+    seconds, persons, nf = result["seconds"], result["persons"], result["features"]
+    lines = [f"{name:<8}{'method':<20}{'seconds':>9}{'persons/s':>12}{'values/s':>12}{'vs feast-write':>16}{'vs materialize':>16}{'vs floor':>10}"]
+    for method, s in seconds.items():
+        lines.append(
+            f"{'':<8}{method:<20}{s:>9.3f}{persons / s:>12,.0f}{persons * nf / s:>12,.0f}"
+            f"{seconds['feast-write'] / s:>15.1f}x{seconds['feast-materialize'] / s:>15.1f}x{seconds[floor] / s:>9.2f}x"
+        )
+    b = result["personaops_breakdown_seconds"]
+    lines.append(f"{'':<8}personaops breakdown: encode (Feast serialization) {b['encode']:.3f}s, write {b['write']:.3f}s")
+    return lines
+
+
+def _summary(result: dict, floor: str) -> dict:
+    seconds, persons, nf = result["seconds"], result["persons"], result["features"]
+    return {
+        "persons": persons,
+        "features": nf,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "persons_per_s": {k: round(persons / v) for k, v in seconds.items()},
+        "values_per_s": {k: round(persons * nf / v) for k, v in seconds.items()},
+        "personaops_vs_feast_write": round(seconds["feast-write"] / seconds["personaops"], 2),
+        "personaops_vs_feast_materialize": round(seconds["feast-materialize"] / seconds["personaops"], 2),
+        "personaops_vs_floor": round(seconds[floor] / seconds["personaops"], 3),
+        "personaops_breakdown_seconds": {k: round(v, 4) for k, v in result["personaops_breakdown_seconds"].items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="persons per publish")
     parser.add_argument("--repeat", type=int, default=3, help="runs of the fast paths (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="10,000 persons, one run of each method")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--no-redis", action="store_true", help="SQLite only (no Redis server needed)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.repeat = 10_000, 1
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
 
+    out: dict = {"bench": "publish", "rows": args.rows, "repeat": args.repeat, "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, ws, rows, store = assignment_store(Path(tmp), args.rows)
-        publisher = SqlitePublisher(store)
-        view = store.get_feature_view(ASSIGNMENT_VIEW)
-        values = len(rows) * len(view.features)
-        print(f"{len(rows):,} persons x {len(view.features)} features = {values:,} online rows; SQLite {publisher.db_path()}", flush=True)
-        publisher.replace(ASSIGNMENT_VIEW, rows)  # the previous publish every method writes over
-
-        seconds: dict[str, float] = {}
-        best = float("inf")
-        encode_s = write_s = 0.0
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            encoded = publisher.encode(view, rows)
-            t1 = time.perf_counter()
-            write_sqlite_table(publisher.db_path(), publisher.table_name(view), encoded)
-            t2 = time.perf_counter()
-            if t2 - t0 < best:
-                best, encode_s, write_s = t2 - t0, t1 - t0, t2 - t1
-        seconds["personaops"] = best
-        check_read_back(store, rows, "personaops")
-
-        raw = min(_timed(lambda: write_sqlite_table(publisher.db_path(), publisher.table_name(view), encoded)) for _ in range(args.repeat))
-        seconds["raw-sqlite (floor)"] = raw
-        check_read_back(store, rows, "raw-sqlite")
-
-        print("feast write_to_online_store ...", flush=True)
-        seconds["feast-write"] = _timed(lambda: store.write_to_online_store(ASSIGNMENT_VIEW, rows.reset_index(drop=True)))
-        check_read_back(store, rows, "feast-write")
-
-        print("feast materialize ...", flush=True)
-        seconds["feast-materialize"] = _timed(
-            lambda: store.materialize(start_date=(AT - pd.Timedelta(days=1)).to_pydatetime(), end_date=(AT + pd.Timedelta(days=1)).to_pydatetime(), feature_views=[ASSIGNMENT_VIEW])
-        )
-        check_read_back(store, rows, "feast-materialize")
-
-    print()
-    print(f"{'method':<20}{'seconds':>9}{'persons/s':>12}{'values/s':>12}{'vs feast-write':>16}{'vs floor':>10}")
-    for method, s in seconds.items():
-        print(
-            f"{method:<20}{s:>9.3f}{len(rows) / s:>12,.0f}{values / s:>12,.0f}"
-            f"{seconds['feast-write'] / s:>15.1f}x{raw / s:>9.2f}x"
-        )
-    print(f"\npersonaops breakdown: encode (Feast serialization) {encode_s:.3f}s, SQLite transaction {write_s:.3f}s")
-    print("values/s counts online rows (one per person and feature); every method was read back through the Feast SDK.")
+        sqlite_result = bench_sqlite(Path(tmp) / "sqlite", args.rows, args.repeat, log)
+        out["sqlite"] = _summary(sqlite_result, "raw-sqlite (floor)")
+        lines += _table("sqlite", sqlite_result, "raw-sqlite (floor)")
+        if not args.no_redis:
+            url, started = _redis_url(log)
+            try:
+                redis_result = bench_redis(Path(tmp) / "redis", args.rows, args.repeat, url, log)
+            finally:
+                if started:
+                    subprocess.run([str(ROOT / "infra" / "services.sh"), "stop"], capture_output=True)
+            out["redis"] = _summary(redis_result, "raw-redis (floor)")
+            lines += _table("redis", redis_result, "raw-redis (floor)")
+    out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    report = print if not args.json else log
+    report("")
+    for line in lines:
+        report(line)
+    report("values/s counts stored feature values (one SQLite row each; one hash field each in Redis);")
+    report(f"every method was read back through the Feast SDK. Load average {out['load_average_before']} -> {out['load_average_after']}.")
+    if args.json:
+        print(json.dumps(out))
 
 
 def _timed(fn) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from personaops.config import PersonasConfig
-from personaops.errors import NotFoundError, PipelineStateError
+from personaops.errors import ConfigError, NotFoundError, PipelineStateError
 from personaops.online_publish import online_publisher
 from personaops.workspace import Workspace
 
@@ -25,13 +25,52 @@ SERVING_SERVICE = "persona_v1"
 MODEL_INPUT_SERVICE = "persona_model_inputs_v1"
 
 
+# The Feast config file of each profile, in the feature repo: same objects, other backends.
+PROFILE_FEAST_YAML = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
+
+
+def feast_yaml(cfg: PersonasConfig) -> Path:
+    """The feature_store.yaml of the configured profile (local: SQLite + file registry;
+    production: Redis online store + PostgreSQL SQL registry)."""
+    return Path(cfg.feature_repo) / PROFILE_FEAST_YAML[cfg.profile]
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis `connection_string` (host:port,db=N[,password=..][,ssl=true]) of a redis:// URL."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"PERSONAS_REDIS_URL '{url}' is not a redis://host:port/db URL; set it as `infra/services.sh env` prints it.")
+    out = [f"{parts.hostname}:{parts.port or 6379}", f"db={int(parts.path.strip('/') or 0)}"]
+    if parts.password:
+        out.append(f"password={unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        out.append("ssl=true")
+    return ",".join(out)
+
+
+def _production_environment() -> None:
+    """The variables feature_store.production.yaml expands, or a one-line error naming the missing one."""
+    if not os.environ.get("PERSONAS_FEAST_REDIS") and os.environ.get("PERSONAS_REDIS_URL"):
+        os.environ["PERSONAS_FEAST_REDIS"] = redis_connection_string(os.environ["PERSONAS_REDIS_URL"])
+    for name in ("PERSONAS_FEAST_REGISTRY_URL", "PERSONAS_FEAST_REDIS"):
+        if not os.environ.get(name):
+            shown = "PERSONAS_REDIS_URL" if name == "PERSONAS_FEAST_REDIS" else name
+            raise ConfigError(f"The production profile needs {shown} in the environment; start the services with `eval \"$(infra/services.sh start)\"` or set it.")
+
+
 def feature_store(ws: Workspace, cfg: PersonasConfig):
-    """A Feast FeatureStore on the repo, with ${PERSONAS_HOME} expanding to this workspace."""
+    """A Feast FeatureStore on the repo, with ${PERSONAS_HOME} expanding to this workspace and
+    the backends of the configured profile."""
     ws.export_environment()
     os.environ["PERSONAS_HOME"] = str(ws.root)
     from feast import FeatureStore
 
     ws.feast.mkdir(parents=True, exist_ok=True)
+    if cfg.profile == "production":
+        _production_environment()
+        return FeatureStore(repo_path=str(cfg.feature_repo), fs_yaml_file=feast_yaml(cfg))
     return FeatureStore(repo_path=str(cfg.feature_repo))
 
 
@@ -132,7 +171,7 @@ def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.Data
 def read_persona(ws: Workspace, cfg: PersonasConfig, person_ids: list[str]) -> pd.DataFrame:
     """Online persona features of these persons (NaN where the store has none)."""
     store = feature_store(ws, cfg)
-    if not (ws.feast / "registry.db").exists():
+    if store.config.registry.registry_type == "file" and not (ws.feast / "registry.db").exists():
         raise NotFoundError(f"No Feast registry in {ws.root}; run `personas run` (or `personas demo`) first.")
     result = store.get_online_features(
         features=[f"{ASSIGNMENT_VIEW}:{f}" for f in ASSIGNMENT_FEATURES],

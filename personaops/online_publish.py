@@ -7,8 +7,16 @@ that replaces the view's whole table in one transaction: a reader sees the previ
 this one, never a mix for one person, and persons absent from this publish are gone. Stock
 Feast readers (`get_online_features`, `feast serve`) read the result unchanged.
 
-Online store types without a fast path here (e.g. redis) go through Feast's own
-`write_to_online_store`, which upserts: persons absent from the publish keep their old rows.
+For the Redis online store (profile: production) we write exactly Feast's Redis layout — one
+hash per entity (`serialize_entity_key` + project), fields `mmh3("<view>:<feature>")` holding
+`ValueProto` bytes and `_ts:<view>` holding the event time as a protobuf `Timestamp` — with one
+HSET per person carrying all of the view's fields, batched into server-side scripts (one
+round trip per few thousand persons). Each person's fields change in one atomic command, so a
+reader never sees two model versions mixed for one person; the view's fields are then removed
+from persons absent from this publish, using the list of published entity keys kept beside them.
+
+Other online store types go through Feast's own `write_to_online_store`, which upserts:
+persons absent from the publish keep their old rows.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -88,8 +96,68 @@ class SqlitePublisher:
         return len(rows)
 
 
+@dataclass
+class RedisPublisher:
+    """Feast's Redis online store (a single Redis server), written in Feast's own layout: one
+    HSET per person holding all of the view's fields, pipelined in batches."""
+
+    store: object = field(repr=False)  # its config holds connection strings with passwords
+    batch_persons: int = 5_000
+
+    @staticmethod
+    def supports(config) -> bool:
+        """A plain Redis server (not cluster or sentinel, whose keys spread over nodes)."""
+        return str(getattr(config.online_store, "redis_type", "redis")).rsplit(".", 1)[-1] == "redis"
+
+    def client(self):
+        """A redis-py client from Feast's `connection_string` (host:port,key=value,...)."""
+        import json
+
+        from redis import Redis
+
+        parts = self.store.config.online_store.connection_string.split(",")
+        host, _, port = parts[0].partition(":")
+        params = {}
+        for part in parts[1:]:
+            key, _, raw = part.partition("=")
+            try:
+                params[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                params[key] = raw
+        return Redis(host=host, port=int(port or 6379), **params)
+
+    def view_name(self, view) -> str:
+        from feast.infra.online_stores.helpers import compute_versioned_name
+
+        return compute_versioned_name(view, self.store.config.registry.enable_online_feature_view_versioning)
+
+    def members_key(self, view) -> bytes:
+        """The Redis key listing the entity keys of the view's last publish (beside Feast's hashes)."""
+        return f"personaops:online_members:{self.store.config.project}:{self.view_name(view)}".encode()
+
+    def encode(self, view, rows: pd.DataFrame) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """(Redis keys, field names, values person-major) that Feast's online_write_batch writes for `rows`."""
+        return encode_redis_hashes(view, rows, self.store.config.project, self.view_name(view), self.store.config.entity_key_serialization_version)
+
+    def replace(self, view_name: str, rows: pd.DataFrame) -> int:
+        view = self.store.get_feature_view(view_name)
+        keys, fields, values = self.encode(view, rows)
+        ttl = int(self.store.config.online_store.key_ttl_seconds or 0)
+        client = self.client()
+        try:
+            write_redis_hashes(client, self.members_key(view), keys, fields, values, ttl, self.batch_persons)
+        finally:
+            client.close()
+        return len(rows)
+
+
 # Online store type (feature_store.yaml `online_store.type`) -> fast publisher.
-PUBLISHERS = {"sqlite": SqlitePublisher, "feast.infra.online_stores.sqlite.SqliteOnlineStore": SqlitePublisher}
+PUBLISHERS = {
+    "sqlite": SqlitePublisher,
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore": SqlitePublisher,
+    "redis": RedisPublisher,
+    "feast.infra.online_stores.redis.RedisOnlineStore": RedisPublisher,
+}
 
 
 def online_publisher(store) -> OnlinePublisher:
@@ -230,3 +298,129 @@ def write_sqlite_table(db_path: Path, table: str, rows: list[tuple], busy_timeou
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+# --- Redis --------------------------------------------------------------------------------------
+def _timestamp_protos(stamps: pd.Series) -> list[bytes]:
+    """Event times as Feast's Redis store stores them: a protobuf Timestamp of the tz-aware time."""
+    import pyarrow as pa
+    from feast.utils import make_tzaware
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    codes, uniques = pd.factorize(stamps, use_na_sentinel=False)
+    out = []
+    for t in pa.array(pd.Series(uniques, dtype=stamps.dtype)).to_pylist():
+        ts = Timestamp()
+        ts.FromDatetime(make_tzaware(t))
+        out.append(ts.SerializeToString())
+    return np.array(out, dtype=object)[codes].tolist()
+
+
+def encode_redis_hashes(view, rows: pd.DataFrame, project: str, view_name: str, entity_key_serialization_version: int):
+    """(keys, fields, values): each person's Redis key (`serialize_entity_key` + project), the view's
+    hash field names (mmh3 of "<view>:<feature>", then "_ts:<view>"), and the field values of every
+    person in that order, person after person — byte for byte what Feast's Redis store writes."""
+    import pyarrow as pa
+    from feast.infra.online_stores.helpers import _mmh3
+
+    join = [(c.name, c.dtype.to_value_type()) for c in view.entity_columns]
+    if len(join) != 1:
+        raise PipelineStateError(f"Feature view '{view.name}' has {len(join)} join keys; the fast Redis publish handles one, so publish it with Feast's write_to_online_store.")
+    features = [(f.name, f.dtype.to_value_type()) for f in view.features]
+    missing = [c for c in [join[0][0], *(f for f, _ in features), view.batch_source.timestamp_field] if c not in rows.columns]
+    if missing:
+        raise PipelineStateError(f"Rows for feature view '{view.name}' lack column '{missing[0]}'; add it before publishing.")
+    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+    column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+    suffix = project.encode("utf-8")
+    keys = [k + suffix for k in entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)]
+    fields = [_mmh3(f"{view_name}:{name}") for name, _ in features] + [f"_ts:{view_name}".encode()]
+    per_field = [feature_values(column(name), value_type)[0] for name, value_type in features]
+    per_field.append(_timestamp_protos(rows[view.batch_source.timestamp_field].reset_index(drop=True)))
+    values = list(itertools.chain.from_iterable(zip(*per_field)))
+    return keys, fields, values
+
+
+def _pack_members(keys: list[bytes]) -> bytes:
+    """Entity keys as one Redis string: count, lengths (uint32 little-endian), then the keys."""
+    lengths = np.fromiter((len(k) for k in keys), dtype="<u4", count=len(keys))
+    return struct.pack("<I", len(keys)) + lengths.tobytes() + b"".join(keys)
+
+
+def _unpack_members(blob: bytes | None) -> list[bytes]:
+    if not blob:
+        return []
+    (count,) = struct.unpack_from("<I", blob)
+    lengths = np.frombuffer(blob, dtype="<u4", count=count, offset=4)
+    ends = (4 + 4 * count + np.cumsum(lengths, dtype=np.int64)).tolist()
+    return [blob[e - n : e] for e, n in zip(ends, lengths.tolist())]
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+def _send_commands(conn, commands: list[bytes]) -> None:
+    conn.send_packed_command([b"".join(commands)], check_health=False)
+
+
+def _read_replies(conn, count: int) -> None:
+    """Read `count` replies; a Redis error in any of them is raised after all are read."""
+    from redis.exceptions import ResponseError
+
+    failed = None
+    for _ in range(count):
+        try:
+            conn.read_response()
+        except ResponseError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise PipelineStateError(f"Redis refused part of the online publish ({failed}); check the server's memory limit and logs, then publish again.")
+
+
+def write_redis_hashes(client, members_key: bytes, keys: list[bytes], fields: list[bytes], values: list[bytes], ttl_s: int = 0, batch_persons: int = 5_000) -> None:
+    """Write one hash per key — all `fields`, values person-major — as one HSET per person,
+    pipelined in batches of `batch_persons` (the next batch is encoded while Redis applies the
+    previous one); then drop `fields` from the keys of the previous publish not written now.
+
+    Each person's fields change in one atomic HSET, so no reader sees a mix of two publishes for
+    one person. The list of published keys is stored at `members_key` (and `members_key:next`
+    while a publish runs, so keys of an interrupted publish are cleaned by the next one)."""
+    nf = len(fields)
+    next_key = members_key + b":next"
+    previous = set(_unpack_members(client.get(members_key))) | set(_unpack_members(client.get(next_key)))
+    client.set(next_key, _pack_members(keys))
+    head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * nf)
+    field_bulks = [_bulk(f) for f in fields]
+    conn = client.connection_pool.get_connection()
+    try:
+        pending = 0
+        for start in range(0, len(keys), batch_persons):
+            parts: list[bytes] = []
+            add = parts.append
+            for i in range(start, min(start + batch_persons, len(keys))):
+                add(head)
+                add(_bulk(keys[i]))
+                base = i * nf
+                for j in range(nf):
+                    add(field_bulks[j])
+                    add(_bulk(values[base + j]))
+                if ttl_s:
+                    add(b"*3\r\n$6\r\nEXPIRE\r\n" + _bulk(keys[i]) + _bulk(str(ttl_s).encode()))
+            _send_commands(conn, parts)
+            # Replies of the previous batch are read only now: Redis applied it while we encoded.
+            _read_replies(conn, pending)
+            pending = min(batch_persons, len(keys) - start) * (2 if ttl_s else 1)
+        _read_replies(conn, pending)
+        stale = list(previous.difference(keys))
+        for start in range(0, len(stale), batch_persons):
+            chunk = stale[start : start + batch_persons]
+            hdel = b"*%d\r\n$4\r\nHDEL\r\n" % (2 + nf)
+            _send_commands(conn, [b"".join(hdel + _bulk(k) + b"".join(field_bulks) for k in chunk)])
+            _read_replies(conn, len(chunk))
+    except BaseException:
+        conn.disconnect()  # replies may be left unread on the socket
+        raise
+    finally:
+        client.connection_pool.release(conn)
+    client.rename(next_key, members_key)

@@ -1,0 +1,86 @@
+"""The production profile's real services for tests: the ones `.ci/run` started (their variables
+are in the environment), or started here through infra/services.sh so `make test` alone works.
+
+Each test session gets its own Feast registry database and its own Redis database number, so
+parallel sessions on one server do not see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import subprocess
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "infra" / "services.sh"
+SERVER_VARIABLES = {"mlflow": "MLFLOW_TRACKING_URI", "prefect": "PREFECT_API_URL"}
+
+
+def _exports(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, _, value = line[len("export ") :].partition("=")
+            out[name] = shlex.split(value)[0] if value else ""
+    return out
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=900)
+
+
+def service_environment(*extra: str) -> tuple[dict[str, str], bool]:
+    """(connection variables, whether this call started services): the environment's when
+    .ci/run exported them, otherwise `infra/services.sh install` + `start [--with ...]`.
+    A failure is an AssertionError of one line, never a skip."""
+    wanted = ["PERSONAS_REDIS_URL", "PERSONAS_PG_URL", "PERSONAS_FEAST_REGISTRY_URL", *(SERVER_VARIABLES[n] for n in extra)]
+    if all(os.environ.get(n) for n in wanted) and os.environ.get("PERSONAS_INFRA_DIR"):
+        return {n: os.environ[n] for n in wanted}, False
+    up = _run("status").returncode == 0
+    if subprocess.run(["bash", "-c", "command -v redis-server && (ls /usr/lib/postgresql/*/bin/initdb || command -v initdb)"], capture_output=True).returncode:
+        done = _run("install")
+        assert done.returncode == 0, f"infra/services.sh install failed: {done.stderr.strip().splitlines()[-1:]}"
+    args = ["start"]
+    for name in extra:
+        args += ["--with", name]
+    done = _run(*args)
+    assert done.returncode == 0, f"infra/services.sh {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
+    env = _exports(done.stdout)
+    missing = [n for n in wanted if not env.get(n)]
+    assert not missing, f"infra/services.sh start printed no {missing[0]}; check infra/services.sh status."
+    return env, not up
+
+
+def stop_services() -> None:
+    _run("stop")
+
+
+@contextmanager
+def isolated_backends(env: dict[str, str]):
+    """Variables for one session: a fresh PostgreSQL database for the Feast registry and a Redis
+    database number of its own (flushed at the end)."""
+    import psycopg
+    import redis
+
+    from personaops.feature_store import redis_connection_string
+
+    admin_url = env["PERSONAS_PG_URL"]
+    name = f"personas_feast_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    registry_url = env["PERSONAS_FEAST_REGISTRY_URL"].rsplit("/", 1)[0] + "/" + name
+    base = env["PERSONAS_REDIS_URL"].rsplit("/", 1)[0]
+    db = random.Random(uuid.uuid4().int).randint(1, 15)
+    redis_url = f"{base}/{db}"
+    try:
+        yield {**env, "PERSONAS_FEAST_REGISTRY_URL": registry_url, "PERSONAS_REDIS_URL": redis_url, "PERSONAS_FEAST_REDIS": redis_connection_string(redis_url)}
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
