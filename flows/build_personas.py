@@ -126,7 +126,7 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
         "person_labels": F.label_table(frames, campaigns, as_of),
     }
     texts = F.person_texts(frames)
-    embedder = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size)
+    embedder = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache)
     progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
     vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
     emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
@@ -147,6 +147,7 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
         "distinct_texts": int(texts["text"].nunique()),
         "feature_views": views,
         "encoder": embedder.model_path,
+        "embedding": dict(vars(embedder.last_run)),  # texts embedded vs cached, precision, seconds
     }
 
 
@@ -204,7 +205,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
             return {"run_id": v.run_id, "version": v.version, "aliases": v.aliases, "reused": True}
     tables, frame, columns = F.current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
-    vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].tolist())
+    vectors = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache).encode(texts["text"].tolist())
     result = train_persona_model(
         ws,
         cfg.model,

@@ -76,6 +76,12 @@ class EmbeddingConfig(_Section):
     model_path: str = Field("", description="sentence-transformers model path; empty = the bundled all-MiniLM-L6-v2")
     batch_size: int = 64
     max_texts_per_person: int = 20
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast where the CPU has native bf16 and it passes the quality floors, else fp32")
+    quality_min_cosine: float = Field(0.999, description="floor on the lowest per-text cosine (0-1) of the fast path vs fp32")
+    quality_mean_cosine: float = Field(0.9999, description="floor on the mean per-text cosine (0-1) of the fast path vs fp32")
+    quality_min_top10_overlap: float = Field(0.98, description="floor on the mean top-10 neighbour overlap (0-1) of the fast path vs fp32")
+    quality_sample: int = Field(256, description="texts the fast path is checked on against fp32 (once per workspace and model)")
+    threads: int = Field(0, description="torch CPU threads for embedding; 0 = torch's default")
 
 
 class ModelConfig(_Section):
