@@ -92,26 +92,34 @@ def _last_decision(ws: Workspace) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
+def _amber_table(ws: Workspace):
+    """The newest amber-flag table: the insights stage's per-run `amber_flags` table, else the
+    `person_flags` feature table; None while no flags have been computed."""
+    runs = sorted((ws.lake / "insights").glob("run_id=*/amber_flags.parquet")) if (ws.lake / "insights").is_dir() else []
+    if runs:
+        return runs[-1]
+    table = ws.feature_table("person_flags")
+    return table if table.exists() else None
+
+
 def _amber_counts(ws: Workspace, assignments) -> dict[int, dict[str, int]] | None:
-    """Amber flags per persona when a flags table exists (person_id plus a flag kind column);
-    None while the workspace has none (the catalogue says "not computed")."""
+    """persona_id -> {flag kind: persons flagged amber} (kinds from the table's `<kind>_flag`
+    columns, e.g. risk, engagement); None while the workspace has no flags ("not computed")."""
     import pandas as pd
 
-    candidates = sorted(ws.features.glob("*amber*.parquet")) + sorted(ws.root.glob("flags/*amber*.parquet")) + sorted(ws.root.glob("graph/*amber*.parquet"))
-    if not candidates or assignments is None:
+    path = _amber_table(ws)
+    if path is None or assignments is None:
         return None
-    table = pd.read_parquet(candidates[0])
-    kind = next((c for c in ("flag", "kind", "flag_kind", "type") if c in table.columns), None)
-    if "person_id" not in table.columns:
+    table = pd.read_parquet(path)
+    kinds = [c for c in table.columns if c.endswith("_flag")]
+    if "person_id" not in table.columns or not kinds:
         return None
-    if kind is None:  # wide form: one boolean column per flag kind
-        flags = [c for c in table.columns if c.endswith("_flag") or c in ("risk", "opportunity", "engagement")]
-        long = table.melt(id_vars=["person_id"], value_vars=flags, var_name="flag", value_name="on")
-        table, kind = long[long["on"].astype(bool)], "flag"
-    joined = table.merge(assignments[["person_id", "persona_id"]], on="person_id", how="inner")
-    out: dict[int, dict[str, int]] = {}
-    for (persona, flag), n in joined.groupby(["persona_id", kind]).size().items():
-        out.setdefault(int(persona), {})[str(flag)] = int(n)
+    joined = table[["person_id", *kinds]].merge(assignments[["person_id", "persona_id"]], on="person_id", how="inner")
+    out: dict[int, dict[str, int]] = {int(p): {} for p in assignments["persona_id"].unique()}
+    for kind in kinds:
+        flagged = joined[joined[kind].astype(str).str.lower().isin(("amber", "true", "1"))]
+        for persona, n in flagged.groupby("persona_id").size().items():
+            out.setdefault(int(persona), {})[kind[: -len("_flag")]] = int(n)
     return out
 
 
@@ -253,13 +261,13 @@ def interval_svg(value: float, lo: float, hi: float, scale_max: float, width: in
     )
 
 
-def map_svg(points: list[tuple[float, float, int]], names: dict[int, str], order: list[int], width: int = 620, height: int = 420) -> str:
+def map_svg(points: list[tuple[float, float, int]], names: dict[int, str], order: list[int], width: int = 640, height: int = 420) -> str:
     """Scatter of people on the first two components, coloured by persona, with a legend."""
     if not points:
         return '<p class="muted">No people to draw.</p>'
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    plot_w, pad = width - 210, 12
+    plot_w, pad = width - 240, 12
     def sx(v: float) -> float:
         return pad + (v - x0) / ((x1 - x0) or 1) * (plot_w - 2 * pad)
     def sy(v: float) -> float:
@@ -284,7 +292,7 @@ def mix_svg(mix: list[dict], names: dict[int, str], order: list[int], width: int
     """Stacked bars: each monitoring run's persona shares (champion's assignment of current data)."""
     if not mix:
         return '<p class="muted">No monitoring run yet.</p>'
-    plot_h, plot_w = height - 40, width - 210
+    plot_h, plot_w = height - 40, width - 240
     bar = plot_w / len(mix)
     parts = [f'<svg class="chart mix" data-chart="mix" data-runs="{len(mix)}" role="img" aria-label="persona mix over time" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
     personas: list[int] = []
