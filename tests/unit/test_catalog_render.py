@@ -72,3 +72,21 @@ def test_amber_counts_and_report_links():
 
     assert report_links(catalog, Path("/ws/reports/20261127T000000Z-abc123"))["Evidently drift report"] == "drift.html"
     assert report_links(catalog, Path("/ws/reports/other"))["Evidently drift report"] == "../20261127T000000Z-abc123/drift.html"
+
+
+def test_amber_counts_per_persona_and_flag_kind_from_the_insights_table(tmp_path):
+    import pandas as pd
+
+    from personaops.catalog import _amber_counts
+    from personaops.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    assignments = pd.DataFrame({"person_id": ["a", "b", "c", "d"], "persona_id": [0, 0, 1, 2]})
+    assert _amber_counts(ws, assignments) is None  # no flags yet: "not computed"
+    folder = ws.lake / "insights" / "run_id=20261127T000000Z-aaaaaa"
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        {"person_id": ["a", "b", "c", "z"], "risk_flag": ["amber", "amber", "none", "amber"], "engagement_flag": ["none", "amber", "amber", "amber"], "persona_id": [9, 9, 9, 9]}
+    ).to_parquet(folder / "amber_flags.parquet")
+    # persona from the champion's assignments (not the table's); people without one are left out
+    assert _amber_counts(ws, assignments) == {0: {"risk": 2, "engagement": 1}, 1: {"engagement": 1}, 2: {}}
