@@ -82,7 +82,8 @@ def _run_flow(name: str, ws: Workspace, **params) -> dict:
         from flows.monitor_personas import monitor_personas as flow_fn
 
     _quiet_prefect_console()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
+    # One run per workspace: a second one waits up to $PERSONAS_LOCK_TIMEOUT s, then refuses.
+    with ws.lock(f"personas {name}"), Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
         progress.listen(_RichListener(bar))
         try:
             return flow_fn(home=str(ws.root), **params)
@@ -158,7 +159,8 @@ def run(sources: Path = typer.Option(..., "--sources", help="sources.yaml descri
     from personaops.sources import load_sources
 
     cfg, ws = _workspace()
-    load_sources(sources)  # fail fast, before any service starts
+    for spec in load_sources(sources):  # fail fast, before any service starts
+        spec.check_columns()
     record = _run_pipeline(sources, ws)
     _print_run(record)
     version, profiles = _catalogue(cfg, ws)
@@ -416,7 +418,8 @@ def _republish(cfg: PersonasConfig, ws: Workspace) -> None:
     ws.prefect.mkdir(parents=True, exist_ok=True)
     from flows.build_personas import publish_champion
 
-    done = publish_champion(cfg, ws, record["features"]["as_of"])
+    with ws.lock("personas models"):
+        done = publish_champion(cfg, ws, record["features"]["as_of"])
     out.print(f"published {done['rows']:,} persons online for model version {done['model_version']}")
 
 

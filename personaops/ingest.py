@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,10 @@ TRUE_VALUES = {"1", "true", "t", "yes", "y", "1.0"}
 FALSE_VALUES = {"0", "false", "f", "no", "n", "0.0"}
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 MIN_TIME = pd.Timestamp("1970-01-01", tz="UTC")
+# A time written with a zone abbreviation other than UTC/GMT/Z (EST, CET, IST...): ambiguous.
+UNKNOWN_ZONE = r"(?i)\d\s*(?!(?:utc|gmt|z|am|pm)\s*$)[a-z]{2,5}\s*$"
+# Cells of non-text columns (categories, roles, numbers) longer than this are not data.
+MAX_FIELD_CHARS = 1024
 
 
 @dataclass
@@ -84,17 +89,25 @@ class SourceReport:
 # --- reading ---------------------------------------------------------------------------------
 def _read_csv(spec: SourceSpec, path: Path, data: bytes) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
     """Parse CSV bytes into (header, string frame, structural rejects). Row numbers start at 1."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SourceError(f"Source '{spec.name}': {path} is UTF-16 encoded; save it as UTF-8 (CSV UTF-8) and run again.")
     text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     if text.startswith("\ufeff"):
         text = text[1:]
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open (a file cut off inside a quoted field) is an error, not a value
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
     try:
-        header = next(reader)
+        while not any(h.strip() for h in header):  # blank lines before the header are not the header
+            header = next(reader)
     except StopIteration:
         return [], pd.DataFrame(), pd.DataFrame(columns=["_row_number", "reason", "raw"])
     except csv.Error as exc:
         raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:
+        raise SourceError(f"Source '{spec.name}': column '{repeated[0]}' appears {header.count(repeated[0])} times in the header of {path}; rename or remove the copies.")
     rows: list[list[str]] = []
     numbers: list[int] = []
     rejects: list[tuple[int, str, str]] = []
@@ -106,10 +119,10 @@ def _read_csv(spec: SourceSpec, path: Path, data: bytes) -> tuple[list[str], pd.
             break
         except csv.Error as exc:
             n += 1
-            rejects.append((n, f"malformed CSV line ({exc})", ""))
+            rejects.append((n, f"malformed CSV line ending at line {reader.line_num} ({exc}: an unclosed quote, or the file is cut off)", ""))
             continue
-        if not record:
-            continue  # blank line: not a row
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # blank (or whitespace-only) line: not a row
         n += 1
         if len(record) != len(header):
             rejects.append((n, f"malformed line: {len(record)} fields where the header has {len(header)} (truncated or unquoted delimiter)", json.dumps(record)[:2000]))
@@ -124,7 +137,7 @@ def _read_csv(spec: SourceSpec, path: Path, data: bytes) -> tuple[list[str], pd.
 def _read_parquet(spec: SourceSpec, path: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
     try:
         table = pq.read_table(path)
-    except (pa_arrow.ArrowInvalid, OSError) as exc:
+    except (pa_arrow.ArrowException, OSError) as exc:
         raise SourceError(f"Source '{spec.name}': {path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it or fix format.") from None
     frame = table.to_pandas()
     for col in frame.columns:
@@ -159,7 +172,7 @@ def _date_problem(value: str) -> str:
     return "is before 1970 or in the future"
 
 
-def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefix: str = "") -> tuple[pd.DataFrame, dict[int, list[str]]]:
     """Map raw string columns to canonical typed columns; collect coercion failures per row."""
     reasons: dict[int, list[str]] = {}
 
@@ -168,7 +181,7 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig) -> tuple[
             reasons.setdefault(int(idx), []).append(message(idx) if callable(message) else message)
 
     out = pd.DataFrame(index=raw.index)
-    out["source_key"] = _clean(raw[spec.key]) if spec.key else raw.index.map(lambda i: f"row{i}")
+    out["source_key"] = _clean(raw[spec.key]) if spec.key else pd.Series([f"{key_prefix}row{i}" for i in raw.index], index=raw.index, dtype=object)
     for kind, col in spec.identifiers.items():
         out[kind] = _clean(raw[col])
     for kind, cols in spec.attributes.items():
@@ -179,8 +192,16 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig) -> tuple[
         out[kind] = _clean(joined.str.replace(r"\s+", " ", regex=True))
     if spec.timestamp:
         raw_ts = _clean(raw[spec.timestamp])
-        parsed = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
-        flag(raw_ts.notna() & parsed.isna(), lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} {_date_problem(raw_ts[i])}")
+        # dateutil reads "now"/"today" as the parse time and drops zone names it does not know
+        # ("EST" becomes UTC, 5 hours off): neither is a recorded time, so neither is parsed.
+        words = raw_ts.notna() & ~raw_ts.astype(str).str.contains(r"\d", regex=True)
+        zones = raw_ts.notna() & raw_ts.astype(str).str.contains(UNKNOWN_ZONE, regex=True)
+        flag(words, lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} is not a date-time")
+        flag(zones, lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} names a time zone by abbreviation; give a UTC offset such as -05:00 instead")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(raw_ts.where(~(words | zones), None), utc=True, errors="coerce", format="mixed")
+        flag(raw_ts.notna() & parsed.isna() & ~(words | zones), lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} {_date_problem(raw_ts[i])}")
         out["event_time"] = parsed
     if spec.text:
         parts = [_clean(raw[c]).fillna("") for c in spec.text]
@@ -263,6 +284,7 @@ _CHECK_TEXT = {
     "text_length": "is too long",
     "score_range": "is outside 0-10",
     "has_identifier": "no identifier column holds a value",
+    "str_length": "is longer than its limit (512 characters; 200 for event types and campaigns)",
 }
 
 
@@ -298,32 +320,51 @@ def _row_hashes(raw: pd.DataFrame) -> pd.Series:
 
 
 # --- the stage -------------------------------------------------------------------------------
-def ingest_file(spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, seen_keys: dict[str, str], run_id: str) -> FileReport:
-    """Validate one file of a source into the lake and the quarantine; return its counts."""
+def ingest_file(
+    spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, seen_keys: dict[str, str], run_id: str, seen_files: dict[str, str] | None = None
+) -> FileReport:
+    """Validate one file of a source into the lake and the quarantine; return its counts.
+
+    `seen_keys` (record key -> where first seen) and `seen_files` (batch id -> file) span the
+    source's files in this run: a key seen before, or a file whose bytes were already ingested
+    from this source (a re-delivered export under a new name), is quarantined, not doubled.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
+    seen_files = {} if seen_files is None else seen_files
     batch_id = hashlib.sha256(data).hexdigest()[:16]
+    copy_of = seen_files.get(batch_id)
+    if copy_of is None:
+        seen_files[batch_id] = path.name
+    else:  # its own batch (the first file's stays as it is), every row quarantined
+        batch_id = hashlib.sha256(data + b"\0copy:" + path.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     fmt = spec.file_format(path)
     header, raw, rejects = _read_csv(spec, path, data) if fmt == "csv" else _read_parquet(spec, path)
     note = ""
     if not header:
         note = "empty file: no header and no rows"
         raw = pd.DataFrame(columns=spec.mapped_columns(), dtype=object)
-    missing = [c for c in spec.mapped_columns() if c not in raw.columns]
-    if missing:
-        raise SourceError(
-            f"Source '{spec.name}': column '{missing[0]}' of the mapping is not in {path} (it has: {', '.join(map(str, raw.columns[:12]))}); fix the mapping in sources.yaml."
-        )
+    spec.require_columns(path, list(raw.columns))
     raw = raw[spec.mapped_columns()]
     reasons: dict[int, list[str]] = {}
+    if copy_of is not None:
+        for idx in raw.index:
+            reasons.setdefault(int(idx), []).append(f"the file is a byte-for-byte copy of {copy_of}, already ingested from this source")
+    text_columns = set(spec.text)
+    for col in raw.columns:
+        if col in text_columns:
+            continue  # free text has its own limit (ingest.max_text_chars)
+        too_long = raw[col].map(lambda v: isinstance(v, str) and len(v) > MAX_FIELD_CHARS)
+        for idx in too_long[too_long].index:
+            reasons.setdefault(int(idx), []).append(f"{col} is longer than {MAX_FIELD_CHARS:,} characters")
     bad_bytes = raw.apply(lambda col: col.map(lambda v: isinstance(v, str) and "\ufffd" in v)).any(axis=1) if len(raw) else pd.Series(dtype=bool)
     for idx in bad_bytes[bad_bytes].index:
         reasons.setdefault(int(idx), []).append("holds bytes that are not valid UTF-8 (or NUL)")
 
     now = pd.Timestamp(datetime.now(timezone.utc))
-    canon, coercion = _canonical(spec, raw, cfg)
+    canon, coercion = _canonical(spec, raw, cfg, key_prefix=f"{path.name}:" if spec.path.is_dir() else "")
     for idx, msgs in coercion.items():
         reasons.setdefault(idx, []).extend(msgs)
     for idx, msgs in _pandera_reasons(_schema(spec, cfg, now), canon, spec).items():
@@ -392,8 +433,9 @@ def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, ru
     for spec in specs:
         report = SourceReport(source=spec.name, kind=spec.kind)
         seen_keys: dict[str, str] = {}
+        seen_files: dict[str, str] = {}
         for path in spec.files():
-            report.files.append(ingest_file(spec, path, ws, cfg, seen_keys, run_id))
+            report.files.append(ingest_file(spec, path, ws, cfg, seen_keys, run_id, seen_files))
         reports.append(report)
     return reports
 

@@ -114,6 +114,22 @@ class SourceSpec(BaseModel):
             raise SourceError(f"Source '{self.name}': file {self.path} does not exist; fix its path in sources.yaml.")
         return [self.path]
 
+    def require_columns(self, path: Path, columns: list) -> None:
+        """Raise the one-sentence error of a mapped column that is not among a file's columns."""
+        missing = [c for c in self.mapped_columns() if c not in columns]
+        if missing:
+            raise SourceError(
+                f"Source '{self.name}': column '{missing[0]}' of the mapping is not in {path} (it has: {', '.join(map(str, list(columns)[:12]))}); fix the mapping in sources.yaml."
+            )
+
+    def check_columns(self) -> None:
+        """Fail fast, before any service starts: every mapped column is in every file's header
+        (only headers and Parquet schemas are read; an empty file is zero rows, not an error)."""
+        for path in self.files():
+            columns = read_columns(self, path)
+            if columns is not None:
+                self.require_columns(path, columns)
+
     def file_format(self, path: Path) -> str:
         if self.format:
             return self.format
@@ -176,3 +192,33 @@ def dump_sources(specs: list[SourceSpec], path: Path) -> None:
             data["path"] = str(p)
         entries.append({k: v for k, v in data.items() if v not in ([], {})})
     path.write_text(yaml.safe_dump({"sources": entries}, sort_keys=False), encoding="utf-8")
+
+
+def read_columns(spec: SourceSpec, path: Path) -> list[str] | None:
+    """A file's column names from its header line or Parquet schema (None: an empty file)."""
+    import csv
+
+    if spec.file_format(path) == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"Source '{spec.name}': {path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it or fix format.") from None
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(2)
+            if first in (b"\xff\xfe", b"\xfe\xff"):
+                raise SourceError(f"Source '{spec.name}': {path} is UTF-16 encoded; save it as UTF-8 (CSV UTF-8) and run again.")
+            fh.seek(0)
+            for line in iter(lambda: fh.readline(1 << 20), b""):
+                text = line.decode("utf-8", errors="replace").lstrip("\ufeff")
+                if text.strip():
+                    try:
+                        return [h.strip() for h in next(csv.reader([text]))]
+                    except (csv.Error, StopIteration):
+                        return None  # a header the ingest itself will report on
+    except OSError as exc:
+        raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
+    return None
