@@ -9,9 +9,11 @@ on the generator's multi-source data, side by side:
 - `resolve_identities`: the same resolver called on an in-memory frame;
 - `tutorial Splink`: a plain tutorial-style Splink 5 configuration on the same data.
 
-Prints a table; asserts nothing.
+Prints a table, and per data set the product's time as a multiple of the tutorial's and its F1
+minus the tutorial's; asserts nothing.
 
-    python bench/identity.py [--users 2000] [--only febrl]
+    python bench/identity.py [--users 2000] [--only febrl] [--backend duckdb|spark]
+    python bench/identity.py --quick --json      # FEBRL3 + 400 generated people; last line JSON
     python bench/identity.py --scale 1000000     # resolve 1M generated records: wall time, peak RSS
     python bench/identity.py --write-febrl DIR   # FEBRL as CSV + sources.yaml, for `personas run`
 """
@@ -139,11 +141,11 @@ def tutorial_splink(records: pd.DataFrame) -> pd.Series:
     return pd.Series(clusters["cluster_id"].to_numpy(), index=clusters["unique_id"].to_numpy())
 
 
-def product(records: pd.DataFrame) -> pd.Series:
+def product(records: pd.DataFrame, backend: str = "duckdb") -> pd.Series:
     from personaops.config import IdentityConfig
     from personaops.identity import record_ids, resolve_identities
 
-    out = resolve_identities(records, IdentityConfig()).records
+    out = resolve_identities(records, IdentityConfig(backend=backend)).records
     return pd.Series(out["person_id"].to_numpy(), index=record_ids(out).to_numpy())
 
 
@@ -231,9 +233,15 @@ def scale(total: int) -> None:
 
 
 def main() -> None:
+    import json
+    import os
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000, help="people in the generated data set")
     parser.add_argument("--only", default="", help="run only the data sets whose name contains this text")
+    parser.add_argument("--quick", action="store_true", help="small and fast: FEBRL3 with all columns and 400 generated people, no run path")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of every figure on the last line")
+    parser.add_argument("--backend", choices=("duckdb", "spark"), default="duckdb", help="engine of the product's Splink pass")
     parser.add_argument("--scale", type=int, default=0, help="instead: resolve this many generated records; wall time and peak RSS")
     parser.add_argument("--resolve-file", type=Path, help=argparse.SUPPRESS)  # the --scale child process
     parser.add_argument("--write-febrl", type=Path, help="instead: write FEBRL CSVs + sources.yaml files here (for `personas run --sources`)")
@@ -244,41 +252,62 @@ def main() -> None:
                 print(febrl_sources(which, with_id, args.write_febrl / f"febrl{which}_{suffix}"))
         return
     if args.resolve_file:
-        import json
-
         print(json.dumps(resolve_file(args.resolve_file)))
         return
     if args.scale:
         scale(args.scale)
         return
+    # The run path loads personas.yaml + environment like `personas run` does: the backend goes there.
+    os.environ["PERSONAS_IDENTITY__BACKEND"] = args.backend
+    users = 400 if args.quick else args.users
     tasks = {
         "FEBRL4 (all columns)": _febrl_task(4, True),
         "FEBRL4 (no id)": _febrl_task(4, False),
         "FEBRL3 (all columns)": _febrl_task(3, True),
         "FEBRL3 (no id)": _febrl_task(3, False),
-        f"generated ({args.users:,} people)": lambda: generated(args.users),
+        f"generated ({users:,} people)": lambda: generated(users),
     }
+    if args.quick:
+        tasks = {k: v for k, v in tasks.items() if k.startswith(("FEBRL3 (all", "generated"))}
     methods = {
         # sources.yaml -> ingest -> resolve, the code `personas run` runs
         "personas run path": lambda records, sources: run_path(sources),
-        "resolve_identities": lambda records, sources: product(records),
+        "resolve_identities": lambda records, sources: product(records, args.backend),
         "tutorial Splink": lambda records, sources: tutorial_splink(records),
     }
-    print(f"{'data set':<28} {'method':<20} {'records':>8} {'precision':>9} {'recall':>8} {'F1':>8} {'seconds':>8}")
+    if args.quick:
+        methods.pop("personas run path")
+    figures: dict[str, dict] = {}
+    print(f"{'data set':<28} {'method':<20} {'records':>8} {'precision':>9} {'recall':>8} {'F1':>8} {'seconds':>8} {'x tutorial':>10} {'F1 - tut.':>9}")
     for name, load in tasks.items():
         if args.only.lower() not in name.lower():
             continue
         records, truth, sources = load()
-        for method, run in methods.items():
+        rows: dict[str, dict] = {}
+        # The tutorial first, so every product row can show its ratio to it.
+        for method in ["tutorial Splink", *[m for m in methods if m != "tutorial Splink"]]:
+            data = records
             if method == "tutorial Splink" and len(records) > 100_000:
                 # The tutorial recipe compares every record; on event-heavy data send it the
                 # records that carry a person attribute (events hold only ids).
-                records = records[records[[c for c in ("name", "email", "phone") if c in records]].notna().any(axis=1)]
+                data = records[records[[c for c in ("name", "email", "phone") if c in records]].notna().any(axis=1)]
             started = time.perf_counter()
-            predicted = run(records, sources)
+            predicted = methods[method](data, sources)
             seconds = time.perf_counter() - started
             p, r, f1 = pairwise_scores(predicted, truth[truth.index.isin(predicted.index)])
-            print(f"{name:<28} {method:<20} {len(predicted):>8,} {p:>9.4f} {r:>8.4f} {f1:>8.4f} {seconds:>8.1f}", flush=True)
+            row = {"records": len(predicted), "precision": round(p, 5), "recall": round(r, 5), "f1": round(f1, 5), "seconds": round(seconds, 2)}
+            tut = rows.get("tutorial Splink")
+            if tut is not None and method != "tutorial Splink":
+                row["seconds_vs_tutorial"] = round(seconds / max(tut["seconds"], 1e-9), 2)
+                row["f1_minus_tutorial"] = round(f1 - tut["f1"], 5)
+            rows[method] = row
+            ratio = f"{row['seconds_vs_tutorial']:>9.1f}x {row['f1_minus_tutorial']:>+9.4f}" if "seconds_vs_tutorial" in row else f"{'':>10} {'':>9}"
+            print(f"{name:<28} {method:<20} {len(predicted):>8,} {p:>9.4f} {r:>8.4f} {f1:>8.4f} {seconds:>8.1f} {ratio}", flush=True)
+        figures[name] = rows
+    load_avg = os.getloadavg()
+    print(f"load average {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}; backend {args.backend}")
+    if args.json:
+        print(json.dumps({"benchmark": "identity", "backend": args.backend, "quick": args.quick, "load_average": [round(x, 2) for x in load_avg], "data_sets": figures}))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,12 @@ class IdentityConfig(_Section):
     u_sampling_max_pairs: float = Field(1e6, description="record pairs sampled to estimate u probabilities")
     max_training_rows: int = Field(200_000, description="distinct record attribute rows the model is trained on at most")
     seed: int = 42
+    em_max_iterations: int = Field(25, description="expectation-maximisation iterations per training session at most (Splink's max_iterations)")
+    # Where the Splink pass runs: embedded DuckDB, or Spark (Splink's SparkAPI) for the scale path.
+    backend: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str = Field("local[*]", description="Spark master URL when backend is spark (local[*] = all cores of this machine)")
+    spark_driver_memory: str = Field("1g", description="Spark driver memory when backend is spark (JVM size, e.g. 1g)")
+    spark_shuffle_partitions: int = Field(4, description="spark.sql.shuffle.partitions when backend is spark (small for local mode)")
 
     @model_validator(mode="after")
     def _source_keys_are_link_keys(self) -> "IdentityConfig":

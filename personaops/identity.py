@@ -324,7 +324,11 @@ def resolve_identities(
         from personaops.matching import score_entities
 
         low = min(cfg.review_probability_min, cfg.match_probability_threshold)
-        scored = score_entities(entities, training, cfg.min_entities_for_matching, cfg.seed, cfg.u_sampling_max_pairs, low)
+        scored = score_entities(
+            entities, training, cfg.min_entities_for_matching, cfg.seed, cfg.u_sampling_max_pairs, low,
+            backend=cfg.backend, spark_master=cfg.spark_master, spark_driver_memory=cfg.spark_driver_memory,
+            spark_shuffle_partitions=cfg.spark_shuffle_partitions, em_max_iterations=cfg.em_max_iterations,
+        )  # fmt: skip
         trained = scored.trained
         pairs = scored.pairs
         # Splink attaches what the rules left alone: a pair needs a single-record cluster on one side.

@@ -5,6 +5,10 @@ cluster's representative attribute values — so a 385,000-record run sends only
 rows to Splink. u probabilities come from random sampling, m probabilities from expectation
 maximisation; every comparison starts from prior m values so a comparison EM cannot train still
 scores sensibly. Splink is imported inside the functions: importing this module does no work.
+
+The same model runs on Spark (`identity.backend: spark`, Splink's `SparkAPI`) for the scale path:
+the comparisons use only functions both backends have, and what needs backend-specific SQL
+(the e-mail's local part, domain and digits) is derived in pandas before the data goes in.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import pandas as pd
 STRING_ATTRIBUTES = ["name", "first_name", "last_name", "address", "city"]
 EXACT_ATTRIBUTES = ["device_id"]
 MATCH_ATTRIBUTES = ["name", "first_name", "last_name", "email", "phone", "device_id", "date_of_birth", "postcode", "address", "city", "national_id"]
+# Parts of the e-mail the comparisons and blocking rules use, derived before Splink sees the data.
+EMAIL_PARTS = ["email_user", "email_domain", "email_digits", "email_head", "email_tail"]
+BACKENDS = ("duckdb", "spark")
 
 
 @dataclass
@@ -46,32 +53,24 @@ def _string_levels(col: str):
 def _comparisons(columns: list[str]):
     import splink.comparison_level_library as cll
     import splink.comparison_library as cl
-    from splink import ColumnExpression
 
     comparisons = []
     for col in columns:
         if col in STRING_ATTRIBUTES:
             comparisons.append(cl.CustomComparison(_string_levels(col), output_column_name=col))
         elif col == "email":
-            user = ColumnExpression("email").regex_extract("^[^@]+")
             # Fuzzy e-mail levels need the same digits: ana.smith12 and ana.smith15 are two people.
-            digits = "regexp_replace(regexp_extract(email_{s}, '^[^@]+'), '[^0-9]', '', 'g')"
-            same_digits = f"{digits.format(s='l')} = {digits.format(s='r')}"
-            user_sql = "regexp_extract(email_{s}, '^[^@]+')"
-            domain_sql = "regexp_extract(email_{s}, '@([^@]+)$', 1)"
+            same_digits = cll.ExactMatchLevel("email_digits")
             levels = [
                 cll.NullLevel("email"),
                 cll.ExactMatchLevel("email").configure(m_probability=0.85),
-                cll.CustomLevel(
-                    f"damerau_levenshtein({user_sql.format(s='l')}, {user_sql.format(s='r')}) <= 1 "
-                    f"AND {domain_sql.format(s='l')} = {domain_sql.format(s='r')} AND {same_digits}",
-                    label_for_charts="one typo in the local part, same domain and digits",
-                ).configure(m_probability=0.05),
-                cll.ExactMatchLevel(user).configure(m_probability=0.04, label_for_charts="same local part, other domain"),
-                cll.CustomLevel(
-                    f"jaro_winkler_similarity({user_sql.format(s='l')}, {user_sql.format(s='r')}) >= 0.88 AND {same_digits}",
-                    label_for_charts="Jaro-Winkler >= 0.88 on local part, same digits",
-                ).configure(m_probability=0.03),
+                cll.And(cll.DamerauLevenshteinLevel("email_user", 1), cll.ExactMatchLevel("email_domain"), same_digits).configure(
+                    m_probability=0.05, label_for_charts="one typo in the local part, same domain and digits"
+                ),
+                cll.ExactMatchLevel("email_user").configure(m_probability=0.04, label_for_charts="same local part, other domain"),
+                cll.And(cll.JaroWinklerLevel("email_user", 0.88), same_digits).configure(
+                    m_probability=0.03, label_for_charts="Jaro-Winkler >= 0.88 on local part, same digits"
+                ),
                 cll.ElseLevel().configure(m_probability=0.03),
             ]
             comparisons.append(cl.CustomComparison(levels, output_column_name="email"))
@@ -99,8 +98,13 @@ def _agreement(scored: pd.DataFrame, gammas: list[str], levels: dict[str, int]) 
         parts.append(pd.Series(pd.NA, index=scored.index, dtype="string").mask(level >= 1, col + ":fuzzy").mask(level == top, col + ":exact"))
     if not parts:
         return pd.Series("", index=scored.index)
-    joined = pd.concat(parts, axis=1)
-    return joined.apply(lambda row: ",".join(v for v in row if isinstance(v, str)), axis=1)
+    # Column by column (vectorised): "a" + "," + "b", skipping missing parts.
+    out = pd.Series("", index=scored.index, dtype="string")
+    for part in parts:
+        part = part.fillna("")
+        sep = (out != "") & (part != "")
+        out = out + sep.map({True: ",", False: ""}).astype("string") + part
+    return out.astype(object)
 
 
 def _blocking_rules(columns: list[str]):
@@ -117,8 +121,8 @@ def _blocking_rules(columns: list[str]):
         # A typo'd address still shares a prefix or a suffix of its local part. The prefix is
         # usually the first name, so it blocks together with the local part's digits (which the
         # fuzzy e-mail levels require to agree anyway): 11.5M -> far fewer pairs on 31k people.
-        rules.append(block_on("substr(email, 1, 5)", "regexp_replace(regexp_extract(email, '^[^@]+'), '[^0-9]', '', 'g')"))
-        rules.append(block_on("regexp_extract(email, '(.{5})@', 1)"))
+        rules.append(block_on("email_head", "email_digits"))
+        rules.append(block_on("email_tail"))
     return rules
 
 
@@ -149,6 +153,77 @@ def _clamp(model: dict, floor: float = 1e-4) -> dict:
     return model
 
 
+def email_parts(email: pd.Series) -> pd.DataFrame:
+    """EMAIL_PARTS of normalised addresses: local part, domain, the local part's digits ('' when
+    it has none), the address's first 5 characters, the local part's last 5 (missing if shorter)."""
+    email = email.astype("string")
+    user = email.str.extract(r"^([^@]+)", expand=False)
+    return pd.DataFrame(
+        {
+            "email_user": user,
+            "email_domain": email.str.extract(r"@([^@]+)$", expand=False),
+            "email_digits": user.str.replace(r"[^0-9]", "", regex=True),
+            "email_head": email.str[:5],
+            "email_tail": user.str[-5:].where(user.str.len() >= 5),
+        },
+        index=email.index,
+    ).astype("string")
+
+
+def spark_session(master: str = "local[*]", driver_memory: str = "1g", shuffle_partitions: int = 4):
+    """The process's Spark session for the scale path, created on first use and then reused.
+
+    Lean for local mode: Splink's similarity-function jar, no web UI, small shuffles, the driver
+    bound to the loopback address. Raises ConfigError in one sentence when Java is missing.
+    """
+    from pyspark.sql import SparkSession
+    from splink.backends.spark import similarity_jar_location
+
+    from personaops.errors import ConfigError
+
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("personaops-identity")
+        .config("spark.jars", similarity_jar_location())
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.default.parallelism", str(shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    if master.startswith("local"):
+        # Local mode talks to nobody: driver and block manager on loopback only.
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001 - pyspark raises a bare RuntimeError/PySparkRuntimeError when the JVM cannot start
+        raise ConfigError(
+            f"identity.backend is 'spark' but Spark could not start at {master!r} ({str(exc).splitlines()[0][:160]}); "
+            "install Java 17 (infra/ensure-java.sh) or set identity.backend: duckdb."
+        ) from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def database_api(backend: str = "duckdb", spark_master: str = "local[*]", spark_driver_memory: str = "1g", spark_shuffle_partitions: int = 4):
+    """A fresh Splink database API for `backend` (duckdb = embedded, spark = SparkAPI)."""
+    if backend == "duckdb":
+        from splink import DuckDBAPI
+
+        return DuckDBAPI()
+    if backend != "spark":
+        from personaops.errors import ConfigError
+
+        raise ConfigError(f"identity.backend {backend!r} is not one of {', '.join(BACKENDS)}; fix personas.yaml.")
+    from splink.backends.spark import SparkAPI
+
+    spark = spark_session(spark_master, spark_driver_memory, spark_shuffle_partitions)
+    # Persist (memory) instead of Splink's default parquet checkpoints: no checkpoint folder to
+    # manage, and at the sizes one driver handles the intermediate tables fit in memory.
+    return SparkAPI(spark_session=spark, break_lineage_method="persist", num_partitions_on_repartition=spark_shuffle_partitions)
+
+
 def score_entities(
     entities: pd.DataFrame,
     training: pd.DataFrame,
@@ -156,20 +231,27 @@ def score_entities(
     seed: int,
     max_pairs_u: float,
     min_probability: float,
+    backend: str = "duckdb",
+    spark_master: str = "local[*]",
+    spark_driver_memory: str = "1g",
+    spark_shuffle_partitions: int = 4,
+    em_max_iterations: int = 25,
 ) -> ProbabilisticMatches:
     """Score candidate pairs of `entities` (columns entity + any MATCH_ATTRIBUTES) and return
     those with match_probability >= min_probability (0-1).
 
     The model is trained on `training` (distinct record-level attribute rows, where the links the
     rules already made give EM real matches to learn from); it then scores the entities with the
-    prior that a random pair of entities matches at 1 / number of entities.
+    prior that a random pair of entities matches at 1 / number of entities. `backend` picks the
+    engine Splink runs on (duckdb, or spark with the given master, driver memory and shuffle
+    partitions); the model and its settings are the same on both.
     """
     empty = pd.DataFrame(columns=["entity_l", "entity_r", "match_probability", "match_weight", "agreed"])
     columns = [c for c in MATCH_ATTRIBUTES if c in entities.columns and entities[c].notna().any()]
     if len(entities) < max(min_entities, 2) or not columns:
         return ProbabilisticMatches(empty, False, len(entities), 0)
 
-    from splink import DuckDBAPI, Linker, SettingsCreator
+    from splink import Linker, SettingsCreator
 
     logging.getLogger("splink").setLevel(logging.ERROR)
 
@@ -177,6 +259,8 @@ def score_entities(
         out = frame[["entity", *columns]].rename(columns={"entity": "unique_id"}).copy()
         for col in columns:
             out[col] = out[col].astype("string")
+        if "email" in columns:
+            out = out.join(email_parts(out["email"]))
         return out
 
     settings = SettingsCreator(
@@ -186,11 +270,15 @@ def score_entities(
         probability_two_random_records_match=1.0 / len(entities),
         retain_intermediate_calculation_columns=True,
         retain_matching_columns=True,
+        max_iterations=em_max_iterations,
     )
-    db = DuckDBAPI()
+    db = database_api(backend, spark_master, spark_driver_memory, spark_shuffle_partitions)
     train_table = as_table(training if len(training) >= len(entities) else entities)
     trainer = Linker(db.register(train_table, table_name="identity_training"), settings, log_level=None)
-    trainer.training.estimate_u_using_random_sampling(max_pairs=max_pairs_u, seed=seed)
+    # One pass over the sampled pairs per comparison: Splink 5's default probes in 10 chunks and
+    # keeps going until every level has 100 non-matches, which rare levels (one typo in an id)
+    # never reach, so it ran every chunk at ~0.5 s each — most of this pass's time on FEBRL.
+    trainer.training.estimate_u_using_random_sampling(max_pairs=max_pairs_u, seed=seed, min_count_per_level=None, num_chunks=1)
     sessions = 0
     for rule in _training_rules(train_table, columns):
         try:
@@ -205,6 +293,8 @@ def score_entities(
     model["linker_uid"] = None
     linker = Linker(db.register(as_table(entities), table_name="identity_entities"), model, log_level=None)
     scored = linker.inference.predict(threshold_match_probability=min_probability, warning_mode="never").as_pandas_dataframe()
+    if backend == "spark":
+        db.spark.catalog.clearCache()  # the persisted intermediate tables of this run
     if scored.empty:
         return ProbabilisticMatches(empty, True, len(entities), sessions)
     gammas = [c for c in scored.columns if c.startswith("gamma_")]
