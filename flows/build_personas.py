@@ -282,6 +282,18 @@ def monitor(home: str | None, run_id: str, ingest_report: list[dict], as_of: str
     return {**reports, "drifted_share": results["features"]["drifted_share"], "action": decision.action, "fired": decision.fired, "outcome": outcome}
 
 
+def catalogue(home: str | None, run_id: str) -> dict:
+    """The static persona catalogue page of this run (reports/<run_id>/catalog.html). A plain
+    step of the flow, not a task: it only renders what the tasks wrote."""
+    from personaops.catalog import write_catalog
+
+    cfg, ws = _config(home)
+    progress.stage_started("catalogue", "writing the persona catalogue page")
+    path = write_catalog(cfg, ws, run_id)
+    progress.stage_finished("catalogue", f"persona catalogue page {path}")
+    return {"path": str(path)}
+
+
 def registry_champion(cfg: PersonasConfig, ws: Workspace) -> int:
     """The champion version; a clear error when broken data arrives before any model exists."""
     from models import registry
@@ -320,6 +332,7 @@ def build_personas(sources: str, home: str | None = None) -> dict:
         trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
         published = {"skipped": trained["skipped"], "model_version": registry_champion(cfg, ws)}
     monitored = _timed(monitor, home, run_id, ingested["sources"], featured["as_of"], "skipped" not in trained)
+    catalogued = _timed(catalogue, home, run_id)
     record = {
         "run_id": run_id,
         "flow_run_id": str(flow_run.get_id()),
@@ -339,6 +352,7 @@ def build_personas(sources: str, home: str | None = None) -> dict:
         "train": trained,
         "publish": published,
         "monitor": monitored,
+        "catalogue": catalogued,
     }
     ws.write_run_record(run_id, record)
     ws.audit("run_finished", run_id=run_id, model_version=published["model_version"])

@@ -26,7 +26,7 @@ from models.clustering import UNASSIGNED, fit_personas
 from models.continuity import Continuity, match_personas
 from models.fusion import Fusion
 from models.persona_model import UNASSIGNED_NAME, PersonaModel, PersonaScorer
-from models.plots import persona_map
+from models.plots import persona_kpis, persona_map, persona_profiles
 from models.profiles import build_profiles
 from models.promotion import describe, evaluate_gate, gate_passed
 from personaops import __version__
@@ -189,6 +189,8 @@ def train_persona_model(
             np.save(tmp_path / "centroids.npy", scorer.clustering.centroids)
             mlflow.log_artifact(str(tmp_path / "centroids.npy"))
             mlflow.log_artifact(str(persona_map(x, labels.to_numpy(), names, tmp_path / "persona_map.png", seed=cfg.seed)))
+            mlflow.log_artifact(str(persona_profiles(profiles, tmp_path / "persona_profiles.png")))
+            mlflow.log_artifact(str(persona_kpis(profiles, tmp_path / "persona_kpis.png")))
             (tmp_path / "reference").mkdir()
             reference.reset_index().to_parquet(tmp_path / REFERENCE_ARTIFACT, index=False)
             mlflow.log_artifact(str(tmp_path / REFERENCE_ARTIFACT), artifact_path="reference")

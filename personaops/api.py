@@ -349,4 +349,8 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             raise NotFoundError(f"Model version {persona['model_version']} that published {person_id!r}'s persona is not in the registry of {ws.root}; re-publish with `personas run`.") from None
         return {"person_id": person_id, "persona": persona, "model": name, "run_id": run_id, "records": service.records(person_id)}
 
+    from personaops.catalog import add_catalog_routes
+
+    add_catalog_routes(app, cfg, ws, tokens)  # GET / (the persona catalogue page) and the reports it links
+
     return app
