@@ -283,7 +283,7 @@ def map_svg(points: list[tuple[float, float, int]], names: dict[int, str], order
         y = 16 + i * 18
         parts.append(
             f'<g class="legend" data-persona-id="{p}"><rect x="{plot_w + 10}" y="{y - 9}" width="10" height="10" fill="{colour(p, order)}"/>'
-            f'<text x="{plot_w + 26}" y="{y}" class="lbl">{escape(names.get(p, f"persona {p}")[:28])} ({counts[p]})</text></g>'
+            f'<text x="{plot_w + 26}" y="{y}" class="lbl">{escape(names.get(p, f"persona {p}")[:34])} ({counts[p]})</text></g>'
         )
     return "".join(parts) + "</svg>"
 
@@ -313,7 +313,7 @@ def mix_svg(mix: list[dict], names: dict[int, str], order: list[int], width: int
         parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 16}" text-anchor="middle" class="axis">{escape(label)}</text><text x="{x + bar / 2:.1f}" y="{height - 4}" text-anchor="middle" class="axis">v{m["model_version"]}</text></g>')
     for i, p in enumerate(sorted(personas, key=lambda q: (q < 0, q))):
         y = 16 + i * 18
-        parts.append(f'<rect x="{plot_w + 10}" y="{y - 9}" width="10" height="10" fill="{colour(p, order)}"/><text x="{plot_w + 26}" y="{y}" class="lbl">{escape(names.get(p, f"persona {p}")[:32])}</text>')
+        parts.append(f'<rect x="{plot_w + 10}" y="{y - 9}" width="10" height="10" fill="{colour(p, order)}"/><text x="{plot_w + 26}" y="{y}" class="lbl">{escape(names.get(p, f"persona {p}")[:36])}</text>')
     return "".join(parts) + "</svg>"
 
 
