@@ -1,0 +1,281 @@
+"""The persona knowledge graph: node and edge tables per run, in the lake, loadable into networkx.
+
+Nodes (`node_id` = `<kind>:<name>`): person, persona, intent, event_type, campaign, ticket.
+Edges (`src`, `dst`, `kind`, `weight`, `last_seen`):
+- did        person -> event_type   weight = events, last_seen = latest event (recency)
+- mentions   person -> intent       weight = texts with that intent
+- filed      person -> ticket;  about: ticket -> intent
+- exposed_to person -> campaign     weight = exposures; converted: person -> campaign (exposed and converted)
+- held_out   person -> campaign     holdout (control) people, weight = 1 + converted (see `attr`)
+- belongs_to person -> persona      weight = assignment confidence
+- co_occurs  event_type -- event_type (src < dst) weight = sessions where both occur
+- next       event_type -> event_type  weight = consecutive transitions within a session
+
+Tables are written to `lake/graph/run_id=<run>/{nodes,edges}.parquet` (queryable with DuckDB:
+`SELECT * FROM 'lake/graph/*/edges.parquet'` with hive partitioning). Signals derived from the
+graph — per person: intents mentioned, transitions, 3-step sequences and co-occurrences in a
+session, event types done — are the units the churn question ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from personaops.workspace import Workspace
+
+NODE_COLUMNS = ["node_id", "kind", "name", "weight"]
+EDGE_COLUMNS = ["src", "dst", "kind", "weight", "last_seen", "attr"]
+SIGNAL_KINDS = ("intent", "next", "seq", "co", "did")
+
+
+def _edges(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["kind"] = kind
+    for col, default in (("weight", 1.0), ("last_seen", pd.NaT), ("attr", "")):
+        if col not in frame.columns:
+            frame[col] = default
+    frame["weight"] = frame["weight"].astype(float)
+    frame["last_seen"] = pd.to_datetime(frame["last_seen"], utc=True)
+    frame["attr"] = frame["attr"].astype("string")
+    return frame[EDGE_COLUMNS]
+
+
+def session_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """Events with a person, ordered within sessions (person_id, session, event_type, event_time)."""
+    if events.empty:
+        return pd.DataFrame(columns=["person_id", "session", "event_type", "event_time"])
+    ev = events[events["event_type"].notna() & (events["event_type"].astype(str) != "")].copy()
+    if "session_id" in ev.columns and ev["session_id"].notna().any():
+        fallback = "day:" + ev["event_time"].dt.floor("D").astype(str)
+        ev["session"] = ev["session_id"].astype(object).where(ev["session_id"].notna(), fallback)
+    else:  # no session ids: a calendar day of one person is a session
+        ev["session"] = "day:" + ev["event_time"].dt.floor("D").astype(str)
+    ev["session"] = ev["person_id"].astype(str) + "|" + ev["session"].astype(str)
+    return ev.sort_values(["session", "event_time"], kind="stable")[["person_id", "session", "event_type", "event_time"]]
+
+
+def sequence_signals(sessions: pd.DataFrame) -> pd.DataFrame:
+    """Per person the sequence signals they show (person_id, signal): `next:a>b` (consecutive
+    transition, a != b), `seq:a>b>c` (three consecutive distinct steps) and `co:a+b` (both in one
+    session, a < b)."""
+    if sessions.empty:
+        return pd.DataFrame(columns=["person_id", "signal"])
+    s = sessions.reset_index(drop=True)
+    same1 = s["session"].eq(s["session"].shift(-1))
+    same2 = same1 & s["session"].eq(s["session"].shift(-2))
+    a, b, c = s["event_type"].astype(str), s["event_type"].shift(-1).astype(str), s["event_type"].shift(-2).astype(str)
+    parts = [pd.DataFrame({"person_id": s["person_id"], "signal": "next:" + a + ">" + b})[same1 & (a != b)]]
+    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "seq:" + a + ">" + b + ">" + c})[same2 & (a != b) & (b != c)])
+    types = s[["person_id", "session", "event_type"]].drop_duplicates()
+    pairs = types.merge(types, on=["person_id", "session"])
+    pairs = pairs[pairs["event_type_x"].astype(str) < pairs["event_type_y"].astype(str)]
+    parts.append(pd.DataFrame({"person_id": pairs["person_id"], "signal": "co:" + pairs["event_type_x"].astype(str) + "+" + pairs["event_type_y"].astype(str)}))
+    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "did:" + a}))
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def build_graph(
+    assignments: pd.DataFrame,
+    events: pd.DataFrame,
+    text_intents: pd.DataFrame,
+    intents: pd.DataFrame,
+    exposures: pd.DataFrame,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(nodes, edges) of the persona graph.
+
+    assignments: person_id, persona_id, persona_name, confidence; events: person_id, event_type,
+    event_time, session_id; text_intents: person_id, source, source_key, intent_id, event_time;
+    intents: intent_id, label, n_texts; exposures: person_id, campaign, converted, event_time, cat__arm.
+    """
+    edges = []
+    persons = pd.Index(assignments["person_id"].astype(str).unique())
+    nodes = [pd.DataFrame({"node_id": "person:" + persons, "kind": "person", "name": persons, "weight": 1.0})]
+    # persona membership
+    personas = assignments.dropna(subset=["persona_id"]).copy()
+    personas["persona_node"] = "persona:" + personas["persona_id"].astype(int).astype(str)
+    sizes = personas.groupby(["persona_node", "persona_name"]).size().reset_index(name="weight")
+    nodes.append(pd.DataFrame({"node_id": sizes["persona_node"], "kind": "persona", "name": sizes["persona_name"].astype(str), "weight": sizes["weight"].astype(float)}))
+    edges.append(_edges(pd.DataFrame({"src": "person:" + personas["person_id"].astype(str), "dst": personas["persona_node"], "weight": personas["confidence"].fillna(0.0)}), "belongs_to"))
+    # behaviour: did, co_occurs, next
+    sessions = session_frame(events)
+    if len(sessions):
+        did = sessions.groupby(["person_id", "event_type"]).agg(weight=("event_time", "size"), last_seen=("event_time", "max")).reset_index()
+        edges.append(_edges(pd.DataFrame({"src": "person:" + did["person_id"].astype(str), "dst": "event_type:" + did["event_type"].astype(str), "weight": did["weight"], "last_seen": did["last_seen"]}), "did"))
+        counts = sessions["event_type"].value_counts()
+        nodes.append(pd.DataFrame({"node_id": "event_type:" + counts.index.astype(str), "kind": "event_type", "name": counts.index.astype(str), "weight": counts.to_numpy(dtype=float)}))
+        s = sessions.reset_index(drop=True)
+        same = s["session"].eq(s["session"].shift(-1))
+        trans = pd.DataFrame({"a": s["event_type"], "b": s["event_type"].shift(-1)})[same & (s["event_type"] != s["event_type"].shift(-1))]
+        nxt = trans.value_counts().reset_index(name="weight")
+        edges.append(_edges(pd.DataFrame({"src": "event_type:" + nxt["a"].astype(str), "dst": "event_type:" + nxt["b"].astype(str), "weight": nxt["weight"]}), "next"))
+        types = s[["session", "event_type"]].drop_duplicates()
+        pairs = types.merge(types, on="session")
+        pairs = pairs[pairs["event_type_x"].astype(str) < pairs["event_type_y"].astype(str)]
+        co = pairs.groupby(["event_type_x", "event_type_y"]).size().reset_index(name="weight")
+        edges.append(_edges(pd.DataFrame({"src": "event_type:" + co["event_type_x"].astype(str), "dst": "event_type:" + co["event_type_y"].astype(str), "weight": co["weight"]}), "co_occurs"))
+    # language: intents, tickets, mentions
+    if len(text_intents):
+        ti = text_intents.copy()
+        ti["intent_node"] = "intent:" + ti["intent_id"].astype(int).astype(str)
+        nodes.append(pd.DataFrame({"node_id": "intent:" + intents["intent_id"].astype(int).astype(str), "kind": "intent", "name": intents["label"].astype(str), "weight": intents["n_texts"].astype(float)}))
+        men = ti.groupby(["person_id", "intent_node"]).agg(weight=("text", "size"), last_seen=("event_time", "max")).reset_index()
+        edges.append(_edges(pd.DataFrame({"src": "person:" + men["person_id"].astype(str), "dst": men["intent_node"], "weight": men["weight"], "last_seen": men["last_seen"]}), "mentions"))
+        tk = ti[ti["source_kind"] == "tickets"] if "source_kind" in ti.columns else ti[ti["source"].astype(str).str.contains("ticket")]
+        if len(tk):
+            ticket = "ticket:" + tk["source"].astype(str) + "/" + tk["source_key"].astype(str)
+            nodes.append(pd.DataFrame({"node_id": ticket, "kind": "ticket", "name": tk["source_key"].astype(str), "weight": 1.0}))
+            edges.append(_edges(pd.DataFrame({"src": "person:" + tk["person_id"].astype(str), "dst": ticket, "last_seen": tk["event_time"]}), "filed"))
+            edges.append(_edges(pd.DataFrame({"src": ticket, "dst": tk["intent_node"], "last_seen": tk["event_time"]}), "about"))
+    # campaigns: exposed_to, converted, held_out
+    if len(exposures):
+        ex = exposures.copy()
+        arm = ex["cat__arm"].fillna("").astype(str).str.lower() if "cat__arm" in ex.columns else pd.Series("", index=ex.index)
+        ex["holdout"] = arm.eq("holdout")
+        ex["converted"] = ex["converted"].fillna(0).astype(float)
+        if "event_time" not in ex.columns:
+            ex["event_time"] = pd.NaT
+        per = ex.groupby(["person_id", "campaign", "holdout"]).agg(weight=("converted", "size"), conv=("converted", "max"), last_seen=("event_time", "max")).reset_index()
+        camps = ex["campaign"].astype(str).value_counts()
+        nodes.append(pd.DataFrame({"node_id": "campaign:" + camps.index, "kind": "campaign", "name": camps.index, "weight": camps.to_numpy(dtype=float)}))
+        src, dst = "person:" + per["person_id"].astype(str), "campaign:" + per["campaign"].astype(str)
+        expo, hold = ~per["holdout"], per["holdout"]
+        edges.append(_edges(pd.DataFrame({"src": src[expo], "dst": dst[expo], "weight": per["weight"][expo], "last_seen": per["last_seen"][expo]}), "exposed_to"))
+        conv = expo & (per["conv"] > 0)
+        edges.append(_edges(pd.DataFrame({"src": src[conv], "dst": dst[conv], "last_seen": per["last_seen"][conv]}), "converted"))
+        edges.append(_edges(pd.DataFrame({"src": src[hold], "dst": dst[hold], "weight": per["weight"][hold], "last_seen": per["last_seen"][hold],
+                                          "attr": np.where(per["conv"][hold] > 0, "converted", "")}), "held_out"))  # fmt: skip
+    node_table = pd.concat(nodes, ignore_index=True).drop_duplicates("node_id").reset_index(drop=True)
+    node_table["weight"] = node_table["weight"].astype(float)
+    edge_table = pd.concat(edges, ignore_index=True) if edges else pd.DataFrame(columns=EDGE_COLUMNS)
+    return node_table[NODE_COLUMNS], edge_table.reset_index(drop=True)
+
+
+def person_signals(sessions: pd.DataFrame, text_intents: pd.DataFrame, intents: pd.DataFrame) -> pd.DataFrame:
+    """Every graph signal each person shows (person_id, signal): sequence signals + `intent:<label>`."""
+    parts = [sequence_signals(sessions)]
+    if len(text_intents):
+        label_of = intents.set_index("intent_id")["label"]
+        parts.append(pd.DataFrame({"person_id": text_intents["person_id"], "signal": "intent:" + text_intents["intent_id"].map(label_of).astype(str)}))
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 10, max_share: float = 0.95) -> pd.DataFrame:
+    """Persons x signals, 0/1 (uint8), keeping signals shown by at least `min_persons` people and
+    by at most `max_share` (0-1) of them (near-universal signals say nothing)."""
+    if signals.empty:
+        return pd.DataFrame(index=persons)
+    support = signals.groupby("signal")["person_id"].nunique()
+    keep = support[(support >= min_persons) & (support <= max_share * len(persons))].index
+    kept = signals[signals["signal"].isin(keep) & signals["person_id"].isin(persons)]
+    m = pd.crosstab(kept["person_id"], kept["signal"]).clip(upper=1).astype("uint8")
+    return m.reindex(index=persons, fill_value=0)
+
+
+def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series | None, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per person graph features: `intent_centrality` (mention-weighted share of people who share
+    the person's intents, 0-1), `n_sequence_patterns` (3-step sequences shown), `n_signals`, and
+    `neighbourhood_churn_rate` (churn rate of the other people sharing the person's signals,
+    leave-one-out, 0-1; NaN without labels)."""
+    persons = matrix.index
+    out = pd.DataFrame(index=persons)
+    intent_cols = [c for c in mix.columns if c.startswith("intent_")] if len(mix) else []
+    if intent_cols:
+        m = mix.set_index("person_id")[intent_cols].reindex(persons).fillna(0.0)
+        popularity = (m > 0).mean(axis=0)
+        out["intent_centrality"] = (m * popularity).sum(axis=1)
+    else:
+        out["intent_centrality"] = 0.0
+    seq = [c for c in matrix.columns if c.startswith("seq:")]
+    out["n_sequence_patterns"] = matrix[seq].sum(axis=1).astype("int64") if seq else 0
+    out["n_signals"] = matrix.sum(axis=1).astype("int64")
+    if churned is not None and len(matrix.columns):
+        y = churned.reindex(persons)
+        known = y.notna().to_numpy()
+        yv = np.nan_to_num(y.to_numpy(dtype=float))
+        x = matrix.to_numpy(dtype=float)
+        churners = x[known].T @ yv[known]  # per signal: churners showing it
+        members = x[known].sum(axis=0)
+        # leave-one-out: remove the person's own label from every signal they show
+        shown = x.sum(axis=1)
+        num = x @ churners - shown * np.where(known, yv, 0.0)
+        den = x @ members - shown * known
+        out["neighbourhood_churn_rate"] = np.where(den > 0, num / np.maximum(den, 1), np.nan)
+    else:
+        out["neighbourhood_churn_rate"] = np.nan
+    out["event_timestamp"] = as_of
+    out["created"] = as_of
+    return out.rename_axis("person_id").reset_index()
+
+
+# --- I/O edge ---------------------------------------------------------------------------------
+def graph_dir(ws: Workspace, run_id: str) -> Path:
+    return ws.lake / "graph" / f"run_id={run_id}"
+
+
+def write_graph(ws: Workspace, run_id: str, nodes: pd.DataFrame, edges: pd.DataFrame) -> dict[str, str]:
+    """Write this run's node and edge tables to the lake (atomically each); return their paths."""
+    folder = graph_dir(ws, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, table in (("nodes", nodes), ("edges", edges)):
+        path = folder / f"{name}.parquet"
+        tmp = folder / f".{name}.parquet.tmp"
+        table.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        paths[name] = str(path)
+    return paths
+
+
+def latest_graph_run(ws: Workspace) -> str | None:
+    """The newest run id with a graph in the lake (run ids sort by time)."""
+    root = ws.lake / "graph"
+    runs = sorted(p.name.split("=", 1)[1] for p in root.glob("run_id=*") if (p / "edges.parquet").exists()) if root.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def query(ws: Workspace, sql: str, run_id: str | None = None) -> pd.DataFrame:
+    """Run DuckDB SQL over a run's graph, with views `nodes` and `edges` (default: the latest run)."""
+    import duckdb
+
+    from personaops.errors import NotFoundError
+
+    run_id = run_id or latest_graph_run(ws)
+    if run_id is None or not (graph_dir(ws, run_id) / "edges.parquet").exists():
+        raise NotFoundError(f"No persona graph in {ws.lake / 'graph'}; run `personas run` first.")
+    con = duckdb.connect()
+    try:
+        for name in ("nodes", "edges"):
+            path = str(graph_dir(ws, run_id) / f"{name}.parquet").replace("'", "''")  # a view cannot take parameters
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        con.execute("SET TimeZone = 'UTC'")
+        frame = con.execute(sql).df()
+        for col in frame.columns:  # lake times are UTC; DuckDB hands timestamptz back without a zone
+            if pd.api.types.is_datetime64_dtype(frame[col]) and getattr(frame[col].dt, "tz", None) is None:
+                frame[col] = frame[col].dt.tz_localize("UTC")
+        return frame
+    finally:
+        con.close()
+
+
+def to_networkx(nodes: pd.DataFrame, edges: pd.DataFrame):
+    """A networkx MultiDiGraph: node attributes kind/name/weight, one edge per row keyed by kind."""
+    import networkx as nx
+
+    g = nx.MultiDiGraph()
+    g.add_nodes_from((r.node_id, {"kind": r.kind, "name": r.name, "weight": float(r.weight)}) for r in nodes.itertuples(index=False))
+    g.add_edges_from(
+        (r.src, r.dst, r.kind, {"kind": r.kind, "weight": float(r.weight), "last_seen": r.last_seen, "attr": r.attr})
+        for r in edges.itertuples(index=False)
+    )
+    return g
+
+
+def load_networkx(ws: Workspace, run_id: str | None = None):
+    """The graph of a run (default: the latest) as a networkx MultiDiGraph."""
+    run_id = run_id or latest_graph_run(ws)
+    nodes = query(ws, "SELECT * FROM nodes", run_id)
+    edges = query(ws, "SELECT * FROM edges", run_id)
+    return to_networkx(nodes, edges)

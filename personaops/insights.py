@@ -1,0 +1,452 @@
+"""Answers to the business questions, from the run's persona graph and insight tables.
+
+- campaign_uplift: per persona, exposed count, conversion rate, and uplift against the holdout
+  (people of the same persona held out of the campaign, conversion still measured), with a 95%
+  Newcombe interval and a two-proportion test; ranked by uplift.
+- churn_signals: graph signals (intents, transitions, 3-step sequences, co-occurrences, event
+  types) ranked by association with churn within personas: Mantel-Haenszel odds ratio stratified
+  by persona, its 95% interval, the Cochran-Mantel-Haenszel p-value, Benjamini-Hochberg adjusted.
+  Signals shown by nearly the same people (Jaccard >= 0.8) are reported once, the others as `same_as`;
+  a signal that never varies within a persona (a pure persona marker) is not ranked.
+- persona_intents: the intents of a persona's tickets and survey answers, with lift vs everyone.
+- persona_changes: what changed for a persona between the last two runs' summaries.
+
+Run-level tables live in `lake/insights/run_id=<run>/` beside `lake/graph/run_id=<run>/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from personaops.errors import NotFoundError
+from personaops.workspace import Workspace
+
+SAME_PEOPLE_JACCARD = 0.8
+
+
+# --- pure statistics ---------------------------------------------------------------------------
+def campaign_uplift(outcomes: pd.DataFrame, assignments: pd.DataFrame, campaign: str) -> pd.DataFrame:
+    """Per persona for one campaign: exposed, conversion_rate, holdout, holdout_rate, uplift
+    (difference of rates, 0-1 points), ci_low/ci_high (95% Newcombe), p_value; ranked by uplift.
+
+    outcomes: person_id, campaign, holdout (bool), converted (0/1) — one row per person and arm;
+    assignments: person_id, persona_id, persona_name."""
+    from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
+
+    rows = outcomes[outcomes["campaign"] == campaign]
+    if rows.empty:
+        known = ", ".join(sorted(outcomes["campaign"].unique())) or "none"
+        raise NotFoundError(f"Campaign {campaign!r} has no exposures in the latest run; known campaigns: {known}.")
+    rows = rows.merge(assignments[["person_id", "persona_id", "persona_name"]], on="person_id", how="inner")
+    out = []
+    for (pid, name), g in rows.groupby(["persona_id", "persona_name"]):
+        exp, hold = g[~g["holdout"]], g[g["holdout"]]
+        n1, c1, n0, c0 = len(exp), int(exp["converted"].sum()), len(hold), int(hold["converted"].sum())
+        rec = {"persona_id": int(pid), "persona_name": str(name), "exposed": n1, "conversions": c1,
+               "conversion_rate": c1 / n1 if n1 else np.nan, "holdout": n0, "holdout_conversions": c0,
+               "holdout_rate": c0 / n0 if n0 else np.nan, "uplift": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}  # fmt: skip
+        if n1 and n0:
+            rec["uplift"] = rec["conversion_rate"] - rec["holdout_rate"]
+            low, high = confint_proportions_2indep(c1, n1, c0, n0, method="newcomb", compare="diff")
+            rec["ci_low"], rec["ci_high"] = float(low), float(high)
+            rec["p_value"] = float(test_proportions_2indep(c1, n1, c0, n0, method="score", compare="diff").pvalue)
+        out.append(rec)
+    table = pd.DataFrame(out)
+    # No holdout: rank by conversion rate (uplift unknown), after the personas with an uplift.
+    return table.sort_values(["uplift", "conversion_rate"], ascending=False, na_position="last").reset_index(drop=True)
+
+
+def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, direction: str = "risk") -> pd.DataFrame:
+    """Signals ranked by association with churn within personas (see module doc). `direction`:
+    "risk" lists churn-raising signals (odds ratio > 1) first, "both" ranks by p-value only."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+    from statsmodels.stats.multitest import multipletests
+
+    y = churned.reindex(matrix.index)
+    keep = y.notna() & persona.reindex(matrix.index).notna()
+    x, y, strata = matrix[keep], y[keep].astype(int).to_numpy(), persona.reindex(matrix.index)[keep].to_numpy()
+    if x.empty or len(np.unique(y)) < 2:
+        raise NotFoundError("Churn signals need people with a churn label of both values; the sources carry no usable `churned` label.")
+    rows = []
+    for signal in x.columns:
+        s = x[signal].to_numpy().astype(bool)
+        tables = []
+        for level in np.unique(strata):
+            sel = strata == level
+            t = np.array([[np.sum(s[sel] & (y[sel] == 1)), np.sum(s[sel] & (y[sel] == 0))],
+                          [np.sum(~s[sel] & (y[sel] == 1)), np.sum(~s[sel] & (y[sel] == 0))]], dtype=float)  # fmt: skip
+            if t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0:
+                tables.append(t + 0.5 * (t == 0).any())  # Haldane-Anscombe correction for empty cells
+        if not tables:
+            continue
+        st = StratifiedTable(tables)
+        low, high = st.oddsratio_pooled_confint()
+        rows.append({
+            "signal": signal, "kind": signal.split(":", 1)[0], "persons": int(s.sum()),
+            "churn_rate_with": float(y[s].mean()), "churn_rate_without": float(y[~s].mean()) if (~s).any() else np.nan,
+            "odds_ratio": float(st.oddsratio_pooled), "ci_low": float(low), "ci_high": float(high),
+            "p_value": float(st.test_null_odds(correction=True).pvalue),
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_value"] = table["p_value"].fillna(1.0)
+    table["p_adjusted"] = multipletests(table["p_value"], method="fdr_bh")[1]
+    table["log_or"] = np.log(table["odds_ratio"].clip(lower=1e-9))
+    order = ["p_adjusted", "log_or"]
+    if direction == "risk":
+        table["_raising"] = table["odds_ratio"] > 1
+        table = table.sort_values(["_raising", *order], ascending=[False, True, False]).drop(columns="_raising")
+    else:
+        table = table.sort_values(order, ascending=[True, False])
+    table = _fold_same_people(table.reset_index(drop=True), matrix)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table.drop(columns="log_or").reset_index(drop=True)
+
+
+def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
+    """Report signals shown by nearly the same people once (the better ranked), the rest as `same_as`."""
+    kept, same_as, members = [], [], []
+    for row in table.itertuples(index=False):
+        s = matrix[row.signal].to_numpy().astype(bool)
+        home = None
+        for k, m in enumerate(members):
+            union = np.sum(s | m)
+            if union and np.sum(s & m) / union >= SAME_PEOPLE_JACCARD:
+                home = k
+                break
+        if home is None:
+            kept.append(row.signal)
+            members.append(s)
+            same_as.append([])
+        else:
+            same_as[home].append(row.signal)
+    out = table[table["signal"].isin(kept)].copy()
+    out["same_as"] = ["; ".join(same_as[kept.index(s)]) for s in out["signal"]]
+    return out
+
+
+def persona_intents(text_intents: pd.DataFrame, intents: pd.DataFrame, assignments: pd.DataFrame, persona_id: int, source: str | None = None) -> pd.DataFrame:
+    """Intents of one persona's texts (default: tickets when there are any, else all texts): texts,
+    persons, share of the persona's texts (0-1), lift (share / share among everyone), example."""
+    ti = text_intents.merge(assignments[["person_id", "persona_id"]], on="person_id", how="inner")
+    if source is None and ti["source"].astype(str).str.contains("ticket").any():
+        source = "tickets"
+    if source:
+        ti = ti[ti["source"].astype(str).str.contains(source)]
+    mine = ti[ti["persona_id"] == persona_id]
+    if mine.empty:
+        raise NotFoundError(f"Persona {persona_id} has no {source or ''} texts in the latest run; see `personas personas` for persona ids.")
+    share = mine["intent_id"].value_counts(normalize=True)
+    overall = ti["intent_id"].value_counts(normalize=True)
+    table = intents.set_index("intent_id")[["label", "terms", "example"]].reindex(share.index)
+    table["texts"] = mine["intent_id"].value_counts().reindex(share.index).astype(int)
+    table["persons"] = mine.groupby("intent_id")["person_id"].nunique().reindex(share.index).astype(int)
+    table["share"] = share
+    table["lift"] = share / overall.reindex(share.index)
+    return table.rename_axis("intent_id").reset_index().sort_values("share", ascending=False).reset_index(drop=True)
+
+
+def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intents: pd.DataFrame, intents: pd.DataFrame,
+                    signals: pd.DataFrame, flags: pd.DataFrame | None, model_version: int | None) -> pd.DataFrame:  # fmt: skip
+    """One row per persona for `persona_changes`: size, churn and conversion rates, amber share,
+    top intents and top signals (by share of members)."""
+    a = assignments.dropna(subset=["persona_id"]).copy()
+    a["persona_id"] = a["persona_id"].astype(int)
+    lab = labels.set_index("person_id") if len(labels) else pd.DataFrame()
+    label_of = intents.set_index("intent_id")["label"] if len(intents) else pd.Series(dtype=str)
+    rows = []
+    for (pid, name), g in a.groupby(["persona_id", "persona_name"]):
+        members = g["person_id"]
+        rec = {"persona_id": int(pid), "persona_name": str(name), "persons": int(len(members)), "model_version": model_version}
+        for col in ("churned", "converted"):
+            rec[f"{col}_rate"] = float(lab[col].reindex(members).mean()) if col in lab.columns else np.nan
+        if flags is not None and len(flags):
+            f = flags.set_index("person_id").reindex(members)
+            rec["risk_amber_share"] = float((f["risk_flag"] == "amber").mean())
+            rec["mean_churn_probability"] = float(f["churn_probability"].mean())
+        ti = text_intents[text_intents["person_id"].isin(members)]
+        rec["top_intents"] = json.dumps({label_of.get(i, str(i)): round(float(v), 3) for i, v in ti["intent_id"].value_counts(normalize=True).head(5).items()})
+        sig = signals[signals["person_id"].isin(members)]["signal"].value_counts() / max(len(members), 1)
+        rec["top_signals"] = json.dumps({k: round(float(v), 3) for k, v in sig.head(10).items()})
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def persona_changes(previous: pd.DataFrame | None, current: pd.DataFrame, persona_id: int) -> dict:
+    """What changed for a persona between two summaries: numeric deltas and intent/signal shares
+    that moved by at least 2 percentage points."""
+    cur = current[current["persona_id"] == persona_id]
+    if cur.empty:
+        raise NotFoundError(f"Persona {persona_id} is not in the latest run; see `personas personas` for persona ids.")
+    cur = cur.iloc[0]
+    out = {"persona_id": int(persona_id), "persona_name": cur["persona_name"], "previous_run": None, "changes": {}, "intents": {}, "signals": {}}
+    if previous is None or previous[previous["persona_id"] == persona_id].empty:
+        out["note"] = "no earlier run has this persona; nothing to compare yet"
+        return out
+    prev = previous[previous["persona_id"] == persona_id].iloc[0]
+    for col in ("persons", "churned_rate", "converted_rate", "risk_amber_share", "mean_churn_probability", "model_version"):
+        if col in cur.index and col in prev.index and pd.notna(cur[col]) and pd.notna(prev[col]):
+            out["changes"][col] = {"before": float(prev[col]), "after": float(cur[col]), "delta": float(cur[col]) - float(prev[col])}
+    if prev["persona_name"] != cur["persona_name"]:
+        out["changes"]["persona_name"] = {"before": prev["persona_name"], "after": cur["persona_name"]}
+    for key in ("top_intents", "top_signals"):
+        before, after = json.loads(prev[key] or "{}"), json.loads(cur[key] or "{}")
+        moved = {k: {"before": before.get(k, 0.0), "after": after.get(k, 0.0)} for k in set(before) | set(after)
+                 if abs(after.get(k, 0.0) - before.get(k, 0.0)) >= 0.02}  # fmt: skip
+        out["intents" if key == "top_intents" else "signals"] = dict(sorted(moved.items(), key=lambda kv: -abs(kv[1]["after"] - kv[1]["before"])))
+    return out
+
+
+# --- I/O edge: the run's insight tables --------------------------------------------------------
+def insights_dir(ws: Workspace, run_id: str) -> Path:
+    return ws.lake / "insights" / f"run_id={run_id}"
+
+
+def write_insight_table(ws: Workspace, run_id: str, name: str, table: pd.DataFrame) -> str:
+    folder = insights_dir(ws, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.replace(folder / f"{name}.parquet")
+    return str(folder / f"{name}.parquet")
+
+
+def insight_runs(ws: Workspace, name: str) -> list[str]:
+    """Run ids (oldest first) that have the insight table `name`."""
+    root = ws.lake / "insights"
+    return sorted(p.name.split("=", 1)[1] for p in root.glob("run_id=*") if (p / f"{name}.parquet").exists()) if root.is_dir() else []
+
+
+def read_insight_table(ws: Workspace, name: str, run_id: str | None = None) -> pd.DataFrame:
+    runs = insight_runs(ws, name)
+    run_id = run_id or (runs[-1] if runs else None)
+    if run_id is None:
+        raise NotFoundError(f"No insight table {name!r} in {ws.lake / 'insights'}; run `personas run` first.")
+    return pd.read_parquet(insights_dir(ws, run_id) / f"{name}.parquet")
+
+
+def _persona_id(ws: Workspace, persona: str) -> int:
+    """A persona given by id or by name, as the latest run's assignments know it."""
+    summary = read_insight_table(ws, "persona_summary")
+    if str(persona).lstrip("-").isdigit():
+        return int(persona)
+    hit = summary[summary["persona_name"].str.lower() == str(persona).lower()]
+    if hit.empty:
+        raise NotFoundError(f"Persona {persona!r} is unknown; use an id or name from `personas personas`.")
+    return int(hit["persona_id"].iloc[0])
+
+
+def ask_campaign(ws: Workspace, campaign: str) -> pd.DataFrame:
+    """The campaign question on the latest run's graph (exposed_to / converted / held_out edges)."""
+    from personaops import graph
+
+    outcomes = graph.query(
+        ws,
+        """SELECT replace(e.src, 'person:', '') AS person_id, replace(e.dst, 'campaign:', '') AS campaign,
+                  e.kind = 'held_out' AS holdout,
+                  CASE WHEN e.kind = 'held_out' THEN CAST(e.attr = 'converted' AS INTEGER)
+                       ELSE CAST(EXISTS (SELECT 1 FROM edges c WHERE c.kind = 'converted' AND c.src = e.src AND c.dst = e.dst) AS INTEGER) END AS converted
+           FROM edges e WHERE e.kind IN ('exposed_to', 'held_out')""",
+    )
+    return campaign_uplift(outcomes, _assignments_from_graph(ws), campaign)
+
+
+def _assignments_from_graph(ws: Workspace) -> pd.DataFrame:
+    from personaops import graph
+
+    return graph.query(
+        ws,
+        """SELECT replace(e.src, 'person:', '') AS person_id, CAST(replace(e.dst, 'persona:', '') AS BIGINT) AS persona_id,
+                  n.name AS persona_name FROM edges e JOIN nodes n ON n.node_id = e.dst WHERE e.kind = 'belongs_to'""",
+    )
+
+
+def signal_inputs(ws: Workspace, run_id: str | None = None) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """(persons x signals 0/1, churned by person, persona by person) of a run."""
+    from personaops import graph
+
+    signals = read_insight_table(ws, "person_signals", run_id)
+    labels = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
+    persona = _assignments_from_graph(ws).set_index("person_id")["persona_id"]
+    meta = json.loads((insights_dir(ws, run_id or insight_runs(ws, "person_signals")[-1]) / "meta.json").read_text())
+    matrix = graph.signal_matrix(signals, pd.Index(persona.index, name="person_id"), meta.get("min_signal_persons", 10))
+    return matrix, labels, persona
+
+
+def ask_churn_signals(ws: Workspace, top: int = 20, direction: str = "risk") -> pd.DataFrame:
+    matrix, churned, persona = signal_inputs(ws)
+    return churn_signals(matrix, churned, persona, direction).head(top)
+
+
+def ask_intents(ws: Workspace, persona: str, source: str | None = None) -> pd.DataFrame:
+    pid = _persona_id(ws, persona)
+    return persona_intents(read_insight_table(ws, "text_intents"), read_insight_table(ws, "intents"), _assignments_from_graph(ws), pid, source)
+
+
+def ask_changes(ws: Workspace, persona: str) -> dict:
+    pid = _persona_id(ws, persona)
+    runs = insight_runs(ws, "persona_summary")
+    current = read_insight_table(ws, "persona_summary", runs[-1])
+    previous = read_insight_table(ws, "persona_summary", runs[-2]) if len(runs) > 1 else None
+    out = persona_changes(previous, current, pid)
+    out["run"], out["previous_run"] = runs[-1], runs[-2] if len(runs) > 1 else None
+    return out
+
+
+def frame_records(table: pd.DataFrame) -> list[dict]:
+    """JSON-safe records (NaN -> None)."""
+    return json.loads(table.to_json(orient="records", date_format="iso"))
+
+
+# --- pipeline stages (called by flows/build_personas.py) ----------------------------------------
+def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str) -> pd.DataFrame:
+    from personaops.ingest import read_lake
+
+    record_person = pd.read_parquet(ws.identity / "record_person.parquet")
+    parts = []
+    for source, ids in batches.items():
+        if kinds.get(source) != kind:
+            continue
+        frame = read_lake(ws, source, ids)
+        ids_of = record_person[record_person["source"] == source][["source_key", "person_id"]]
+        frame = frame.merge(ids_of, on="source_key", how="inner")
+        frame["source"] = source
+        parts.append(frame)
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["person_id", "event_time"])
+
+
+def _published_assignments(ws: Workspace) -> tuple[pd.DataFrame, int | None]:
+    """The assignments of the newest published model version (person_id, persona_id, persona_name, confidence)."""
+    path = ws.feature_table("persona_assignment")
+    if not path.exists():
+        raise NotFoundError(f"No published persona assignments in {ws.features}; the publish stage must run first.")
+    table = pd.read_parquet(path)
+    latest = table.sort_values("created")["model_version"].iloc[-1] if len(table) else None
+    rows = table[table["model_version"] == latest] if latest is not None else table
+    return rows[["person_id", "persona_id", "persona_name", "confidence"]].reset_index(drop=True), None if latest is None else int(latest)
+
+
+def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
+    """Mine intents from the run's texts (cached embeddings) and write them with each text's intent."""
+    from models.embedder import TextEmbedder
+    from models.intents import mine_intents
+
+    texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
+    vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].astype(str).tolist())
+    mined = mine_intents(texts, vectors, cfg.insights.intent_k, cfg.insights.seed)
+    write_insight_table(ws, run_id, "intents", mined.table)
+    write_insight_table(ws, run_id, "text_intents", mined.text_intents)
+    return {"intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
+
+
+def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
+    """Build and store the run's graph; derive per-person signals and graph features (Feast, online)."""
+    from models.intents import intent_mix
+    from personaops import graph
+    from personaops.feature_store import feature_store, write_table
+    from personaops.online_publish import online_publisher
+
+    assignments, version = _published_assignments(ws)
+    events = _lake_kind(ws, batches, kinds, "events")
+    exposures = _lake_kind(ws, batches, kinds, "campaigns")
+    intents = read_insight_table(ws, "intents", run_id)
+    text_intents = read_insight_table(ws, "text_intents", run_id)
+    nodes, edges = graph.build_graph(assignments, events, text_intents, intents, exposures)
+    paths = graph.write_graph(ws, run_id, nodes, edges)
+    sessions = graph.session_frame(events) if len(events) and "event_type" in events.columns else graph.session_frame(pd.DataFrame())
+    signals = graph.person_signals(sessions, text_intents, intents)
+    write_insight_table(ws, run_id, "person_signals", signals)
+    labels_path = ws.feature_table("person_labels")
+    labels = pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(columns=["person_id"])
+    label = cfg.insights.churn_label
+    churned = labels.set_index("person_id")[label] if label in labels.columns else None
+    write_insight_table(ws, run_id, "person_churn_labels", labels[["person_id", label]].rename(columns={label: "churned"}) if churned is not None else pd.DataFrame(columns=["person_id", "churned"]))
+    persons = pd.Index(assignments["person_id"].astype(str), name="person_id")
+    matrix = graph.signal_matrix(signals, persons, cfg.insights.min_signal_persons)
+    mix = intent_mix(text_intents, intents)
+    write_insight_table(ws, run_id, "person_intent_mix", mix)
+    feats = graph.graph_features(matrix, mix, churned, pd.Timestamp(as_of))
+    top = mix.set_index("person_id")[["top_intent", "n_intent_texts"]] if len(mix) else pd.DataFrame(columns=["top_intent", "n_intent_texts"])
+    feats = feats.join(top, on="person_id")
+    feats["top_intent"] = feats["top_intent"].astype("string")
+    feats["n_intent_texts"] = feats["n_intent_texts"].fillna(0).astype("int64")
+    feats = feats[["person_id", *GRAPH_FEATURES, "event_timestamp", "created"]]
+    write_table(ws, "person_graph", feats)
+    online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
+    (insights_dir(ws, run_id) / "meta.json").write_text(json.dumps({"min_signal_persons": cfg.insights.min_signal_persons, "model_version": version}))
+    return {**paths, "nodes": int(len(nodes)), "edges": int(len(edges)), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
+
+
+GRAPH_FEATURES = ["intent_centrality", "n_sequence_patterns", "n_signals", "neighbourhood_churn_rate", "top_intent", "n_intent_texts"]
+FLAG_FEATURES = ["churn_probability", "risk_flag", "engagement_trend", "engagement_flag", "reasons"]
+
+
+def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
+    """Train the calibrated churn model on held-out-evaluated people, flag every person, publish the
+    flags to Feast (offline + online), keep an `amber_flags` table per run, log to MLflow."""
+    from models import churn
+    from personaops import features as F
+    from personaops import graph
+    from personaops.feature_store import feature_store, write_table
+    from personaops.online_publish import online_publisher
+
+    assignments, version = _published_assignments(ws)
+    persona = assignments.set_index("person_id")["persona_id"]
+    _, frame, _ = F.current_model_frame(ws)
+    signals = read_insight_table(ws, "person_signals", run_id)
+    churned = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
+    mix = read_insight_table(ws, "person_intent_mix", run_id)
+    matrix = graph.signal_matrix(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
+    stamp = pd.Timestamp(as_of)
+    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events"), stamp)
+    out: dict = {"model_version": version}
+    inputs = churn.churn_inputs(frame, persona, mix, matrix)
+    try:
+        model = churn.train_churn_model(inputs, churned, cfg.insights.test_size, cfg.insights.seed) if churned.notna().any() else None
+    except ValueError as exc:  # too few labelled people of one outcome: no risk model this run
+        model, out["skipped_risk"] = None, str(exc)
+    if model is None:
+        probability = pd.Series(np.nan, index=frame.index)
+        reasons = pd.Series("", index=frame.index)
+        out.setdefault("skipped_risk", f"no `{cfg.insights.churn_label}` label in the sources")
+    else:
+        probability = pd.Series(model.model.predict_proba(inputs[model.columns])[:, 1], index=inputs.index)
+        ranked = churn_signals(matrix, churned, persona)
+        reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
+        out["metrics"] = model.metrics
+        out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics, len(inputs.columns))
+    flags = churn.amber_flags(probability, trend, reasons, cfg.insights.risk_threshold, cfg.insights.engagement_threshold, stamp)
+    write_table(ws, "person_flags", flags)
+    out["online_rows"] = int(online_publisher(feature_store(ws, cfg)).replace("person_flags", flags.reset_index(drop=True)))
+    table = flags.merge(assignments[["person_id", "persona_id", "persona_name"]], on="person_id", how="left").drop(columns=["created"])
+    write_insight_table(ws, run_id, "amber_flags", table)
+    labels_path = ws.feature_table("person_labels")
+    summary = persona_summary(assignments, pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(),
+                              read_insight_table(ws, "text_intents", run_id), read_insight_table(ws, "intents", run_id), signals, flags, version)  # fmt: skip
+    write_insight_table(ws, run_id, "persona_summary", summary)
+    out["risk_amber"] = int((flags["risk_flag"] == "amber").sum())
+    out["engagement_amber"] = int((flags["engagement_flag"] == "amber").sum())
+    return out
+
+
+def _log_flags_run(ws: Workspace, cfg, run_id: str, metrics: dict, n_features: int) -> str:
+    """Log the churn model's held-out metrics to MLflow (experiment `<model experiment>-flags`)."""
+    import mlflow
+
+    from models import registry
+
+    client = registry.client(ws)
+    name = f"{cfg.model.experiment}-flags"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=Workspace.ensure(ws.mlflow_artifacts / "x").parent.as_uri())
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"flags-{run_id}") as run:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_params({"risk_threshold": cfg.insights.risk_threshold, "test_size": cfg.insights.test_size, "n_features": n_features, "model": "HistGradientBoosting+isotonic"})
+        mlflow.set_tags({"personas.run_id": run_id, "personas.feature_service": "persona_flags_v1"})
+    return run.info.run_id

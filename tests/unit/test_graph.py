@@ -1,0 +1,80 @@
+"""The persona graph: signals, node/edge tables, DuckDB and networkx round trips (small frames)."""
+
+import numpy as np
+import pandas as pd
+
+from personaops import graph
+from personaops.workspace import Workspace
+
+T0 = pd.Timestamp("2024-09-01", tz="UTC")
+
+
+def _events():
+    rows = []
+    for person, sessions in {"P1": [["error_seen", "help_center_view", "plan_downgrade"]], "P2": [["login", "page_view"], ["login", "error_seen"]]}.items():
+        for s, types in enumerate(sessions):
+            for e, t in enumerate(types):
+                rows.append({"person_id": person, "session_id": f"{person}-{s}", "event_type": t, "event_time": T0 + pd.Timedelta(minutes=10 * s + e)})
+    return pd.DataFrame(rows)
+
+
+def _inputs():
+    assignments = pd.DataFrame({"person_id": ["P1", "P2", "P3"], "persona_id": [0, 1, 1], "persona_name": ["strugglers", "browsers", "browsers"], "confidence": [0.9, 0.8, 0.7]})
+    intents = pd.DataFrame({"intent_id": [0, 1], "label": ["cancel/refund/plan", "api/export/query"], "n_texts": [2, 1]})
+    text_intents = pd.DataFrame({
+        "person_id": ["P1", "P1", "P3"], "source": ["tickets", "surveys", "tickets"], "source_key": ["K1", "R1", "K2"],
+        "event_time": [T0] * 3, "text": ["cancel please", "refund", "api"], "intent_id": [0, 0, 1],
+    })  # fmt: skip
+    exposures = pd.DataFrame({
+        "person_id": ["P1", "P2", "P3"], "campaign": ["promo"] * 3, "converted": [1.0, 0.0, 1.0],
+        "event_time": [T0] * 3, "cat__arm": ["exposed", "exposed", "holdout"],
+    })  # fmt: skip
+    return assignments, _events(), text_intents, intents, exposures
+
+
+def test_sequence_signals_are_transitions_three_step_sequences_co_occurrences_and_event_types():
+    signals = graph.sequence_signals(graph.session_frame(_events()))
+    p1 = set(signals.loc[signals["person_id"] == "P1", "signal"])
+    assert {"next:error_seen>help_center_view", "next:help_center_view>plan_downgrade", "seq:error_seen>help_center_view>plan_downgrade"} <= p1
+    assert "co:error_seen+plan_downgrade" in p1 and "did:plan_downgrade" in p1
+    p2 = set(signals.loc[signals["person_id"] == "P2", "signal"])
+    # sessions are separate: no transition across P2's two sessions, no 3-step sequence
+    assert "next:page_view>login" not in p2 and not any(s.startswith("seq:") for s in p2)
+
+
+def test_graph_tables_round_trip_through_duckdb_and_networkx(tmp_path):
+    ws = Workspace(tmp_path)
+    nodes, edges = graph.build_graph(*_inputs())
+    assert set(edges["kind"]) == {"belongs_to", "did", "next", "co_occurs", "mentions", "filed", "about", "exposed_to", "converted", "held_out"}
+    assert set(nodes["kind"]) == {"person", "persona", "event_type", "intent", "ticket", "campaign"}
+    graph.write_graph(ws, "20240101T000000Z-aaaaaa", nodes, edges)
+    assert graph.latest_graph_run(ws) == "20240101T000000Z-aaaaaa"
+    counts = graph.query(ws, "SELECT kind, count(*) AS n FROM edges GROUP BY kind").set_index("kind")["n"]
+    assert counts.to_dict() == edges["kind"].value_counts().to_dict()
+    nxt = graph.query(ws, "SELECT src, dst, weight FROM edges WHERE kind = 'next' AND src = 'event_type:help_center_view'")
+    assert nxt.to_dict("records") == [{"src": "event_type:help_center_view", "dst": "event_type:plan_downgrade", "weight": 1.0}]
+    g = graph.load_networkx(ws)
+    assert g.number_of_nodes() == len(nodes) and g.number_of_edges() == len(edges)
+    assert g.nodes["persona:1"]["name"] == "browsers" and g.nodes["persona:1"]["weight"] == 2.0
+    # the holdout person is held out, not exposed; the converted edge is only for exposed people
+    assert g.has_edge("person:P3", "campaign:promo", key="held_out") and not g.has_edge("person:P3", "campaign:promo", key="exposed_to")
+    assert g.has_edge("person:P1", "campaign:promo", key="converted") and not g.has_edge("person:P2", "campaign:promo", key="converted")
+    assert g["person:P1"]["event_type:error_seen"]["did"]["last_seen"] == T0
+
+
+def test_signal_matrix_and_graph_features():
+    assignments, events, text_intents, intents, _ = _inputs()
+    signals = graph.person_signals(graph.session_frame(events), text_intents, intents)
+    persons = pd.Index(["P1", "P2", "P3"], name="person_id")
+    m = graph.signal_matrix(signals, persons, min_persons=1, max_share=0.6)
+    assert "intent:cancel/refund/plan" in m.columns and m.loc["P1", "intent:cancel/refund/plan"] == 1
+    assert "did:error_seen" not in m.columns  # shown by 2 of 3 people (67%): above a 60% ceiling ...
+    m = graph.signal_matrix(signals, persons, min_persons=1, max_share=0.9)
+    assert m.loc["P2", "did:error_seen"] == 1 and m.loc["P3"].sum() == 1  # ... at a 90% ceiling it is kept
+    mix = pd.DataFrame({"person_id": ["P1", "P3"], "intent_0": [1.0, 0.0], "intent_1": [0.0, 1.0]})
+    churned = pd.Series([1.0, 0.0, np.nan], index=persons)
+    feats = graph.graph_features(m, mix, churned, T0).set_index("person_id")
+    assert feats.loc["P1", "n_sequence_patterns"] == 1 and feats.loc["P2", "n_sequence_patterns"] == 0
+    # P2 shares did:error_seen with P1 only (churned): leave-one-out neighbourhood churn is 1.0
+    assert feats.loc["P2", "neighbourhood_churn_rate"] == 1.0
+    assert abs(feats.loc["P1", "intent_centrality"] - 1 / 3) < 1e-9  # 1 of 3 people mention its intent

@@ -1,0 +1,128 @@
+"""The business questions' statistics, the intents and the amber flags, on small inline data."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import churn
+from models.intents import cluster_texts, ctfidf_terms, intent_mix
+from personaops import insights
+from personaops.errors import NotFoundError
+
+T0 = pd.Timestamp("2024-09-01", tz="UTC")
+
+
+def _campaign_data(seed=0):
+    rng = np.random.default_rng(seed)
+    rows, people = [], []
+    # persona 0: +40 points of uplift; persona 1: none; persona 2: +10 points
+    for persona, (base, lift) in enumerate([(0.10, 0.40), (0.20, 0.0), (0.05, 0.10)]):
+        for i in range(400):
+            pid = f"P{persona}-{i}"
+            people.append({"person_id": pid, "persona_id": persona, "persona_name": f"persona {persona}"})
+            holdout = i % 2 == 0
+            rows.append({"person_id": pid, "campaign": "promo", "holdout": holdout, "converted": int(rng.random() < base + (0 if holdout else lift))})
+    return pd.DataFrame(rows), pd.DataFrame(people)
+
+
+def test_campaign_uplift_ranks_the_planted_persona_first_with_an_interval_around_it():
+    outcomes, assignments = _campaign_data()
+    table = insights.campaign_uplift(outcomes, assignments, "promo")
+    assert list(table["persona_id"]) == [0, 2, 1]
+    top = table.iloc[0]
+    assert top["exposed"] == 200 and top["holdout"] == 200
+    assert top["ci_low"] < 0.40 < top["ci_high"] and top["ci_low"] > 0.2 and top["p_value"] < 1e-6
+    null = table[table["persona_id"] == 1].iloc[0]
+    assert null["ci_low"] < 0 < null["ci_high"]
+    with pytest.raises(NotFoundError, match="known campaigns: promo"):
+        insights.campaign_uplift(outcomes, assignments, "no_such_campaign")
+
+
+def test_churn_signals_rank_the_planted_driver_not_the_persona_proxy_and_fold_duplicates():
+    rng = np.random.default_rng(1)
+    n = 1500
+    persona = pd.Series(rng.integers(0, 3, n), index=[f"P{i}" for i in range(n)])
+    driver = rng.random(n) < 0.15
+    base = np.array([0.05, 0.2, 0.5])[persona.to_numpy()]
+    churned = pd.Series((rng.random(n) < np.where(driver, 0.8, base)).astype(float), index=persona.index)
+    matrix = pd.DataFrame({
+        "seq:error>help>downgrade": driver.astype("uint8"),
+        "did:downgrade": driver.astype("uint8"),  # the same people: folded into the first
+        "intent:persona_two_talk": (persona.to_numpy() == 2).astype("uint8"),  # churny persona's marker, no effect within it
+        "co:noise+noise": (rng.random(n) < 0.3).astype("uint8"),
+    }, index=persona.index)  # fmt: skip
+    table = insights.churn_signals(matrix, churned, persona)
+    first = table.iloc[0]
+    assert first["signal"] in ("seq:error>help>downgrade", "did:downgrade") and "downgrade" in first["same_as"]
+    assert first["odds_ratio"] > 3 and first["ci_low"] > 1 and first["p_adjusted"] < 1e-6
+    # a pure persona marker never varies within a persona: it cannot be credited with its persona's churn
+    assert list(table["signal"]) == [first["signal"], "co:noise+noise"] and list(table["rank"]) == [1, 2]
+    assert table.iloc[1]["p_adjusted"] > 0.05
+    with pytest.raises(NotFoundError):
+        insights.churn_signals(matrix, churned * 0, persona)
+
+
+def test_persona_intents_and_changes():
+    assignments = pd.DataFrame({"person_id": ["A", "B", "C"], "persona_id": [0, 0, 1], "persona_name": ["x", "x", "y"]})
+    intents = pd.DataFrame({"intent_id": [0, 1], "label": ["cancel/refund", "api/export"], "terms": ["", ""], "example": ["cancel", "api"]})
+    ti = pd.DataFrame({"person_id": ["A", "A", "B", "C"], "source": ["tickets"] * 4, "intent_id": [0, 0, 1, 1], "text": ["c", "c", "a", "a"]})
+    table = insights.persona_intents(ti, intents, assignments, 0)
+    assert list(table["label"]) == ["cancel/refund", "api/export"]
+    assert table["share"].tolist() == pytest.approx([2 / 3, 1 / 3]) and table["lift"].iloc[0] == pytest.approx((2 / 3) / 0.5)
+    prev = pd.DataFrame([{"persona_id": 0, "persona_name": "x", "persons": 10, "churned_rate": 0.2, "top_intents": '{"cancel/refund": 0.1}', "top_signals": "{}"}])
+    cur = pd.DataFrame([{"persona_id": 0, "persona_name": "x", "persons": 12, "churned_rate": 0.3, "top_intents": '{"cancel/refund": 0.4}', "top_signals": "{}"}])
+    changes = insights.persona_changes(prev, cur, 0)
+    assert changes["changes"]["persons"]["delta"] == 2 and changes["changes"]["churned_rate"]["delta"] == pytest.approx(0.1)
+    assert changes["intents"]["cancel/refund"] == {"before": 0.1, "after": 0.4}
+    assert "note" in insights.persona_changes(None, cur, 0)
+    with pytest.raises(NotFoundError):
+        insights.persona_changes(prev, cur, 7)
+
+
+def test_intents_cluster_and_are_labelled_by_distinctive_terms():
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:2]
+    vectors = np.vstack([centres[i % 2] + 0.05 * rng.standard_normal(8).astype(np.float32) for i in range(20)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels, _ = cluster_texts(vectors, 2)
+    assert len(set(labels[0::2])) == 1 and len(set(labels[1::2])) == 1 and labels[0] != labels[1]
+    docs = pd.Series(["cancel my subscription refund", "please cancel refund now", "api rate limit export", "export api query"])
+    terms = ctfidf_terms(docs, pd.Series([0, 0, 1, 1]))
+    assert set(terms[0][:2]) == {"cancel", "refund"} and set(terms[1][:2]) == {"api", "export"}
+    mix = intent_mix(pd.DataFrame({"person_id": ["A", "A", "B"], "intent_id": [0, 1, 1]}), pd.DataFrame({"intent_id": [0, 1], "label": ["c", "a"]}))
+    assert mix.set_index("person_id").loc["A", "intent_0"] == 0.5 and mix.set_index("person_id").loc["B", "top_intent"] == "a"
+
+
+def test_calibration_error_and_flags():
+    y = np.array([0, 0, 1, 1])
+    assert churn.expected_calibration_error(y, np.array([0.0, 0.0, 1.0, 1.0])) == 0.0
+    assert churn.expected_calibration_error(y, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5 - 0.5)  # one bin, rates match
+    assert churn.expected_calibration_error(y, np.array([0.9, 0.9, 0.1, 0.1])) == pytest.approx(0.9)
+    persons = pd.Index(["A", "B"], name="person_id")
+    flags = churn.amber_flags(pd.Series([0.7, 0.2], index=persons), pd.Series([1.0, 0.25], index=persons),
+                              pd.Series(["intent:cancel/refund", ""], index=persons), 0.5, 0.5, T0).set_index("person_id")  # fmt: skip
+    assert flags.loc["A", "risk_flag"] == "amber" and flags.loc["B", "risk_flag"] == "none"
+    assert flags.loc["A", "engagement_flag"] == "none" and flags.loc["B", "engagement_flag"] == "amber"
+    assert flags.loc["A", "reasons"] == "intent:cancel/refund" and "25%" in flags.loc["B", "reasons"]
+
+
+def test_engagement_trend_sees_a_fading_person():
+    as_of = T0 + pd.Timedelta(days=90)
+    steady = [as_of - pd.Timedelta(days=d) for d in range(0, 90, 3)]
+    fading = [as_of - pd.Timedelta(days=d) for d in range(40, 90, 2)]
+    events = pd.DataFrame({"person_id": ["S"] * len(steady) + ["F"] * len(fading), "event_time": steady + fading})
+    trend = churn.engagement_trend(events, as_of)
+    assert trend["S"] == pytest.approx(1.0, abs=0.2) and trend["F"] == 0.0
+
+
+def test_churn_model_learns_a_planted_signal_and_is_measured_on_held_out_people():
+    rng = np.random.default_rng(3)
+    n = 600
+    index = pd.Index([f"P{i}" for i in range(n)], name="person_id")
+    driver = rng.random(n) < 0.3
+    churned = pd.Series((rng.random(n) < np.where(driver, 0.85, 0.1)).astype(float), index=index)
+    inputs = pd.DataFrame({"n_events": rng.poisson(20, n).astype(float), "sig_driver": driver.astype(float), "sig_noise": (rng.random(n) < 0.5).astype(float)}, index=index)
+    model = churn.train_churn_model(inputs, churned, test_size=0.3, seed=0, max_signals=1)
+    assert model.columns == ["n_events", "sig_driver"]  # the signal chosen on training people
+    assert model.metrics["roc_auc"] > 0.8 and model.metrics["n_test"] == 180 and 0 <= model.metrics["ece"] < 0.15
+    assert not set(model.test_persons) & set(index[:0])
