@@ -35,8 +35,9 @@ test: install
 test-unit: install
 	$(BIN)/pytest tests/unit
 
+# Every bench/*.py with --json (BENCH_QUICK=1 adds --quick); results in bench/results/ (latest.md).
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf .personas .pytest_cache

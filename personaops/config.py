@@ -88,6 +88,7 @@ class EmbeddingConfig(_Section):
     quality_min_top10_overlap: float = Field(0.98, description="floor on the mean top-10 neighbour overlap (0-1) of the fast path vs fp32")
     quality_sample: int = Field(256, description="texts the fast path is checked on against fp32 (once per workspace and model)")
     threads: int = Field(0, description="torch CPU threads for embedding; 0 = torch's default")
+    bf16_batch_size: int = Field(128, description="encoder batch size on the bf16 path (bf16 kernels pay off on larger batches)")
 
 
 class ModelConfig(_Section):
