@@ -44,9 +44,10 @@ def centroid_shift(reference_x: np.ndarray, reference_labels: np.ndarray, curren
     return {"by_persona": out, "max_shift": max(out.values()) if out else 0.0}
 
 
-def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, seed: int) -> dict:
+def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, seed: int, snapshots: list | None = None) -> dict:
     """Evidently's embeddings drift (its default method: a classifier telling the two samples
-    apart; score = ROC AUC, 0.5 = indistinguishable) on up to `sample` vectors per side."""
+    apart; score = ROC AUC, 0.5 = indistinguishable) on up to `sample` vectors per side (uniform
+    without replacement, seeded). The Evidently snapshot is appended to `snapshots` if given."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift
 
@@ -61,7 +62,11 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, see
     snapshot = report.run(
         current_data=Dataset.from_pandas(pd.DataFrame(cur, columns=cols), data_definition=definition),
         reference_data=Dataset.from_pandas(pd.DataFrame(ref, columns=cols), data_definition=definition),
+        name="text embedding drift",
+        tags=["embedding_drift"],
     )
+    if snapshots is not None:
+        snapshots.append(snapshot)
     score = next(float(m["value"]) for m in snapshot.dict()["metrics"] if m["config"].get("type", "").endswith("EmbeddingsDrift"))
     return {"score": score, "method": "model (ROC AUC)", "reference_texts": len(ref), "current_texts": len(cur)}
 

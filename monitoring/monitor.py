@@ -2,20 +2,29 @@
 assignments against the champion's training reference, the policy's decision, and the reports.
 
 Writes `reports/<run_id>/drift.html|json` (Evidently column drift + data summary) and
-`reports/<run_id>/monitoring.json` (all results, the decision and the rules that fired).
+`reports/<run_id>/monitoring.json` (all results, the decision and the rules that fired), and adds
+the Evidently snapshots to the workspace's Evidently workspace (`evidently/`).
+
+Cost: the champion's reference (its training frame, downloaded from MLflow once) and its
+reference statistics (monitoring/drift.py `ReferenceProfile`) are computed once per model version
+and cached under `monitoring/reference/v<version>/`. Above `FULL_REPORT_ROWS` rows a side, the
+feature-drift decision comes from the profile check on every row and the Evidently report runs on
+a uniform sample without replacement of `FULL_REPORT_ROWS` rows per side (seeded by model.seed).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from monitoring.checks import centroid_shift, data_quality, embedding_drift, persona_mix
+from monitoring.checks import data_quality, embedding_drift, persona_mix
+from monitoring.drift import ReferenceProfile, build_profile, centroid_shift, column_drift
 from monitoring.policy import Decision, decide, load_policy
-from monitoring.reports import drift_report
+from monitoring.reports import add_to_evidently_workspace, drift_report
 from personaops import features as F
 from personaops.config import PersonasConfig
 from personaops.errors import NotFoundError
@@ -34,62 +43,137 @@ def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], 
 
     tables, current, columns = F.current_model_frame(ws)
     version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
-    reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version)) if version is not None else current
+    if version is None:
+        reference = current
+    elif (reference_folder(ws, version) / "training_frame.parquet").exists():
+        reference = pd.read_parquet(reference_folder(ws, version) / "training_frame.parquet")
+    else:
+        reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
     quality = data_quality(reference, current, columns, ingest_report, previous_ingest, tables.get("person_profile"))
     return quality, decide({"quality": quality}, load_policy(cfg.monitoring.policy))
+
+
+FULL_REPORT_ROWS = 50_000
 
 
 def report_paths(ws: Workspace, run_id: str) -> dict[str, str]:
     """Where a monitoring pass writes its reports."""
     folder = ws.reports / run_id
-    return {"html": str(folder / "drift.html"), "json": str(folder / "drift.json"), "monitoring": str(folder / "monitoring.json")}
+    return {"html": str(folder / "drift.html"), "json": str(folder / "drift.json"), "monitoring": str(folder / "monitoring.json"), "evidently_workspace": str(evidently_folder(ws))}
+
+
+def evidently_folder(ws: Workspace) -> Path:
+    """The workspace's Evidently workspace: `evidently ui --workspace <this>` shows the history."""
+    return ws.root / "evidently"
+
+
+def reference_folder(ws: Workspace, version: int) -> Path:
+    return ws.root / "monitoring" / "reference" / f"v{version}"
+
+
+def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: list[str]) -> tuple[pd.DataFrame, ReferenceProfile, bool]:
+    """(reference frame, reference profile, built now?) of one model version: built on first use,
+    then read back from the workspace cache."""
+    from models import registry
+    from models.train import load_reference
+
+    folder = reference_folder(ws, version)
+    frame_path = folder / "training_frame.parquet"
+    if frame_path.exists() and (folder / "profile.json").exists():
+        return pd.read_parquet(frame_path), ReferenceProfile.load(folder), False
+    reference = load_reference(ws, registry.version_run_id(ws, name, version))
+    ref_idx, _ = scorer.centroid_labels(reference)
+    profile = build_profile(reference, [c for c in columns if c in reference.columns], version, scorer.represent(reference), ref_idx)
+    profile.save(folder)
+    tmp = frame_path.with_suffix(".tmp")
+    reference.to_parquet(tmp)
+    tmp.replace(frame_path)  # written last: its presence means the cache is complete
+    return reference, profile, True
+
+
+def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """Uniform sample without replacement of at most `rows` rows (seeded)."""
+    if len(frame) <= rows:
+        return frame
+    return frame.iloc[np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))]
+
+
+@dataclass
+class Champion:
+    """What a monitoring pass compares against: the model version, its scorer, its training
+    reference frame (with `persona_id`), the reference profile and its bias at training."""
+
+    version: int
+    scorer: object
+    reference: pd.DataFrame
+    profile: ReferenceProfile
+    baseline_dp_difference: float | None = None
+    reference_built_now: bool = False
+
+
+def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, *,
+            person_profile: pd.DataFrame | None = None, ingest_report: list[dict] | None = None, previous_ingest: list[dict] | None = None,
+            sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None) -> tuple[dict, list, object]:
+    """Every check of `current` (model frame by person_id) against the champion; returns
+    (results, Evidently snapshots, DriftSummary) and writes the Evidently drift report."""  # fmt: skip
+    from models.bias import label_gaps, persona_parity
+
+    reference, profile, scorer, seed = champion.reference, champion.profile, champion.scorer, cfg.model.seed
+    drift, snapshot = drift_report(_sample(reference, FULL_REPORT_ROWS, seed), _sample(current, FULL_REPORT_ROWS, seed + 1), columns, out_dir, run_id, champion.version, cfg.monitoring.drift_share_alert)
+    features = {"drifted_share": drift.drifted_share, "drifted_columns": drift.drifted_columns, "method": "evidently"}
+    if max(len(reference), len(current)) > FULL_REPORT_ROWS:  # the report saw a sample: decide on every row
+        full = column_drift(profile, current, cfg.monitoring.drift_share_alert)
+        features = {"drifted_share": full["drifted_share"], "drifted_columns": full["drifted_columns"], "method": "reference profile", "evidently_sample_drifted_share": drift.drifted_share}
+    features["reference_built_now"] = champion.reference_built_now
+
+    now = scorer.predict(current)["persona_id"]
+    cur_idx, _ = scorer.centroid_labels(current)
+    results: dict = {
+        "model_version": champion.version,
+        "features": features,
+        "persona_mix": persona_mix(reference["persona_id"], now),
+        "centroids": centroid_shift(profile, scorer.represent(current), cur_idx),
+        "quality": data_quality(reference, current, columns, ingest_report or [], previous_ingest, person_profile),
+    }
+    snapshots = [snapshot]
+    if "text_embedding" in reference.columns:
+        results["embeddings"] = embedding_drift(_vectors(reference["text_embedding"]), _vectors(current["text_embedding"]), cfg.monitoring.embedding_sample, seed, snapshots)
+    if sensitive is not None and len(sensitive.columns):
+        bias = persona_parity(now, sensitive)
+        baseline = champion.baseline_dp_difference
+        bias["max_dp_difference_increase"] = bias["max_dp_difference"] - baseline if baseline is not None else 0.0
+        if labels is not None and len(labels):
+            bias["label_gaps"] = label_gaps(now, sensitive, labels)
+            bias["max_label_gap"] = bias["label_gaps"]["max_gap"]
+        results["bias"] = bias
+    return results, snapshots, drift
 
 
 def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: list[dict], previous_ingest: list[dict] | None) -> tuple[dict, Decision]:
     """Every check against the champion; returns (results, decision) and writes the reports."""
     from models import registry
-    from models.bias import label_gaps, persona_parity
-    from models.train import load_reference
 
     name = cfg.model.registered_name
     version = registry.alias_version(ws, name, registry.CHAMPION)
     if version is None:
         raise NotFoundError(f"No champion persona model in {ws.root} to monitor against; run `personas run` first.")
-    run = registry.version_run_id(ws, name, version)
-    reference = load_reference(ws, run)
     champion_metrics = registry.run_metrics(ws, name, version)
     _, model = registry.load_champion(ws, name)
     scorer = model.unwrap_python_model().scorer
     tables, current, columns = F.current_model_frame(ws)
-    out_dir = ws.reports / run_id
-    drift = drift_report(reference, current, columns, out_dir, run_id, version, cfg.monitoring.drift_share_alert)
-
-    now = scorer.predict(current)["persona_id"]
-    ref_idx, _ = scorer.centroid_labels(reference)
-    cur_idx, _ = scorer.centroid_labels(current)
-    results: dict = {
-        "model_version": version,
-        "features": {"drifted_share": drift.drifted_share, "drifted_columns": drift.drifted_columns},
-        "persona_mix": persona_mix(reference["persona_id"], now),
-        "centroids": centroid_shift(scorer.represent(reference), ref_idx, scorer.represent(current), cur_idx),
-        "quality": data_quality(reference, current, columns, ingest_report, previous_ingest, tables.get("person_profile")),
-    }
-    if "text_embedding" in reference.columns:
-        results["embeddings"] = embedding_drift(_vectors(reference["text_embedding"]), _vectors(current["text_embedding"]), cfg.monitoring.embedding_sample, cfg.model.seed)
+    reference, profile, built = champion_reference(ws, name, version, scorer, columns)
+    champion = Champion(version, scorer, reference, profile, champion_metrics.get("bias_max_dp_difference"), built)
     sensitive_path = ws.root / "audit" / "person_sensitive.parquet"
-    if sensitive_path.exists():
-        sensitive = pd.read_parquet(sensitive_path).set_index("person_id")
-        if len(sensitive.columns):
-            bias = persona_parity(now, sensitive)
-            baseline = champion_metrics.get("bias_max_dp_difference")
-            bias["max_dp_difference_increase"] = bias["max_dp_difference"] - baseline if baseline is not None else 0.0
-            labels = tables.get("person_labels")
-            if labels is not None and len(labels):
-                outcome_labels = labels.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
-                bias["label_gaps"] = label_gaps(now, sensitive, outcome_labels)
-                bias["max_label_gap"] = bias["label_gaps"]["max_gap"]
-            results["bias"] = bias
+    sensitive = pd.read_parquet(sensitive_path).set_index("person_id") if sensitive_path.exists() else None
+    labels = tables.get("person_labels")
+    if labels is not None:
+        labels = labels.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
+    out_dir = ws.reports / run_id
+    results, snapshots, drift = compare(cfg, champion, current, columns, out_dir, run_id, person_profile=tables.get("person_profile"),
+                                        ingest_report=ingest_report, previous_ingest=previous_ingest, sensitive=sensitive, labels=labels)  # fmt: skip
     decision = decide(results, load_policy(cfg.monitoring.policy))
-    summary = {"run_id": run_id, "results": results, "decision": {"action": decision.action, "fired": decision.fired}, "html": drift.html, "json": drift.json}
+    evidently = add_to_evidently_workspace(evidently_folder(ws), f"PersonaOps {name}", snapshots)
+    summary = {"run_id": run_id, "results": results, "decision": {"action": decision.action, "fired": decision.fired}, "html": drift.html, "json": drift.json, "evidently": evidently}
     (out_dir / "monitoring.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    results["evidently"] = evidently
     return results, decision

@@ -2,7 +2,9 @@
 
 Each monitoring run writes `reports/<run_id>/drift.html` and `drift.json` (Evidently's own
 snapshot) and `summary.json` (what PersonaOps read from it, metric by metric, never by list
-position): overall share of drifted columns and per-column drift scores.
+position): overall share of drifted columns and per-column drift scores. The snapshots of every
+run are also added to an Evidently workspace (`<workspace>/evidently`, one project per registered
+model) so `evidently ui --workspace <workspace>/evidently` shows their history.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def drift_report(
     run_id: str,
     model_version: int,
     drift_share_alert: float,
-) -> DriftSummary:
-    """Run the drift + summary report on `columns` (numeric) and save HTML and JSON in `out_dir`."""
+):
+    """Run the drift + summary report on `columns` (numeric) and save HTML and JSON in `out_dir`;
+    returns (DriftSummary, Evidently Snapshot)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset, DataSummaryPreset
 
@@ -61,7 +64,13 @@ def drift_report(
     ref = Dataset.from_pandas(reference[columns].astype(float).reset_index(drop=True), data_definition=definition)
     cur = Dataset.from_pandas(current[columns].astype(float).reset_index(drop=True), data_definition=definition)
     report = Report([DataDriftPreset(drift_share=drift_share_alert), DataSummaryPreset()])
-    snapshot = report.run(current_data=cur, reference_data=ref)
+    snapshot = report.run(
+        current_data=cur,
+        reference_data=ref,
+        name=f"feature drift {run_id}",
+        metadata={"run_id": run_id, "model_version": model_version},
+        tags=[f"model_version={model_version}", "feature_drift"],
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     html, js = out_dir / "drift.html", out_dir / "drift.json"
     snapshot.save_html(str(html))
@@ -89,4 +98,19 @@ def drift_report(
         json=str(js),
     )
     (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
-    return summary
+    return summary, snapshot
+
+
+def add_to_evidently_workspace(folder: Path, project_name: str, snapshots: list) -> dict:
+    """Add a monitoring run's Evidently snapshots to the local Evidently workspace in `folder`,
+    under the project `project_name` (created on first use, then reused)."""
+    from evidently.ui.workspace import Workspace as EvidentlyWorkspace
+
+    folder.mkdir(parents=True, exist_ok=True)
+    workspace = EvidentlyWorkspace(str(folder))
+    # search_project matches parts of names: keep the exact one
+    project = next((p for p in workspace.search_project(project_name) if p.name == project_name), None)
+    if project is None:
+        project = workspace.create_project(project_name, description="PersonaOps monitoring runs: feature drift, data summary and text-embedding drift vs the champion's training reference")
+    refs = [workspace.add_run(project.id, snapshot) for snapshot in snapshots]
+    return {"workspace": str(folder), "project": project_name, "project_id": str(project.id), "snapshots": [str(r.id) for r in refs]}
