@@ -135,7 +135,10 @@ start_postgres() {
 
 start_bg() { # $1 = name, $2 = health url, $3.. = command
   local name="$1" url="$2"; shift 2
-  if http_up "$url"; then log "$name already up ($url)"; return; fi
+  if http_up "$url"; then
+    [[ -f "$INFRA_DIR/$name.pid" ]] || die "$url answers but was not started from $INFRA_DIR; stop that server or set PERSONAS_${name^^}_PORT."
+    log "$name already up ($url)"; return
+  fi
   mkdir -p "$INFRA_DIR/logs"
   nohup setsid "$@" >"$INFRA_DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! > "$INFRA_DIR/$name.pid"
@@ -172,11 +175,11 @@ export PERSONAS_FEAST_REDIS='$HOST:$REDIS_PORT,db=0'
 EOF
   # Each server under a PERSONAS_ name too: CI exports only those, so tests of the local profile
   # keep their own MLflow store and Prefect API.
-  if [[ -f "$INFRA_DIR/mlflow.pid" ]] || http_up "http://$HOST:$MLFLOW_PORT/health"; then
+  if [[ -f "$INFRA_DIR/mlflow.pid" ]]; then
     echo "export PERSONAS_MLFLOW_TRACKING_URI='http://$HOST:$MLFLOW_PORT'"
     echo "export MLFLOW_TRACKING_URI='http://$HOST:$MLFLOW_PORT'"
   fi
-  if [[ -f "$INFRA_DIR/prefect.pid" ]] || http_up "http://$HOST:$PREFECT_PORT/api/health"; then
+  if [[ -f "$INFRA_DIR/prefect.pid" ]]; then
     echo "export PERSONAS_PREFECT_API_URL='http://$HOST:$PREFECT_PORT/api'"
     echo "export PREFECT_API_URL='http://$HOST:$PREFECT_PORT/api'"
   fi
