@@ -1,9 +1,15 @@
 """Monitoring that acts, end to end on small generated data: a no-change period, a planted
-persona-mix shift, a broken source and a rollback, with the real Evidently, MLflow and Prefect."""
+persona-mix shift, a broken source and a rollback, with the real Evidently, MLflow and Prefect.
+
+The mix shift goes the deployed way: the monitor emits the drift event, the trigger of the
+`retrain-personas-on-drift` deployment in flows/prefect.yaml (deployed to the test server as
+`prefect deploy` would) starts a retrain flow run, and the test executes that run."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,10 +37,54 @@ def monitored(prefect_api, tmp_path_factory):
     return home, data
 
 
-def _monitor(home: Path, sources: Path) -> dict:
+PREFECT_YAML = Path(__file__).resolve().parents[2] / "flows" / "prefect.yaml"
+
+
+def _deployment_spec(name: str) -> dict:
+    import yaml
+    from prefect.utilities.templating import apply_values
+
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == name)
+    return apply_values(deployment, dict(os.environ), remove_notset=False)  # as `prefect deploy` does
+
+
+@pytest.fixture(scope="module")
+def retrain_deployment(prefect_api, monitored):
+    """The retrain deployment and its drift trigger from flows/prefect.yaml, on the test server."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    from flows.monitor_personas import retrain_personas
+
+    spec = _deployment_spec("retrain-personas-on-drift")
+    triggers = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in spec["triggers"]]
+    deployment = retrain_personas.to_deployment(name=spec["name"], parameters={"home": str(monitored[0])}, triggers=triggers)
+    return deployment.apply()
+
+
+def _monitor(home: Path, sources: Path, **params) -> dict:
     from flows.monitor_personas import monitor_personas
 
-    return monitor_personas(sources=str(sources), home=str(home))
+    return monitor_personas(sources=str(sources), home=str(home), **params)
+
+
+def _events(name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        return client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=50).events
+
+
+def _wait(condition, seconds: float = 90.0):
+    """Poll `condition()` until it returns something truthy (the event pipeline is asynchronous)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
 
 
 def _versions(home: Path) -> dict[int, list[str]]:
@@ -54,6 +104,8 @@ def test_a_period_without_change_raises_no_alarm(monitored):
     assert Path(summary["reports"]["html"]).is_file() and Path(summary["reports"]["monitoring"]).is_file()
     decisions = (Path(home) / "monitoring" / "decisions.jsonl").read_text().splitlines()
     assert json.loads(decisions[-1])["action"] == "none"
+    assert summary["event"]["name"] == "personaops.monitor.none"
+    assert summary["results"]["features"]["reference_built_now"] is False  # the build's monitor pass cached it
 
 
 def test_a_broken_source_goes_to_review_and_trains_nothing(monitored):
@@ -67,13 +119,58 @@ def test_a_broken_source_goes_to_review_and_trains_nothing(monitored):
     assert queue[-1]["status"] == "open" and queue[-1]["run_id"] == summary["run_id"]
 
 
-def test_a_persona_mix_shift_retrains_and_only_the_gate_promotes(monitored):
+def test_evidently_workspace_holds_every_monitoring_run(monitored):
+    from evidently.ui.workspace import Workspace as EvidentlyWorkspace
+
+    home, _ = monitored
+    runs = [json.loads(line)["run_id"] for line in (Path(home) / "monitoring" / "decisions.jsonl").read_text().splitlines()]
+    assert len(runs) >= 3  # the build's own pass, period 1, period 2
+    workspace = EvidentlyWorkspace(str(Path(home) / "evidently"))
+    projects = [p for p in workspace.list_projects() if p.name == "PersonaOps persona-model"]
+    assert len(projects) == 1  # created once, then reused
+    snapshots = [workspace.get_run(projects[0].id, sid) for sid in workspace.list_runs(projects[0].id)]
+    feature_runs = {s.metadata["run_id"] for s in snapshots if "feature_drift" in s.tags}
+    assert set(runs) <= feature_runs
+    assert len(snapshots) == 2 * len(runs)  # feature drift + text-embedding drift per pass
+    assert all(s.metric_results for s in snapshots)  # loadable, with results
+
+
+def test_a_persona_mix_shift_emits_the_drift_event_whose_trigger_retrains_through_the_gate(monitored, retrain_deployment):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.flow_engine import run_flow
+
+    from flows.monitor_personas import retrain_personas
+    from monitoring.events import DRIFT_EVENT
+
     home, data = monitored
     champion_before = next(v for v, a in _versions(home).items() if "champion" in a)
-    summary = _monitor(home, data / "sources_p3.yaml")
+    versions_before = _versions(home)
+    summary = _monitor(home, data / "sources_p3.yaml", retrain_via_event=True)
     assert summary["action"] == "retrain"
     assert "persona_mix_shift" in {f["rule"] for f in summary["fired"]}
-    retrain = summary["outcome"]["retrain"]
+    assert DRIFT_EVENT in summary["outcome"]["retrain"] and _versions(home) == versions_before  # left to the automation
+    assert summary["event"]["name"] == DRIFT_EVENT
+
+    # the event reached the Prefect API with the decision and the report
+    events = _wait(lambda: [e for e in _events(DRIFT_EVENT) if e.payload.get("run_id") == summary["run_id"]])
+    assert len(events) == 1, "the drift event never reached the Prefect API"
+    event = events[0]
+    assert event.resource.id == "personaops.model.persona-model"
+    assert event.payload["action"] == "retrain" and event.payload["home"] == str(home)
+    assert event.payload["report"] == summary["reports"]["monitoring"] and Path(event.payload["report"]).is_file()
+    assert "persona_mix_shift" in {f["rule"] for f in event.payload["fired"]}
+    assert f"prefect.flow-run.{summary['flow_run_id']}" in {r.id for r in event.related}
+
+    # the deployment's trigger started a retrain run with parameters from the event; run it
+    with get_client(sync_client=True) as client:
+        flow_runs = _wait(lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain_deployment]))))
+        assert len(flow_runs) == 1, "the drift trigger started no retrain run"
+        flow_run = flow_runs[0]
+        assert flow_run.parameters == {"home": str(home), "monitoring_run": summary["run_id"], "report": summary["reports"]["monitoring"]}
+        result = run_flow(retrain_personas, flow_run=flow_run, parameters=flow_run.parameters)
+        assert client.read_flow_run(flow_run.id).state.is_completed()
+    retrain = result["outcome"]["retrain"]
     versions = _versions(home)
     gate_passed = all(check["passed"] for check in retrain["gate"])
     assert versions[retrain["version"]] == (["champion"] if gate_passed else ["challenger"])

@@ -39,3 +39,77 @@ def test_a_misspelt_metric_is_a_config_error(tmp_path):
 def test_empty_policy_setting_means_the_default_file():
     assert load_policy("").rules == load_policy(DEFAULT_POLICY).rules
     assert isinstance(load_policy(None), Policy)
+
+
+# --- the reference profile drift check (monitoring/drift.py) ------------------------------------
+def _frames(n: int = 4000):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame({"count": rng.poisson(4, n).astype(float), "days": rng.lognormal(1, 0.7, n), "flag": (rng.random(n) < 0.3).astype(float)})
+    cur = pd.DataFrame({"count": rng.poisson(4, n).astype(float), "days": rng.lognormal(1.3, 0.7, n), "flag": (rng.random(n) < 0.5).astype(float)})
+    cur.loc[:99, "days"] = np.nan
+    return ref, cur
+
+
+def test_profile_drift_scores_are_evidentlys_methods(tmp_path):
+    import numpy as np
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    from monitoring.drift import ReferenceProfile, build_profile, column_drift
+
+    ref, cur = _frames()
+    build_profile(ref, list(ref.columns), 3).save(tmp_path)
+    profile = ReferenceProfile.load(tmp_path)  # what a later pass reads back
+    result = column_drift(profile, cur)
+    days = cur["days"].dropna()
+    assert abs(result["column_scores"]["days"]["score"] - wasserstein_distance(ref["days"], days) / np.std(ref["days"])) < 0.01
+    shares = [(ref["flag"] == v).mean() for v in (0, 1)], [(cur["flag"] == v).mean() for v in (0, 1)]
+    assert abs(result["column_scores"]["flag"]["score"] - jensenshannon(*shares)) < 1e-9
+    assert result["drifted_columns"] == ["days", "flag"] and abs(result["drifted_share"] - 2 / 3) < 1e-9
+    assert result["column_scores"]["count"]["method"] == "wasserstein" and profile.model_version == 3
+
+
+def test_profile_centroid_shift_is_in_units_of_training_spread():
+    import numpy as np
+    import pandas as pd
+
+    from monitoring.drift import build_profile, centroid_shift
+
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [10.0, 12.0]])
+    labels = np.array([0, 0, 1, 1])
+    profile = build_profile(pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]}), ["a"], 1, x, labels)
+    shifted = centroid_shift(profile, x + np.array([0.5, 0.0]), labels)
+    assert shifted["by_persona"] == {0: 0.5, 1: 0.5} and shifted["max_shift"] == 0.5
+
+
+# --- events and the deployments that react to them -----------------------------------------------
+def test_the_drift_trigger_in_prefect_yaml_matches_the_monitor_event():
+    from pathlib import Path
+
+    import yaml
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.events.schemas.events import Resource
+    from pydantic import TypeAdapter
+
+    from monitoring.events import DRIFT_EVENT, decision_event
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "flows" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert deployments["monitor-personas-every-6h"]["schedules"] and deployments["build-personas-daily"]["schedules"]
+    assert deployments["monitor-personas-every-6h"]["parameters"]["retrain_via_event"] is True
+    for d in deployments.values():  # every entrypoint names a flow that exists
+        module, _, name = d["entrypoint"].partition(":")
+        text = (Path(__file__).resolve().parents[2] / module).read_text()
+        assert f"def {name}(" in text, d["entrypoint"]
+    retrain = deployments["retrain-personas-on-drift"]
+    (trigger,) = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in retrain["triggers"]]
+    event = decision_event("persona-model", "/ws", "R1", 2, "retrain", [], {"monitoring": "/ws/reports/R1/monitoring.json"})
+    assert event["event"] == DRIFT_EVENT and DRIFT_EVENT in trigger.expect
+    assert trigger.match.matches(Resource(event["resource"]))
+    calm = decision_event("persona-model", "/ws", "R2", 2, "none", [], {})
+    assert calm["event"] not in trigger.expect
+    assert set(trigger.parameters) == {"home", "monitoring_run", "report"}
+    assert event["payload"]["report"] == "/ws/reports/R1/monitoring.json" and event["payload"]["home"] == "/ws"
