@@ -124,7 +124,7 @@ def fmt(x) -> str:
     if isinstance(x, bool):
         return str(x).lower()
     if isinstance(x, float):
-        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+        return f"{x:,.6g}" if abs(x) < 1000 else f"{x:,.0f}"
     if isinstance(x, int):
         return f"{x:,}"
     return str(x)
