@@ -15,6 +15,7 @@ from data_sources import (
     campaign_source,
     labels_source,
     persona_assignment_source,
+    persona_traits_source,
     profile_source,
     support_source,
     survey_source,
@@ -58,4 +59,26 @@ persona_assignment = FeatureView(
         Field(name="model_version", dtype=Int64),
     ],
     description="The champion persona model's assignment of each person (confidence 0-1).",
+)  # fmt: skip
+
+# Denormalised per person (not keyed by persona) so one entity row reads assignment + traits in
+# one online lookup; `profile_model_version` says which model's profile the traits describe.
+persona_traits = FeatureView(
+    name="persona_traits",
+    entities=[person],
+    ttl=TTL,
+    source=persona_traits_source,
+    online=True,
+    schema=[
+        Field(name="profile_model_version", dtype=Int64),
+        Field(name="persona_description", dtype=String),
+        Field(name="persona_size", dtype=Int64),
+        Field(name="persona_share", dtype=Float64),
+        Field(name="persona_top_traits", dtype=String),
+        Field(name="persona_top_terms", dtype=String),
+        Field(name="persona_churn_rate", dtype=Float64),
+        Field(name="persona_conversion_rate", dtype=Float64),
+        Field(name="persona_engagement_events", dtype=Float64),
+    ],
+    description="Profile of each person's assigned persona: description, size (persons), share (0-1), top traits and terms ('; '-separated), churn and conversion rates (0-1), engagement (product events per person).",
 )  # fmt: skip

@@ -239,7 +239,13 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
     predicted = model.predict(frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
     rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
-    return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique())}
+    # The rest of the serving contract (docs/serving.md): input views and persona traits online.
+    from models.train import load_profiles
+    from personaops.serving import publish_online_views
+
+    profiles = load_profiles(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
+    online = publish_online_views(ws, cfg, assignments, profiles, version, pd.Timestamp(as_of))
+    return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique()), "online_views": online}
 
 
 @task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)

@@ -23,6 +23,9 @@ from personaops.errors import ConfigError, NotFoundError, PersonaOpsError
 from personaops.workspace import Workspace
 
 ROLES = ("reader", "analyst", "admin")
+# Pushes events (living personas) and reads like a reader; admin may push too. Not in the
+# reader < analyst < admin order: an event producer needs no sensitive attributes.
+WRITER = "writer"
 TOKENS_ENV = "PERSONAS_API_TOKENS"
 # Person ids are opaque, printable and short; anything else is malformed input (422).
 PERSON_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@#+\-]{0,127}$"
@@ -37,8 +40,8 @@ def api_tokens(cfg: PersonasConfig, environ: dict[str, str] | None = None) -> di
         token, sep, role = pair.rpartition(":")
         if not sep or not token:
             raise ConfigError(f"{TOKENS_ENV} entry {i + 1} is not 'token:role'; write it as comma-separated pairs such as abc123:reader,def456:analyst.")
-        if role not in ROLES:
-            raise ConfigError(f"{TOKENS_ENV} entry {i + 1} has role {role!r}; use one of {', '.join(ROLES)}.")
+        if role not in (*ROLES, WRITER):
+            raise ConfigError(f"{TOKENS_ENV} entry {i + 1} has role {role!r}; use one of {', '.join((*ROLES, WRITER))}.")
         tokens[token] = role
     return tokens
 
@@ -52,6 +55,7 @@ class PersonaService:
     ws: Workspace
     _store: Any = None
     _service: Any = None
+    _reader: Any = None  # SqliteOnlineReader, or False when the online store is not SQLite
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _profiles: dict[int, tuple[str, list[dict]]] = field(default_factory=dict)
     _tables: dict[Path, tuple[float, Any]] = field(default_factory=dict)
@@ -69,9 +73,21 @@ class PersonaService:
 
     def personas_of(self, person_ids: list[str]) -> list[dict | None]:
         """The published assignment of each person (None where the online store has none)."""
-        with self._lock:  # one SQLite connection inside Feast's online store
-            store = self._feast()
-            found = store.get_online_features(features=self._service, entity_rows=[{"person_id": p} for p in person_ids]).to_dict()
+        if self._reader is None:
+            with self._lock:
+                store = self._feast()
+                from personaops.serving import SqliteOnlineReader
+
+                # SQLite: Feast's own rows read directly (same bytes, no per-call Feast planning).
+                self._reader = SqliteOnlineReader(store, "persona_assignment") if SqliteOnlineReader.supports(store) else False
+        if self._reader:
+            rows = self._reader.read(person_ids)
+            fields = ("persona_id", "persona_name", "confidence", "model_version")
+            found = {f: [None if r is None else r.get(f) for r in rows] for f in fields}
+        else:
+            with self._lock:  # one SQLite connection inside Feast's online store
+                store = self._feast()
+                found = store.get_online_features(features=self._service, entity_rows=[{"person_id": p} for p in person_ids]).to_dict()
         out: list[dict | None] = []
         for i, person_id in enumerate(person_ids):
             version = found["model_version"][i]
@@ -89,6 +105,17 @@ class PersonaService:
                 }
             )
         return out
+
+    def reads_locally(self) -> bool:
+        """True once reads go straight to a local SQLite file (fast enough for the event loop)."""
+        return bool(self._reader)
+
+    def warm(self) -> None:
+        """Open the online store now, so a server process's first request does not pay for it."""
+        try:
+            self.personas_of(["warm-up"])
+        except PersonaOpsError:
+            pass  # nothing published yet: /health says so
 
     def champion(self) -> tuple[int, str]:
         from models import registry
@@ -149,11 +176,26 @@ def _json_value(v):
     return v.item() if hasattr(v, "item") else v
 
 
+# Set by `personas serve --workers N --insecure-dev` for its worker processes only.
+SERVE_INSECURE_ENV = "_PERSONAS_SERVE_WORKER_INSECURE_DEV"
+
+
+def app_from_environment():
+    """The app of one `personas serve --workers N` worker process (a uvicorn factory): the
+    configuration and tokens from personas.yaml and the environment, as the parent read them."""
+    from personaops.config import load_config
+
+    app = create_app(load_config(), insecure_dev=os.environ.get(SERVE_INSECURE_ENV) == "1")
+    app.state.service.warm()
+    return app
+
+
 def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[str, str] | None = None):
     """The FastAPI app on cfg's workspace. Raises ConfigError when no API token is configured
     unless `insecure_dev` (then every caller is treated as admin)."""
     from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Request
     from fastapi.responses import JSONResponse, Response
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
     from pydantic import BaseModel, Field
@@ -220,7 +262,8 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
 
     bearer = HTTPBearer(auto_error=False, description="An API token from api.tokens or PERSONAS_API_TOKENS.")
 
-    def caller_role(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    # Auth dependencies are async (no I/O): sync ones would each cost a thread-pool hop per request.
+    async def caller_role(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
         if not tokens:  # --insecure-dev with nothing configured
             return "admin"
         if credentials is None or credentials.scheme.lower() != "bearer":
@@ -235,8 +278,8 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         return role
 
     def require(minimum: str):
-        def check(role: Annotated[str, Depends(caller_role)]) -> str:
-            if ROLES.index(role) < ROLES.index(minimum):
+        async def check(role: Annotated[str, Depends(caller_role)]) -> str:
+            if (ROLES.index(role) if role in ROLES else 0) < ROLES.index(minimum):
                 raise HTTPException(403, f"This endpoint needs the '{minimum}' role; your token has '{role}'.")
             return role
 
@@ -307,15 +350,16 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/persons/{person_id}/persona", response_model=Persona, tags=["personas"], dependencies=[Depends(require("reader"))])
-    def persona_of(person_id: PersonId) -> dict:
+    async def persona_of(person_id: PersonId) -> dict:
         """One person's persona, from the Feast online store (feature service persona_v1)."""
-        return one(person_id)
+        # A local SQLite read (tens of microseconds) runs on the event loop; anything else in a thread.
+        return one(person_id) if service.reads_locally() else await run_in_threadpool(one, person_id)
 
     @app.post("/personas/lookup", response_model=LookupResponse, tags=["personas"], dependencies=[Depends(require("reader"))])
-    def lookup(request: Annotated[LookupRequest, Body()]) -> dict:
+    async def lookup(request: Annotated[LookupRequest, Body()]) -> dict:
         """Many persons' personas in one online read; unknown ids are listed, not errors."""
         ids = list(dict.fromkeys(request.person_ids))
-        found = service.personas_of(ids)
+        found = service.personas_of(ids) if service.reads_locally() else await run_in_threadpool(service.personas_of, ids)
         hits = [f for f in found if f is not None]
         persons_looked_up.labels("true").inc(len(hits))
         persons_looked_up.labels("false").inc(len(ids) - len(hits))
@@ -348,6 +392,73 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         except MlflowException:
             raise NotFoundError(f"Model version {persona['model_version']} that published {person_id!r}'s persona is not in the registry of {ws.root}; re-publish with `personas run`.") from None
         return {"person_id": person_id, "persona": persona, "model": name, "run_id": run_id, "records": service.records(person_id)}
+
+    # --- living personas: pushed events re-assign a person online (docs/serving.md) ----------
+    from datetime import datetime as _datetime
+
+    from personaops.serving import MAX_EVENTS_PER_PUSH, EventError, LivingPersonas
+
+    living = LivingPersonas(cfg, ws)
+    app.state.living = living
+
+    async def require_writer(role: Annotated[str, Depends(caller_role)]) -> str:
+        if role not in (WRITER, "admin"):
+            raise HTTPException(403, f"Pushing events needs the '{WRITER}' or 'admin' role; your token has '{role}'.")
+        return role
+
+    class ProductEvent(BaseModel):
+        event_type: str = Field(min_length=1, max_length=120, description="product event type, as in the events source (e.g. api_call)")
+        event_time: _datetime | None = Field(None, description="when it happened (ISO 8601; default: now); not in the future")
+        session_id: str | None = Field(None, max_length=200, description="session it belongs to (default: one session per day)")
+
+    class EventsRequest(BaseModel):
+        events: list[ProductEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_PUSH)
+
+    class EventsResponse(Persona):
+        previous: dict[str, Any] | None = Field(description="the assignment before these events (None: the person had none online)")
+        behaviour: dict[str, Any] = Field(description="the person's person_behaviour features after these events, as written online")
+        as_of: str = Field(description="time the new features and assignment are as of (ISO 8601)")
+        took_ms: float = Field(description="server time to apply the events and re-assign (milliseconds)")
+
+    @app.exception_handler(EventError)
+    async def bad_event(_: Request, exc: EventError):
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.post("/persons/{person_id}/events", response_model=EventsResponse, tags=["personas"], dependencies=[Depends(require_writer)])
+    def push_events(person_id: PersonId, request: Annotated[EventsRequest, Body()]) -> dict:
+        """New product events of one person: their behaviour features update online and the champion
+        model re-assigns their persona at once, written online with the model version in one
+        transaction (role writer or admin)."""
+        return living.push(person_id, [e.model_dump() for e in request.events])
+
+    # --- business questions on the persona graph (personaops/insights.py; analyst role) -------
+    from personaops import insights
+
+    @app.get("/insights/campaigns/{campaign}", tags=["insights"], dependencies=[Depends(require("analyst"))])
+    def insight_campaign(campaign: Annotated[str, PathParam(max_length=200)]) -> dict:
+        """Which personas convert after a campaign: per persona exposed count, conversion rate and
+        uplift vs the holdout of the same persona (95% Newcombe interval, p-value), ranked by uplift."""
+        return {"campaign": campaign, "personas": insights.frame_records(insights.ask_campaign(ws, campaign))}
+
+    @app.get("/insights/churn-signals", tags=["insights"], dependencies=[Depends(require("analyst"))])
+    def insight_churn_signals(top: int = 20, both: bool = False) -> dict:
+        """Graph signals ranked by association with churn within personas: Mantel-Haenszel odds
+        ratio, 95% interval, Benjamini-Hochberg adjusted p-value; churn-raising first unless `both`."""
+        return {"signals": insights.frame_records(insights.ask_churn_signals(ws, max(1, min(top, 500)), "both" if both else "risk"))}
+
+    @app.get("/insights/personas/{persona}/intents", tags=["insights"], dependencies=[Depends(require("analyst"))])
+    def insight_intents(persona: Annotated[str, PathParam(max_length=200)]) -> dict:
+        """Which intents drive a persona's tickets (id or name): share of its tickets, lift vs everyone."""
+        return {"persona": persona, "intents": insights.frame_records(insights.ask_intents(ws, persona))}
+
+    @app.get("/insights/personas/{persona}/changes", tags=["insights"], dependencies=[Depends(require("analyst"))])
+    def insight_changes(persona: Annotated[str, PathParam(max_length=200)]) -> dict:
+        """What changed for a persona since the previous run (size, churn, conversion, flags, intents, signals)."""
+        return insights.ask_changes(ws, persona)
+
+    from personaops.catalog import add_catalog_routes
+
+    add_catalog_routes(app, cfg, ws, tokens)  # GET / (the persona catalogue page) and the reports it links
 
     from personaops.catalog import add_catalog_routes
 

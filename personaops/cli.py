@@ -277,6 +277,7 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)"),
     insecure_dev: bool = typer.Option(False, "--insecure-dev", help="serve without API tokens (local development only)"),
+    workers: int = typer.Option(1, min=1, max=64, help="server processes (about one per CPU core for throughput)"),
 ) -> None:
     """The HTTP API: personas by person, batch lookup, catalogue, health, Prometheus metrics (docs/api.md)."""
     import uvicorn
@@ -288,7 +289,14 @@ def serve(
     if not api_tokens(cfg):
         err.print("warning: --insecure-dev: no API token configured, every caller is admin; never expose this server.")
     err.print(f"serving {ws.root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    if workers > 1:  # each worker process builds its app from the same workspace and tokens
+        from personaops.api import SERVE_INSECURE_ENV
+
+        os.environ[SERVE_INSECURE_ENV] = "1" if insecure_dev else ""
+        uvicorn.run("personaops.api:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False)
+        return
+    application.state.service.warm()
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
@@ -528,6 +536,52 @@ def audit_log(event: str = typer.Option(None, "--event", help="only entries of t
     for e in entries:
         details = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "at", "event", "prev", "hash"))
         out.print(f"{e.get('seq', '?'):>5} {e.get('at', '')[:19]} [bold]{e.get('event')}[/] {details}", highlight=False)
+
+
+# --- downstream: the example churn model that uses personas as features -----------------------
+downstream_app = typer.Typer(no_args_is_help=True, help="The example downstream churn model (personas as features, via Feast).")
+app.add_typer(downstream_app, name="downstream")
+
+
+@downstream_app.command("train")
+def downstream_train(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Train the churn classifier from a Feast point-in-time join; compare with and without persona features (MLflow)."""
+    from models.downstream import train as train_churn
+
+    cfg, ws = _workspace()
+    result = train_churn(ws, cfg).to_dict()
+    if as_json:
+        _emit_json(result)
+        return
+    m = result["metrics"]
+    out.print(f"{result['model']} v{result['version']} on {result['persons']:,} persons (churn rate {result['churn_rate']:.1%}), MLflow run {result['run_id'][:8]}")
+    out.print(f"  ROC AUC  with personas {m['roc_auc_with_persona']:.3f}   without {m['roc_auc_without_persona']:.3f}")
+    out.print(f"  log loss with personas {m['log_loss_with_persona']:.3f}   without {m['log_loss_without_persona']:.3f}")
+
+
+@downstream_app.command("predict")
+def downstream_predict(
+    person_ids: list[str] = typer.Argument(..., help="person ids"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Churn probability of persons, from their features and persona read online through Feast."""
+    from models.downstream import predict as predict_churn
+
+    cfg, ws = _workspace()
+    frame = predict_churn(ws, cfg, person_ids)
+    rows = [
+        {"person_id": r.person_id, "churn_probability": None if r.churn_probability != r.churn_probability else round(float(r.churn_probability), 4),
+         "persona_id": None if r.persona_id != r.persona_id or r.persona_id is None else int(r.persona_id)}
+        for r in frame.itertuples(index=False)
+    ]  # fmt: skip
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        if r["churn_probability"] is None:
+            out.print(f"{r['person_id']}: no features online (unknown person?)")
+        else:
+            out.print(f"{r['person_id']}: churn probability {r['churn_probability']:.2f} (persona {r['persona_id']})")
 
 
 def _quiet_libraries() -> None:

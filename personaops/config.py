@@ -121,7 +121,8 @@ class MonitoringConfig(_Section):
     embedding_sample: int = Field(3000, description="text vectors per side in the embedding drift check")
 
 
-ApiRole = Literal["reader", "analyst", "admin"]
+# "writer" (pushes events; reads like a reader) stands outside the reader < analyst < admin order.
+ApiRole = Literal["reader", "analyst", "admin", "writer"]
 
 
 class ApiConfig(_Section):

@@ -1,0 +1,54 @@
+"""Pure parts of the serving contract: behaviour updates from pushed events, persona traits rows."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from personaops.serving import EventError, event_frame, trait_values, traits_rows, updated_behaviour
+
+FEATURES = ["n_events", "n_sessions", "active_days", "events_per_session", "days_since_last_event", "share_login", "share_api_call"]
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
+
+
+def test_counts_add_up_and_shares_are_recomputed_from_counts():
+    current = {"n_events": 10, "n_sessions": 4, "active_days": 3, "events_per_session": 2.5, "days_since_last_event": 2.0, "share_login": 0.6, "share_api_call": 0.4}
+    reference = pd.Timestamp("2026-03-08T12:00:00Z")
+    events = event_frame([{"event_type": "api_call", "event_time": "2026-03-09T10:00:00Z", "session_id": "s1"}] * 10, now=NOW)
+    out, as_of = updated_behaviour(current, reference, events, FEATURES)
+    assert out["n_events"] == 20 and out["n_sessions"] == 5 and out["active_days"] == 4
+    assert out["share_api_call"] == pytest.approx(14 / 20) and out["share_login"] == pytest.approx(6 / 20)
+    assert out["events_per_session"] == pytest.approx(4.0)
+    assert as_of == pd.Timestamp("2026-03-09T10:00:00Z") and out["days_since_last_event"] == 0.0
+
+
+def test_a_person_without_events_starts_from_zero():
+    events = event_frame([{"event_type": "login", "event_time": "2026-03-09T10:00:00Z"}, {"event_type": "login", "event_time": "2026-03-09T11:00:00Z"}], now=NOW)
+    out, _ = updated_behaviour({}, None, events, FEATURES)
+    assert out["n_events"] == 2 and out["n_sessions"] == 1 and out["active_days"] == 1 and out["share_login"] == 1.0
+
+
+def test_bad_events_are_one_sentence_errors():
+    with pytest.raises(EventError, match="not in the person_behaviour view; send one of: login, api_call"):
+        updated_behaviour({}, None, event_frame([{"event_type": "teleported"}], now=NOW), FEATURES)
+    with pytest.raises(EventError, match="in the future"):
+        event_frame([{"event_type": "login", "event_time": "2999-01-01T00:00:00Z"}], now=NOW)
+    with pytest.raises(EventError, match="No events"):
+        event_frame([], now=NOW)
+
+
+def test_traits_rows_denormalise_the_profile_of_each_person_s_persona():
+    profile = {"persona_id": 2, "description": "Analysts.", "size": 40, "share": 0.2, "terms": ["api", "query"],
+               "traits": [{"label": "api call events", "z": 1.5}, {"label": "support tickets", "z": -0.7}],
+               "kpis": {"churned_rate": {"value": 0.1}, "engagement_events": {"value": 50.0}}}  # fmt: skip
+    at = pd.Timestamp("2026-03-01T00:00:00Z")
+    rows = traits_rows(pd.DataFrame({"person_id": ["a", "b"], "persona_id": [2, -1]}), [profile], 3, at)
+    a, b = rows.iloc[0], rows.iloc[1]
+    assert a["persona_top_traits"] == "more api call events; less support tickets" and a["persona_top_terms"] == "api; query"
+    assert a["persona_churn_rate"] == 0.1 and math.isnan(a["persona_conversion_rate"]) and a["profile_model_version"] == 3
+    assert b["persona_description"] == "" and b["persona_size"] == 0  # unassigned: no profile
+    assert rows["persona_size"].dtype == "int64" and (rows["event_timestamp"] == at).all()
+    assert trait_values(None, 1)["profile_model_version"] == 1
