@@ -55,7 +55,8 @@ class IdentityConfig(_Section):
     match_probability_threshold: float = Field(0.95, description="pairs at or above this are merged (probability 0-1)")
     review_probability_min: float = Field(0.70, description="pairs from this up to the threshold go to the review queue (0-1)")
     min_entities_for_matching: int = Field(200, description="below this many entities the model cannot be trained and no pass runs")
-    u_sampling_max_pairs: float = Field(1e6, description="record pairs sampled to estimate u probabilities")
+    # 250k pairs in one pass per comparison: FEBRL3/FEBRL4 F1 as with 1M (0.9989 / 0.9968 no id), u 3-4x faster.
+    u_sampling_max_pairs: float = Field(2.5e5, description="record pairs sampled to estimate u probabilities")
     max_training_rows: int = Field(200_000, description="distinct record attribute rows the model is trained on at most")
     seed: int = 42
     em_max_iterations: int = Field(25, description="expectation-maximisation iterations per training session at most (Splink's max_iterations)")
