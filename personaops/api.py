@@ -460,8 +460,4 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
 
     add_catalog_routes(app, cfg, ws, tokens)  # GET / (the persona catalogue page) and the reports it links
 
-    from personaops.catalog import add_catalog_routes
-
-    add_catalog_routes(app, cfg, ws, tokens)  # GET / (the persona catalogue page) and the reports it links
-
     return app
