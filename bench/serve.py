@@ -1,27 +1,38 @@
-"""Online lookup latency: one person's persona through the Feast SDK in-process, and through
-`personas serve` over loopback HTTP.
+"""Online lookup latency and throughput: one person's persona in-process (Feast SDK vs. a raw
+read of the same SQLite rows) and through `personas serve` over loopback under load.
 
-usage: python bench/serve.py [--persons 100000] [--requests 2000] [--clients 4]
+usage: python bench/serve.py [--persons 100000] [--requests 5000] [--rate 200] [--duration 60]
+                             [--workers 2] [--max-seconds 20] [--quick] [--json]
 
 Builds a temporary workspace with the `persona_assignment` view applied and N persons published
 by the fast publish (SQLite online store), then measures, for random single persons:
-  feast-sdk      FeatureStore.get_online_features(feature service persona_v1), in this process
-  http           GET /persons/{id}/persona on `personas serve` (a subprocess on 127.0.0.1),
-                 one client, one request at a time
-  http-parallel  the same with --clients concurrent clients, for sustained requests/second
-Every request is bounded (--requests in total per measurement) and stays on loopback.
-Prints p50/p90/p99/max in milliseconds and requests/second.
+  feast-sdk        FeatureStore.get_online_features(feature service persona_v1), in this process
+  direct-read      personaops.serving.SqliteOnlineReader: the same rows, read and decoded (what
+                   `personas serve` does on SQLite)
+  raw-sqlite       one SELECT of the person's rows, no decoding (the floor)
+  http @ RATE/s    `personas serve --workers W` on 127.0.0.1 at a fixed request rate for
+                   --duration seconds (wrk, paced; open-loop async httpx without wrk): 90% GET
+                   /persons/{id}/persona (1 in 20 of them unknown ids: 404 is an answer, not an
+                   error), 10% POST /personas/lookup of 10 ids; latency from the scheduled send
+  http max         the most requests/second sustained (wrk, `apt-get install wrk`, with a Lua
+                   script over the same ids; async httpx when wrk is absent) for --max-seconds
+Every load run is bounded in time and stays on loopback. Prints a table; with --json, one JSON
+object as the last line of stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
+import re
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,17 +44,34 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("FEAST_USAGE", "False")
 
 from personaops.feature_store import ASSIGNMENT_VIEW, SERVING_SERVICE  # noqa: E402
-from personaops.online_publish import online_publisher  # noqa: E402
+from personaops.online_publish import SqlitePublisher, entity_keys, online_publisher  # noqa: E402
+from personaops.serving import SqliteOnlineReader  # noqa: E402
 from publish import assignment_store  # noqa: E402
 
 TOKEN = "bench-token"
-SERVE = "import sys; from personaops.cli import main; sys.argv = ['personas', 'serve', '--port', sys.argv[1]]; main()"
+SERVE = "import sys; from personaops.cli import main; sys.argv = ['personas', 'serve', '--port', sys.argv[1], '--workers', sys.argv[2]]; main()"
+LOG = sys.stderr
 
 
-def summary(name: str, seconds: list[float], wall: float) -> None:
+def say(*args) -> None:
+    print(*args, file=LOG if QUIET else sys.stdout, flush=True)
+
+
+QUIET = False
+
+
+def percentiles(seconds: list[float]) -> dict:
     ms = np.array(seconds) * 1000
+    if len(ms) == 0:
+        return {"n": 0}
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    print(f"{name:<16}{len(ms):>9,}{p50:>9.3f}{p90:>9.3f}{p99:>9.3f}{ms.max():>9.3f}{len(ms) / wall:>11,.0f}", flush=True)
+    return {"n": int(len(ms)), "p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4), "max_ms": round(float(ms.max()), 4)}
+
+
+def row(name: str, stats: dict, rate: float | None = None, errors: int | None = None) -> None:
+    rate_s = f"{rate:>11,.0f}" if rate is not None else f"{'':>11}"
+    err_s = f"{errors:>8}" if errors is not None else f"{'':>8}"
+    say(f"{name:<22}{stats['n']:>9,}{stats['p50_ms']:>9.3f}{stats['p90_ms']:>9.3f}{stats['p99_ms']:>9.3f}{stats['max_ms']:>9.3f}{rate_s}{err_s}")
 
 
 def free_port() -> int:
@@ -52,77 +80,282 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def timed_loop(fn, ids: list[str]) -> tuple[list[float], float]:
+    took = []
+    start = time.perf_counter()
+    for p in ids:
+        t = time.perf_counter()
+        fn(p)
+        took.append(time.perf_counter() - t)
+    return took, time.perf_counter() - start
+
+
+def in_process(store, ids: list[str]) -> dict:
+    service = store.get_feature_service(SERVING_SERVICE)
+    reader = SqliteOnlineReader(store, ASSIGNMENT_VIEW)
+    publisher = SqlitePublisher(store)
+    conn = sqlite3.connect(f"file:{publisher.db_path()}?mode=ro", uri=True)
+    table = publisher.table_name(store.get_feature_view(ASSIGNMENT_VIEW))
+    keys = dict(zip(ids, entity_keys("person_id", __import__("feast").ValueType.STRING, np.array(ids, dtype=object), store.config.entity_key_serialization_version)))
+    sql = f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?'
+
+    def feast_sdk(p):
+        out = store.get_online_features(features=service, entity_rows=[{"person_id": p}]).to_dict()
+        assert out["model_version"][0] == 1
+
+    def direct(p):
+        assert reader.read([p])[0]["model_version"] == 1
+
+    def raw(p):
+        assert len(conn.execute(sql, (keys[p],)).fetchall()) == 4
+
+    results = {}
+    for name, fn in (("feast-sdk", feast_sdk), ("direct-read", direct), ("raw-sqlite", raw)):
+        for p in ids[:200]:  # warm-up: registry cache, SQLite pages
+            fn(p)
+        took, wall = timed_loop(fn, ids)
+        results[name] = percentiles(took) | {"per_second": round(len(ids) / wall, 1)}
+        row(name, results[name], len(ids) / wall)
+    return results
+
+
+async def fixed_rate(base: str, ids: list[str], rate: float, duration: float, seed: int = 3) -> dict:
+    """Open loop: requests start on schedule whatever the previous ones do; latency counts from
+    the scheduled start (no coordinated omission)."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    total = int(rate * duration)
+    kinds = rng.random(total)
+    picks = rng.integers(0, len(ids), size=(total, 10))
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10, limits=limits) as client:
+
+        async def one(i: int, scheduled: float) -> None:
+            nonlocal errors
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                if kinds[i] < 0.9:
+                    person = ids[picks[i, 0]] if kinds[i] >= 0.045 else f"unknown-{i}"
+                    r = await client.get(f"/persons/{person}/persona")
+                    ok = r.status_code == 200 or (r.status_code == 404 and person.startswith("unknown-"))
+                else:
+                    r = await client.post("/personas/lookup", json={"person_ids": [ids[j] for j in picks[i]]})
+                    ok = r.status_code == 200
+                statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+            except httpx.HTTPError:
+                ok = False
+                statuses["transport"] = statuses.get("transport", 0) + 1
+            latencies.append(time.perf_counter() - scheduled)
+            if not ok:
+                errors += 1
+
+        start = time.perf_counter() + 0.05
+        await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
+        wall = time.perf_counter() - start
+    return percentiles(latencies) | {"rate_target": rate, "achieved_per_second": round(total / wall, 1), "errors": errors, "statuses": statuses, "seconds": round(wall, 2)}
+
+
+WRK_SCRIPT = """
+local ids = {}
+for line in io.lines("%s") do ids[#ids + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/persons/" .. ids[(i %% #ids) + 1] .. "/persona", {["Authorization"] = "Bearer %s"})
+end
+local errors = 0
+response = function(status, headers, body)
+  if status ~= 200 then errors = errors + 1 end
+end
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\\"requests\\": %%d, \\"non2xx\\": %%d, \\"socket_errors\\": %%d, \\"p50_ms\\": %%.4f, \\"p90_ms\\": %%.4f, \\"p99_ms\\": %%.4f, \\"max_ms\\": %%.4f, \\"seconds\\": %%.3f}\\n",
+    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000, summary.duration / 1e6))
+end
+"""
+
+
+WRK_MIXED = """
+local ids = {}
+for line in io.lines("%s") do ids[#ids + 1] = line end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) n = 0; unexpected = 0; missing = 0; math.randomseed(7) end
+local auth = {["Authorization"] = "Bearer %s", ["Content-Type"] = "application/json"}
+local kind = {}
+request = function()
+  n = n + 1
+  local r = math.random()
+  if r < 0.045 then
+    kind[n] = 404
+    return wrk.format("GET", "/persons/unknown-" .. n .. "/persona", auth)
+  elseif r < 0.9 then
+    kind[n] = 200
+    return wrk.format("GET", "/persons/" .. ids[math.random(#ids)] .. "/persona", auth)
+  end
+  kind[n] = 200
+  local batch = {}
+  for j = 1, 10 do batch[j] = '"' .. ids[math.random(#ids)] .. '"' end
+  return wrk.format("POST", "/personas/lookup", auth, '{"person_ids": [' .. table.concat(batch, ",") .. ']}')
+end
+delay = function() return %d end
+response = function(status, headers, body)
+  if status == 404 then missing = missing + 1 elseif status ~= 200 then unexpected = unexpected + 1 end
+end
+done = function(summary, latency, requests)
+  local bad, notfound = 0, 0
+  for _, t in ipairs(threads) do bad = bad + t:get("unexpected"); notfound = notfound + t:get("missing") end
+  io.write(string.format("JSON {\\"requests\\": %%d, \\"unexpected_status\\": %%d, \\"not_found\\": %%d, \\"socket_errors\\": %%d, \\"p50_ms\\": %%.4f, \\"p90_ms\\": %%.4f, \\"p99_ms\\": %%.4f, \\"max_ms\\": %%.4f, \\"seconds\\": %%.3f}\\n",
+    summary.requests, bad, notfound, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000, summary.duration / 1e6))
+end
+"""
+
+
+def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
+    """Paced load from wrk (C, cheap on a busy machine): each of `connections` connections waits
+    connections/rate seconds between requests, so the rate is about `rate` while latency is small
+    against that pause. Same 90/10 mix as the httpx generator; expected 404s are not errors."""
+    id_file = tmp / "ids-mixed.txt"
+    id_file.write_text("\n".join(ids) + "\n")
+    script = tmp / "mixed.lua"
+    script.write_text(WRK_MIXED % (id_file, TOKEN, int(round(1000 * connections / rate))))
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--timeout", "10s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no summary: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    out = json.loads(line[5:])
+    out |= {"n": out["requests"], "rate_target": rate, "achieved_per_second": round(out["requests"] / out["seconds"], 1),
+            "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced"}  # fmt: skip
+    return out
+
+
+def max_throughput_wrk(base: str, ids: list[str], seconds: float, connections: int, tmp: Path) -> dict:
+    id_file = tmp / "ids.txt"
+    id_file.write_text("\n".join(ids) + "\n")
+    script = tmp / "lookup.lua"
+    script.write_text(WRK_SCRIPT % (id_file, TOKEN))
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no summary: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    out = json.loads(line[5:])
+    out["per_second"] = round(out["requests"] / out["seconds"], 1)
+    out["errors"] = out["non2xx"] + out["socket_errors"]
+    out["n"] = out["requests"]
+    out["tool"] = f"wrk -t1 -c{connections}"
+    return out
+
+
+async def max_throughput_httpx(base: str, ids: list[str], seconds: float, connections: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10, limits=httpx.Limits(max_connections=connections)) as client:
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.get(f"/persons/{ids[i % len(ids)]}/persona")
+                latencies.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+                i += connections
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(connections)))
+        wall = time.perf_counter() - start
+    return percentiles(latencies) | {"per_second": round(len(latencies) / wall, 1), "errors": errors, "tool": f"httpx async, {connections} connections"}
+
+
+def start_server(ws, workers: int):
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader")
+    server = subprocess.Popen([sys.executable, "-c", SERVE, str(port), str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):  # up (no champion here: 503)
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"personas serve did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+        time.sleep(0.2)
+    # Every worker opens its store on its first lookup: warm them all up.
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+        for _ in range(50 * workers):
+            client.get("/persons/warm-up-0000/persona")
+    return server, base
+
+
 def main() -> None:
+    global QUIET
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=100_000, help="persons published online")
-    parser.add_argument("--requests", type=int, default=2_000, help="lookups per measurement")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients in the parallel run")
+    parser.add_argument("--requests", type=int, default=5_000, help="in-process lookups per path")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/second of the fixed-rate HTTP run")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the fixed-rate HTTP run")
+    parser.add_argument("--workers", type=int, default=2, help="`personas serve --workers`")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="seconds of the maximum-throughput run")
+    parser.add_argument("--connections", type=int, default=32, help="connections of the maximum-throughput run")
+    parser.add_argument("--quick", action="store_true", help="small and short: 20,000 persons, 2,000 lookups, 5 s at the rate, 5 s max")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()
-    import httpx
+    if args.quick:
+        args.persons, args.requests, args.duration, args.max_seconds = min(args.persons, 20_000), min(args.requests, 2_000), min(args.duration, 5.0), min(args.max_seconds, 5.0)
+    QUIET = args.json
+    result: dict = {"benchmark": "serve", "persons": args.persons, "workers": args.workers, "cpus": os.cpu_count()}
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, ws, rows, store = assignment_store(Path(tmp), args.persons, (SERVING_SERVICE,))
         online_publisher(store).replace(ASSIGNMENT_VIEW, rows)
         ids = rows["person_id"].sample(args.requests, replace=True, random_state=2).tolist()
-        print(f"{len(rows):,} persons online in {ws.feast / 'online_store.db'}; {args.requests:,} random single-person lookups each\n")
-        print(f"{'path':<16}{'requests':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>11}")
+        say(f"{len(rows):,} persons online in {ws.feast / 'online_store.db'}\n")
+        say(f"{'path':<22}{'requests':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>11}{'errors':>8}")
+        result["in_process"] = in_process(store, ids)
+        floor = result["in_process"]["raw-sqlite"]["p50_ms"]
+        result["in_process_ratios"] = {k: round(v["p50_ms"] / floor, 1) for k, v in result["in_process"].items()}
 
-        service = store.get_feature_service(SERVING_SERVICE)
-        for p in ids[:100]:  # warm-up: registry cache, SQLite pages
-            store.get_online_features(features=service, entity_rows=[{"person_id": p}])
-        took = []
-        start = time.perf_counter()
-        for p in ids:
-            t = time.perf_counter()
-            out = store.get_online_features(features=service, entity_rows=[{"person_id": p}]).to_dict()
-            took.append(time.perf_counter() - t)
-            assert out["model_version"][0] == 1
-        summary("feast-sdk", took, time.perf_counter() - start)
-
-        port = free_port()
-        env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader")
-        server = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        server, base = start_server(ws, args.workers)
         try:
-            base = f"http://127.0.0.1:{port}"
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):  # up (no champion here: 503)
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"personas serve did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
-                time.sleep(0.2)
-
-            def run_client(chunk: list[str], sink: list[float]) -> None:
-                with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
-                    for p in chunk:
-                        t = time.perf_counter()
-                        r = client.get(f"/persons/{p}/persona")
-                        sink.append(time.perf_counter() - t)
-                        if r.status_code != 200:
-                            raise SystemExit(f"GET /persons/{p}/persona -> {r.status_code}: {r.text[:200]}")
-
-            run_client(ids[:100], [])  # warm-up
-            took = []
-            start = time.perf_counter()
-            run_client(ids, took)
-            summary("http", took, time.perf_counter() - start)
-
-            sinks: list[list[float]] = [[] for _ in range(args.clients)]
-            threads = [threading.Thread(target=run_client, args=(ids[i :: args.clients], sinks[i])) for i in range(args.clients)]
-            start = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            summary(f"http x{args.clients}", [s for sink in sinks for s in sink], time.perf_counter() - start)
+            if shutil.which("wrk"):
+                fixed = fixed_rate_wrk(base, rows["person_id"].tolist(), args.rate, args.duration, Path(tmp))
+            else:
+                fixed = asyncio.run(fixed_rate(base, rows["person_id"].tolist(), args.rate, args.duration))
+            result["http_fixed_rate"] = fixed
+            row(f"http @ {args.rate:.0f}/s", fixed, fixed["achieved_per_second"], fixed["errors"])
+            if shutil.which("wrk"):
+                best = max_throughput_wrk(base, ids, args.max_seconds, args.connections, Path(tmp))
+            else:
+                best = asyncio.run(max_throughput_httpx(base, ids, args.max_seconds, args.connections))
+            result["http_max"] = best
+            row("http max", best, best["per_second"], best["errors"])
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"\nmachine: {os.cpu_count()} CPUs; the load generator shares them with the server.")
+    load = os.getloadavg()
+    result["load_average"] = [round(x, 2) for x in load]
+    result["targets"] = {
+        "feast_sdk_p99_ms_le_1": result["in_process"]["feast-sdk"]["p99_ms"] <= 1.0,
+        "http_p99_ms_le_5_at_200": result["http_fixed_rate"]["p99_ms"] <= 5.0,
+        "http_max_ge_1500": result["http_max"]["per_second"] >= 1500,
+    }
+    say(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; the load generator shares them with the server.")
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
