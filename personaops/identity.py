@@ -368,8 +368,10 @@ def resolve_identities(
     priority = {kind: i for i, kind in enumerate(cfg.link_keys)}
     keyed = keys.assign(component=labels[keys["record_idx"].to_numpy()], priority=keys["kind"].map(priority))
     anchors = keyed.sort_values(["component", "priority", "key"]).drop_duplicates("component").set_index("component")["node"]
-    own = pd.Series(("record:" + rids).to_numpy()).groupby(labels).min()
-    anchors = own.to_frame("own").join(anchors).apply(lambda r: r["node"] if isinstance(r["node"], str) else r["own"], axis=1)
+    # Each cluster's smallest record id, by sorting (a string groupby-min runs in Python).
+    own = pd.DataFrame({"label": labels, "own": ("record:" + rids).to_numpy()}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
+    joined = own.to_frame("own").join(anchors)
+    anchors = joined["node"].where(joined["node"].notna(), joined["own"])
     person, events = _assign_ids(labels, anchors, rids, previous)
 
     rid = rids.to_numpy()
