@@ -118,7 +118,7 @@ def pipeline_seed(seed: int, users: int, work: Path) -> dict:
     planted = json.loads((data / "truth" / "planted.json").read_text())
     env = {**os.environ, "PERSONAS_HOME": str(home), "FEAST_USAGE": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env = {k: v for k, v in env.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
-    done = subprocess.run([sys.executable, "-m", "personaops.cli", "run", "--sources", str(data / "sources.yaml")], env=env, capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([str(Path(sys.executable).parent / "personas"), "run", "--sources", str(data / "sources.yaml")], env=env, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         return {"seed": seed, "error": done.stderr[-500:]}
     os.environ["PERSONAS_HOME"] = str(home)

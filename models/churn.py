@@ -28,6 +28,13 @@ class ChurnModel:
     metrics: dict[str, float] = field(default_factory=dict)
     test_persons: list[str] = field(default_factory=list)
 
+    def probability(self, inputs: pd.DataFrame) -> pd.Series:
+        """Calibrated churn probability (0-1) per row of `inputs`."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return pd.Series(self.model.predict_proba(inputs[self.columns])[:, 1], index=inputs.index)
+
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Mean |observed rate - mean predicted probability| over equal-width bins, weighted by size (0-1)."""
@@ -76,6 +83,7 @@ def train_churn_model(inputs: pd.DataFrame, churned: pd.Series, test_size: float
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import brier_score_loss, roc_auc_score
     from sklearn.model_selection import train_test_split
+    from threadpoolctl import threadpool_limits
 
     y = churned.reindex(inputs.index)
     labelled = y.notna()
@@ -86,9 +94,11 @@ def train_churn_model(inputs: pd.DataFrame, churned: pd.Series, test_size: float
     # Hundreds of graph signals: keep the ones most associated with churn among training people only.
     columns = select_columns(x_tr, y_tr, max_signals)
     base = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.06, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed)
-    model = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x_tr[columns], y_tr)
-    x_te = x_te[columns]
-    p = model.predict_proba(x_te)[:, 1]
+    # One OpenMP thread: on a few thousand people threads only add contention (minutes on a busy machine).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x_tr[columns], y_tr)
+        x_te = x_te[columns]
+        p = model.predict_proba(x_te)[:, 1]
     metrics = {
         "roc_auc": float(roc_auc_score(y_te, p)),
         "brier": float(brier_score_loss(y_te, p)),

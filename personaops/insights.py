@@ -416,7 +416,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         reasons = pd.Series("", index=frame.index)
         out.setdefault("skipped_risk", f"no `{cfg.insights.churn_label}` label in the sources")
     else:
-        probability = pd.Series(model.model.predict_proba(inputs[model.columns])[:, 1], index=inputs.index)
+        probability = model.probability(inputs)
         ranked = churn_signals(matrix, churned, persona)
         reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
         out["metrics"] = model.metrics
