@@ -104,8 +104,50 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     else:
         table = table.sort_values(order, ascending=[True, False])
     table = _fold_same_people(table.reset_index(drop=True), matrix)
+    table = _explain_away(table, x, y, strata)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.drop(columns="log_or").reset_index(drop=True)
+
+
+def _mh_pvalue(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
+    """CMH p-value of signal `s` against churn `y` within `strata` (1.0 when no stratum varies)."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    tables = []
+    for level in np.unique(strata):
+        sel = strata == level
+        t = np.array([[np.sum(s[sel] & (y[sel] == 1)), np.sum(s[sel] & (y[sel] == 0))],
+                      [np.sum(~s[sel] & (y[sel] == 1)), np.sum(~s[sel] & (y[sel] == 0))]], dtype=float)  # fmt: skip
+        if t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0:
+            tables.append(t)
+    return float(StratifiedTable(tables).test_null_odds(correction=True).pvalue) if tables else 1.0
+
+
+def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: np.ndarray, depth: int = 25, alpha: float = 0.01) -> pd.DataFrame:
+    """Walk the ranking top-down: a signal whose association vanishes (CMH p >= alpha) once persona
+    AND the churn-raising signals kept above it are held fixed is an echo of them — it moves below
+    the signals that stand on their own, with `explained_by` naming what explains it."""
+    kept_rows, echoes, kept_signals = [], [], []
+    explained_by = {}
+    for i, row in enumerate(table.itertuples(index=False)):
+        if i >= depth or row.odds_ratio <= 1 or row.p_adjusted >= 0.05:
+            kept_rows.append(i)
+            continue
+        s = x[row.signal].to_numpy().astype(bool)
+        if kept_signals:
+            key = pd.Series(strata.astype(str))
+            for k in kept_signals[:4]:  # the strongest few: more strata would leave cells empty
+                key = key + x[k].to_numpy().astype(str)
+            if _mh_pvalue(s, y, key.to_numpy()) >= alpha:
+                echoes.append(i)
+                explained_by[i] = "; ".join(kept_signals[:4])
+                continue
+        kept_rows.append(i)
+        kept_signals.append(row.signal)
+    order = [i for i in kept_rows if i < depth] + echoes + [i for i in kept_rows if i >= depth]
+    out = table.iloc[order].copy()
+    out["explained_by"] = [explained_by.get(i, "") for i in order]
+    return out
 
 
 def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
