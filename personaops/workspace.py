@@ -21,10 +21,14 @@ from personaops.errors import PersonaOpsError
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    # An MLflow tracking server instead of the workspace's SQLite store (profile: production).
+    mlflow_server: str = ""
 
     @classmethod
     def from_config(cls, cfg: PersonasConfig) -> "Workspace":
-        return cls(Path(cfg.home))
+        # profile: production tracks to the server PERSONAS_MLFLOW_TRACKING_URI names (infra/services.sh prints it).
+        server = os.environ.get("PERSONAS_MLFLOW_TRACKING_URI", "") if cfg.profile == "production" else ""
+        return cls(Path(cfg.home), server)
 
     # --- layout -----------------------------------------------------------------------------
     @property
@@ -53,7 +57,7 @@ class Workspace:
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+        return self.mlflow_server or f"sqlite:///{self.mlflow / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "infra" / "services.sh"
-SERVER_VARIABLES = {"mlflow": "MLFLOW_TRACKING_URI", "prefect": "PREFECT_API_URL"}
+SERVER_VARIABLES = {"mlflow": "PERSONAS_MLFLOW_TRACKING_URI", "prefect": "PERSONAS_PREFECT_API_URL"}
 
 
 def _exports(text: str) -> dict[str, str]:
