@@ -27,7 +27,7 @@ from personaops.feature_store import MODEL_INPUT_SERVICE, apply_definitions, pub
 from personaops.identity import resolve_identities
 from personaops.ingest import ingest_sources, read_lake
 from personaops.sources import load_sources
-from personaops.workspace import Workspace
+from personaops.workspace import Workspace, fault_point
 
 IO_ERRORS = (OSError, TimeoutError, ConnectionError)
 
@@ -67,6 +67,7 @@ def _lake_frames(ws: Workspace, batches: dict[str, list[str]], record_person: pd
 def ingest(sources: str, home: str | None, run_id: str) -> dict:
     """Validate every source into the lake; bad rows to quarantine with reasons."""
     cfg, ws = _config(home)
+    fault_point("ingest")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("ingest", "validating sources")
     specs = load_sources(Path(sources))
     reports = ingest_sources(specs, ws, cfg.ingest, run_id)
@@ -87,6 +88,7 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
     from personaops import identity_store
 
     cfg, ws = _config(home)
+    fault_point("resolve")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("resolve", "linking records into persons")
     records = pd.concat(_lake_frames(ws, batches).values(), ignore_index=True)
     result = resolve_identities(records, cfg.identity, identity_store.previous_map(ws), identity_store.decisions(ws))
@@ -106,6 +108,7 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
     from models.embedder import TextEmbedder, person_embeddings
 
     cfg, ws = _config(home)
+    fault_point("features")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("features", "computing per-person features")
     record_person = pd.read_parquet(ws.identity / "record_person.parquet")
     frames = _lake_frames(ws, batches, record_person)
@@ -188,6 +191,17 @@ def _sensitive(ws: Workspace) -> pd.DataFrame | None:
     return table.set_index("person_id") if "person_id" in table.columns and len(table.columns) > 1 else None
 
 
+TRAIN_COMPLETE_TAG = "personas.train_complete"
+
+
+def _train_complete(client, cfg: PersonasConfig, version: int) -> bool:
+    """Did the run that trained `version` finish (tag set after its aliases moved)?"""
+    try:
+        return client.get_model_version(cfg.model.registered_name, str(version)).tags.get(TRAIN_COMPLETE_TAG) == "true"
+    except Exception:  # an unreadable version is not a complete one
+        return False
+
+
 @task(name="train")
 def train(home: str | None, run_id: str, encoder: str) -> dict:
     """Fit the persona model; log the MLflow run; register a version; apply the promotion gate."""
@@ -196,10 +210,15 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
     from models.train import train_persona_model
 
     cfg, ws = _config(home)
+    fault_point("train")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("train", "clustering personas")
     fingerprint = _fingerprint(ws, cfg)
     client = registry.client(ws)
     for v in registry.versions(ws, cfg.model.registered_name):
+        # Reuse only a version whose training finished (its alias decisions made): a version left
+        # by a run killed mid-train is an orphan, never reused, never promoted.
+        if not _train_complete(client, cfg, v.version):
+            continue
         if client.get_run(v.run_id).data.tags.get("personas.input_fingerprint") == fingerprint:
             progress.stage_finished("train", f"inputs unchanged: reusing model version {v.version}")
             return {"run_id": v.run_id, "version": v.version, "aliases": v.aliases, "reused": True}
@@ -219,6 +238,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
         previous=_previous_model(ws, cfg),
         sensitive=_sensitive(ws),
     )
+    client.set_model_version_tag(cfg.model.registered_name, str(result.version), TRAIN_COMPLETE_TAG, "true")  # committed last
     progress.stage_finished(
         "train",
         f"k={result.k}, stability {result.metrics['stability']:.2f}, model version {result.version} ({', '.join(result.aliases)}), MLflow run {result.run_id[:8]}",
@@ -252,6 +272,7 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
 def publish(home: str | None, as_of: str) -> dict:
     """Score every person with the champion and write assignments to Feast (offline + online)."""
     cfg, ws = _config(home)
+    fault_point("publish")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("publish", "scoring and publishing the champion's personas")
     out = publish_champion(cfg, ws, as_of)
     progress.stage_finished("publish", f"{out['rows']:,} persons published online for model version {out['model_version']}")
@@ -264,6 +285,7 @@ def quality(home: str | None, ingest_report: list[dict]) -> dict:
     from monitoring.monitor import quality_only
 
     cfg, ws = _config(home)
+    fault_point("quality")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("quality", "checking data quality")
     results, decision = quality_only(cfg, ws, ingest_report, ws.last_healthy_ingest())
     verdict = "ok" if decision.action == "none" else f"{decision.action}: " + ", ".join(f["rule"] for f in decision.fired)
@@ -279,6 +301,7 @@ def monitor(home: str | None, run_id: str, ingest_report: list[dict], as_of: str
     from monitoring.policy import record as record_decision
 
     cfg, ws = _config(home)
+    fault_point("monitor")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("monitor", "drift, quality and bias reports")
     results, decision = run_checks(cfg, ws, run_id, ingest_report, ws.last_healthy_ingest())
     outcome = act(cfg, ws, decision, run_id, as_of, trained_this_run)
@@ -323,6 +346,11 @@ def _timed(stage, *args) -> dict:
 def build_personas(sources: str, home: str | None = None) -> dict:
     """The whole persona pipeline on the sources a sources.yaml describes."""
     cfg, ws = _config(home)
+    with ws.lock("build_personas"):  # one run per workspace at a time (re-entrant: the CLI holds it too)
+        return _build(cfg, ws, sources, home)
+
+
+def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -> dict:
     run_id = ws.new_run_id()
     started = datetime.now(timezone.utc)
     logger = get_run_logger()

@@ -32,7 +32,7 @@ from models.promotion import describe, evaluate_gate, gate_passed
 from personaops import __version__
 from personaops.config import ModelConfig
 from personaops.errors import PipelineStateError
-from personaops.workspace import Workspace
+from personaops.workspace import Workspace, fault_point
 
 REFERENCE_ARTIFACT = "reference/training_frame.parquet"
 PROFILES_ARTIFACT = "profiles.json"
@@ -209,6 +209,7 @@ def train_persona_model(
             )
         run_id = run.info.run_id
     version = int(info.registered_model_version)
+    fault_point("train.registered")  # crash-test hook: a registered version with no alias yet
     checks = evaluate_gate(metrics, previous.metrics if previous else None, cfg)
     registry.set_alias(ws, cfg.registered_name, registry.CHALLENGER, version, reason="newly trained version")
     if gate_passed(checks) and (previous is None or cfg.auto_promote):

@@ -105,6 +105,9 @@ class Workspace:
         if "PREFECT_API_URL" not in os.environ:
             os.environ.setdefault("PREFECT_HOME", str(self.prefect))
         os.environ.setdefault("FEAST_USAGE", "False")
+        # Prefect's ephemeral API server gets 20 s to start by default; on a loaded machine that
+        # fails the whole run before any stage, so allow more (an explicit setting wins).
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("DO_NOT_TRACK", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
