@@ -43,7 +43,10 @@ def _string_levels(col: str):
     return [
         cll.NullLevel(col),
         cll.ExactMatchLevel(col).configure(m_probability=0.80),
-        cll.DamerauLevenshteinLevel(col, 1).configure(m_probability=0.10),
+        # One edit means little between short values ("5" and "9"): only from 4 characters on.
+        cll.And(cll.DamerauLevenshteinLevel(col, 1), cll.CustomLevel(f"length({col}_l) >= 4")).configure(
+            m_probability=0.10, label_for_charts="one edit (4+ characters)"
+        ),
         cll.JaroWinklerLevel(col, 0.92).configure(m_probability=0.05),
         cll.JaroWinklerLevel(col, 0.80).configure(m_probability=0.03),
         cll.ElseLevel().configure(m_probability=0.02),
