@@ -30,3 +30,5 @@ labels_source = _table("person_labels", "Outcome labels per person (churned, con
 text_embedding_source = _table("person_text_embedding", "Mean sentence embedding of a person's texts.")
 persona_assignment_source = _table("persona_assignment", "Persona assignments published for the champion model.")
 persona_traits_source = _table("persona_traits", "Profile traits of each person's assigned persona, published with the assignments.")
+person_graph_source = _table("person_graph", "Per-person features of the persona graph (intents, sequences, neighbourhood).")
+person_flags_source = _table("person_flags", "Amber flags per person: churn risk and engagement, with reasons.")

@@ -44,3 +44,12 @@ churn_model_inputs_v1 = FeatureService(
     features=[person_behaviour, person_support, person_survey, persona_assignment[["persona_id", "confidence"]]],
     description="Inputs of the example churn model: behaviour, support and survey features and the person's persona (id, confidence).",
 )
+
+# Amber flags with the graph features that explain them (docs/insights.md).
+from feature_views import person_flags, person_graph  # noqa: E402
+
+persona_flags_v1 = FeatureService(
+    name="persona_flags_v1",
+    features=[person_flags, person_graph],
+    description="Amber flags (churn probability, risk and engagement flags, reasons) and graph features per person.",
+)

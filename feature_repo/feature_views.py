@@ -82,3 +82,38 @@ persona_traits = FeatureView(
     ],
     description="Profile of each person's assigned persona: description, size (persons), share (0-1), top traits and terms ('; '-separated), churn and conversion rates (0-1), engagement (product events per person).",
 )  # fmt: skip
+
+# --- the persona graph and amber flags (personaops/graph.py, models/churn.py) -------------------
+from data_sources import person_flags_source, person_graph_source  # noqa: E402
+
+person_graph = FeatureView(
+    name="person_graph",
+    entities=[person],
+    ttl=TTL,
+    source=person_graph_source,
+    online=True,
+    schema=[
+        Field(name="intent_centrality", dtype=Float64),
+        Field(name="n_sequence_patterns", dtype=Int64),
+        Field(name="n_signals", dtype=Int64),
+        Field(name="neighbourhood_churn_rate", dtype=Float64),
+        Field(name="top_intent", dtype=String),
+        Field(name="n_intent_texts", dtype=Int64),
+    ],
+    description="Graph features per person: intent centrality (0-1), 3-step sequence patterns shown, graph signals shown, churn rate of people sharing the person's signals (0-1, leave-one-out), top intent, texts with an intent.",
+)  # fmt: skip
+person_flags = FeatureView(
+    name="person_flags",
+    entities=[person],
+    ttl=TTL,
+    source=person_flags_source,
+    online=True,
+    schema=[
+        Field(name="churn_probability", dtype=Float64),
+        Field(name="risk_flag", dtype=String),
+        Field(name="engagement_trend", dtype=Float64),
+        Field(name="engagement_flag", dtype=String),
+        Field(name="reasons", dtype=String),
+    ],
+    description="Amber flags: calibrated churn probability (0-1) and risk flag ('amber'/'none'), engagement trend (recent/baseline activity ratio) and flag, reasons ('; '-separated top signals).",
+)  # fmt: skip

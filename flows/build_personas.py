@@ -323,6 +323,43 @@ def catalogue(home: str | None, run_id: str) -> dict:
     return {"path": str(path)}
 
 
+@task(name="intents")
+def intents(home: str | None, run_id: str) -> dict:
+    """Intents mined from ticket and survey texts (clusters of their cached embeddings)."""
+    from personaops.insights import intents_stage
+
+    cfg, ws = _config(home)
+    progress.stage_started("intents", "mining intents from ticket and survey texts")
+    out = intents_stage(cfg, ws, run_id)
+    progress.stage_finished("intents", f"{out['intents']} intents over {out['texts']:,} texts")
+    return out
+
+
+@task(name="graph")
+def graph(home: str | None, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
+    """The persona graph of this run (node/edge tables in the lake) and per-person graph features (Feast)."""
+    from personaops.insights import graph_stage
+
+    cfg, ws = _config(home)
+    progress.stage_started("graph", "building the persona graph")
+    out = graph_stage(cfg, ws, run_id, batches, kinds, as_of)
+    progress.stage_finished("graph", f"{out['nodes']:,} nodes, {out['edges']:,} edges, {out['signals']} signals")
+    return out
+
+
+@task(name="flags")
+def flags(home: str | None, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
+    """Amber flags: calibrated churn risk (held-out AUC and calibration in MLflow) and engagement, online in Feast."""
+    from personaops.insights import flags_stage
+
+    cfg, ws = _config(home)
+    progress.stage_started("flags", "scoring churn risk and engagement")
+    out = flags_stage(cfg, ws, run_id, batches, kinds, as_of)
+    auc = out.get("metrics", {}).get("roc_auc")
+    progress.stage_finished("flags", f"{out['risk_amber']:,} amber risk flags" + (f", held-out ROC AUC {auc:.3f}" if auc is not None else ""))
+    return out
+
+
 def registry_champion(cfg: PersonasConfig, ws: Workspace) -> int:
     """The champion version; a clear error when broken data arrives before any model exists."""
     from models import registry
@@ -365,6 +402,9 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
     else:  # data calling for review or rollback trains and publishes nothing; the champion keeps serving
         trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
         published = {"skipped": trained["skipped"], "model_version": registry_champion(cfg, ws)}
+    intented = _timed(intents, home, run_id)
+    graphed = _timed(graph, home, run_id, ingested["batches"], ingested["kinds"], featured["as_of"])
+    flagged = _timed(flags, home, run_id, ingested["batches"], ingested["kinds"], featured["as_of"])
     monitored = _timed(monitor, home, run_id, ingested["sources"], featured["as_of"], "skipped" not in trained)
     catalogued = _timed(catalogue, home, run_id)
     record = {
@@ -381,11 +421,14 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
         "quality": checked,
         "timings": {
             stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib")}
-            for stage, out in (("ingest", ingested), ("resolve", resolved), ("features", featured), ("quality", checked), ("train", trained), ("publish", published), ("monitor", monitored))
+            for stage, out in (("ingest", ingested), ("resolve", resolved), ("features", featured), ("quality", checked), ("train", trained), ("publish", published), ("intents", intented), ("graph", graphed), ("flags", flagged), ("monitor", monitored))
         },
         "train": trained,
         "publish": published,
         "monitor": monitored,
+        "intents": intented,
+        "graph": graphed,
+        "flags": flagged,
         "catalogue": catalogued,
     }
     ws.write_run_record(run_id, record)

@@ -616,6 +616,78 @@ def _crash_log(exc: BaseException) -> Path:
     return path
 
 
+# --- business questions on the persona graph (personaops/insights.py) -------------------------
+ask_app = typer.Typer(no_args_is_help=True, help="Business questions answered from the persona graph of the latest run.")
+app.add_typer(ask_app, name="ask")
+
+
+def _print_frame(title: str, frame, formats: dict[str, str]) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(col)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[(formats.get(c, "{}").format(v) if v == v and v is not None else "-") for c, v in zip(frame.columns, row)])
+    out.print(table)
+
+
+@ask_app.command("campaign")
+def ask_campaign(campaign: str = typer.Argument(..., metavar="CAMPAIGN"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Which personas are most likely to convert after CAMPAIGN: uplift vs holdout, 95% intervals, ranked."""
+    from personaops import insights
+
+    _, ws = _workspace()
+    table = insights.ask_campaign(ws, campaign)
+    if as_json:
+        _emit_json({"campaign": campaign, "personas": insights.frame_records(table)})
+        return
+    pct = "{:.1%}"
+    _print_frame(f"Campaign {campaign}: conversion uplift by persona (vs holdout of the same persona)",
+                 table[["persona_id", "persona_name", "exposed", "conversion_rate", "holdout", "holdout_rate", "uplift", "ci_low", "ci_high", "p_value"]],
+                 {"conversion_rate": pct, "holdout_rate": pct, "uplift": "{:+.1%}", "ci_low": "{:+.1%}", "ci_high": "{:+.1%}", "p_value": "{:.2g}"})  # fmt: skip
+
+
+@ask_app.command("churn-signals")
+def ask_churn_signals(
+    top: int = typer.Option(15, "--top", help="signals to show"),
+    both: bool = typer.Option(False, "--both", help="rank protective signals with the risky ones"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Which relational signals correlate with churn (odds ratio within personas, 95% CI, BH-adjusted p)."""
+    from personaops import insights
+
+    _, ws = _workspace()
+    table = insights.ask_churn_signals(ws, top, "both" if both else "risk")
+    if as_json:
+        _emit_json({"signals": insights.frame_records(table)})
+        return
+    _print_frame("Graph signals ranked by association with churn (within personas)",
+                 table[["rank", "signal", "persons", "churn_rate_with", "churn_rate_without", "odds_ratio", "ci_low", "ci_high", "p_adjusted", "same_as"]],
+                 {"churn_rate_with": "{:.1%}", "churn_rate_without": "{:.1%}", "odds_ratio": "{:.2f}", "ci_low": "{:.2f}", "ci_high": "{:.2f}", "p_adjusted": "{:.2g}"})  # fmt: skip
+
+
+@ask_app.command("intents")
+def ask_intents(persona: str = typer.Argument(..., metavar="PERSONA"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Which intents drive PERSONA's tickets (id or name): share of its tickets and lift vs everyone."""
+    from personaops import insights
+
+    _, ws = _workspace()
+    table = insights.ask_intents(ws, persona)
+    if as_json:
+        _emit_json({"persona": persona, "intents": insights.frame_records(table)})
+        return
+    _print_frame(f"Intents of persona {persona}'s tickets", table[["intent_id", "label", "texts", "persons", "share", "lift", "example"]], {"share": "{:.1%}", "lift": "{:.2f}"})
+
+
+@ask_app.command("changes")
+def ask_changes(persona: str = typer.Argument(..., metavar="PERSONA"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """What changed for PERSONA since the previous run: size, churn, conversion, flags, intents, signals."""
+    from personaops import insights
+
+    _, ws = _workspace()
+    result = insights.ask_changes(ws, persona)
+    _emit_json(result)  # nested deltas read best as JSON; --json is accepted for symmetry
+
+
 def main() -> None:
     """Console-script entry: set the environment before any library reads it, map errors to one line."""
     _quiet_libraries()

@@ -132,6 +132,16 @@ class ApiConfig(_Section):
     max_lookup_ids: int = Field(1000, description="person ids one batch lookup may ask for")
 
 
+class InsightsConfig(_Section):
+    intent_k: int = Field(12, description="intents mined from ticket and survey texts (k-means clusters)")
+    min_signal_persons: int = Field(10, description="graph signals shown by fewer people are not ranked or used")
+    churn_label: str = Field("churned", description="the outcome label the risk flag predicts")
+    risk_threshold: float = Field(0.5, description="churn probability (0-1) at or above which the risk flag is amber")
+    engagement_threshold: float = Field(0.5, description="recent/baseline activity ratio below which the engagement flag is amber")
+    test_size: float = Field(0.3, description="share of labelled people held out to measure the churn model (0-1)")
+    seed: int = 42
+
+
 class PersonasConfig(_Section):
     home: Path = Path(".personas")
     profile: Literal["local", "production"] = "local"
@@ -142,6 +152,7 @@ class PersonasConfig(_Section):
     model: ModelConfig = ModelConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     api: ApiConfig = ApiConfig()
+    insights: InsightsConfig = InsightsConfig()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

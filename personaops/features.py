@@ -90,8 +90,19 @@ def survey_features(surveys: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return _stamp(out.rename_axis("person_id"), as_of)
 
 
+HOLDOUT_ARM = "holdout"  # campaign rows with categorical `arm` == holdout: not exposed, conversion measured
+
+
+def exposed_only(exposures: pd.DataFrame) -> pd.DataFrame:
+    """Campaign rows of people actually exposed (holdout rows are a control group, not exposures)."""
+    if exposures.empty or "cat__arm" not in exposures.columns:
+        return exposures
+    return exposures[exposures["cat__arm"].fillna("").str.lower() != HOLDOUT_ARM]
+
+
 def campaign_features(exposures: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Campaign exposures and conversions per person (counts; rate 0-1). Outcomes, not model inputs."""
+    exposures = exposed_only(exposures)
     if exposures.empty:
         return _stamp(_empty("n_exposures"), as_of)
     grouped = exposures.groupby("person_id")
@@ -126,6 +137,7 @@ def label_table(frames: dict[str, pd.DataFrame], exposures: pd.DataFrame, as_of:
             part = frame.groupby("person_id")[cols].max()
             part.columns = [c[len("label__") :] for c in cols]
             parts.append(part)
+    exposures = exposed_only(exposures)
     if not exposures.empty:
         parts.append(exposures.groupby("person_id")["converted"].max().rename("converted").to_frame())
     if not parts:

@@ -12,10 +12,15 @@ surveys and campaigns); `drift` plants a change: `mix` (half the casual browsers
 seekers), `behaviour` (activity halves within every persona), `vocabulary` (half the texts use
 new words), `broken` (40% of events lose their event type, 30% of survey scores are text) or
 `bias` (80% of one region's telemetry goes missing).
+
+Planted for the insight questions (`truth/planted.json`): per persona campaign uplift against a
+measured holdout (`arm` = exposed | holdout in campaigns), and churn drivers (cancel/refund
+tickets, an error -> help -> downgrade session, billing_view + payment_failed) that raise churn.
 """
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -134,6 +139,87 @@ DRIFT_TEXTS = [
     "The new AI assistant gave me wrong answers", "Voice commands in the mobile app do not work",
     "The chatbot keeps recommending irrelevant templates", "Augmented reality preview is blurry",
 ]  # fmt: skip
+# --- planted effects for the insight questions (campaign uplift, churn drivers) ----------------
+# Conversion without a campaign ("organic") is half the persona's exposed base rate; exposure adds
+# the planted uplift below. Not-exposed people are a measured holdout with this probability.
+CAMPAIGN_HOLDOUT_SHARE = 0.5
+PLANTED_UPLIFT: dict[str, dict[str, float]] = {
+    "spring_promo": {"deal_seeker": 0.40, "team_admin": 0.08, "power_analyst": 0.06, "casual_browser": 0.03, "frustrated_struggler": 0.02},
+    "webinar_invite": {"power_analyst": 0.35, "team_admin": 0.10, "deal_seeker": 0.05, "frustrated_struggler": 0.03, "casual_browser": 0.02},
+    "upgrade_offer": {"team_admin": 0.45, "power_analyst": 0.12, "deal_seeker": 0.10, "casual_browser": 0.02, "frustrated_struggler": 0.02},
+}  # fmt: skip
+# Churn drivers: each person carries a driver with this probability (independent of persona);
+# each driver adds a CHURN_DRIVER_BOOST chance to churn, and leaves its trace in the sources.
+CHURN_DRIVERS: dict[str, dict] = {
+    "cancel_intent": {"prevalence": 0.10, "trace": "a ticket asking to cancel the subscription or for a refund",
+                      "match": r"^intent:.*\b(cancel|cancellation|refund|subscription)\b"},
+    "error_help_downgrade": {"prevalence": 0.10, "trace": "a session error_seen -> help_center_view -> plan_downgrade",
+                             "match": r"plan_downgrade"},
+    "billing_payment_failed": {"prevalence": 0.10, "trace": "a session where billing_view and payment_failed co-occur",
+                               "match": r"payment_failed"},
+}  # fmt: skip
+CHURN_DRIVER_BOOST = 0.6
+CHURNED_ACTIVE_SHARE = 0.7  # people who churn are active in the first 70% of the window only
+DRIVER_NOISE = 0.02  # people without the driver who still leave its trace (no churn effect)
+CANCEL_TEXTS = [
+    "Please cancel my subscription and refund the last charge", "How do I cancel my plan before the next billing date",
+    "I want a refund and to cancel my account", "Cancel my subscription, I was billed twice",
+    "Requesting cancellation and a refund of this month",
+]  # fmt: skip
+
+
+def planted_drivers(users: int, seed: int) -> pd.DataFrame:
+    """Per person (row i = T{i:06d}): which churn drivers they carry and whether the drivers alone
+    make them churn (population-level: the same for every period)."""
+    rng = np.random.default_rng([seed, 1001])
+    flags = {f"driver_{name}": rng.random(users) < spec["prevalence"] for name, spec in CHURN_DRIVERS.items()}
+    n = np.sum(list(flags.values()), axis=0)
+    extra = rng.random(users) < 1 - (1 - CHURN_DRIVER_BOOST) ** n
+    noise = {f"noise_{name}": rng.random(users) < DRIVER_NOISE for name in CHURN_DRIVERS}
+    return pd.DataFrame({**flags, **noise, "driver_churn": extra})
+
+
+def _plant_driver_traces(drivers: pd.DataFrame, period: int, seed: int, window_start: datetime, person_emails: list[str],
+                         person_devices: list[list[str]], events: list, tickets: list, records: list, ev_n: int, tk_n: int) -> None:
+    """Append each driver's trace (a cancel ticket; an error -> help -> downgrade session; a
+    billing + payment_failed session) for the people who carry it (or its noise)."""
+    rng = np.random.default_rng([seed, period + 1, 1001])
+    for i in range(len(drivers)):
+        customer_id, true_person = f"C{i:06d}", f"T{i:06d}"
+        row = drivers.iloc[i]
+        if row["driver_cancel_intent"] or row["noise_cancel_intent"]:
+            tk_n += 1
+            ticket_id = f"K{period}-{tk_n:07d}"
+            ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
+            tickets.append({"ticket_id": ticket_id, "email": person_emails[i], "subject": "",
+                            "body": f"{CANCEL_TEXTS[rng.integers(len(CANCEL_TEXTS))]}.", "created_at": ts.isoformat()})  # fmt: skip
+            records.append(("tickets", ticket_id, true_person))
+        sessions = []
+        if row["driver_error_help_downgrade"] or row["noise_error_help_downgrade"]:
+            sessions.append(["error_seen", "help_center_view", "plan_downgrade"])
+        if row["driver_billing_payment_failed"] or row["noise_billing_payment_failed"]:
+            sessions.append(["billing_view", "payment_failed", "billing_view"])
+        for s, types in enumerate(sessions):
+            t0 = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
+            device = person_devices[i][rng.integers(len(person_devices[i]))]
+            for e, event_type in enumerate(types):
+                ev_n += 1
+                event_id = f"E{period}-{ev_n:09d}"
+                events.append({"event_id": event_id, "user_id": customer_id, "device_id": device, "event_type": event_type,
+                               "session_id": f"S{period}-{i:06d}-d{s}", "ts": (t0 + timedelta(seconds=30 * e)).isoformat()})  # fmt: skip
+                records.append(("events", event_id, true_person))
+
+
+def planted_truth(seed: int) -> dict:
+    """What the insight questions should find: the top-uplift persona per campaign, the drivers."""
+    return {
+        "seed": seed,
+        "campaigns": {c: {"uplift": u, "top_persona": max(u, key=u.get)} for c, u in PLANTED_UPLIFT.items()},
+        "churn_drivers": CHURN_DRIVERS,
+        "churn_driver_boost": CHURN_DRIVER_BOOST,
+    }
+
+
 # Fixed (deterministic per seed) and far enough back that two years of monthly periods stay in the past.
 BASE_DATE = datetime(2024, 10, 1, tzinfo=timezone.utc)
 WINDOW_DAYS = 90
@@ -176,7 +262,6 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     (out / "truth").mkdir(parents=True, exist_ok=True)
     pop_rng = np.random.default_rng(seed)  # the population: the same for every period
     rng = np.random.default_rng([seed, period + 1])  # what happens in this period
-    typo_rng = np.random.default_rng([seed, period + 1, 1003])  # typed e-mail typos: own stream, other draws unchanged
 
     shares = np.array([p.share for p in PERSONAS])
     persona_idx = pop_rng.choice(len(PERSONAS), size=users, p=shares / shares.sum())
@@ -184,6 +269,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
         movers = (persona_idx == 1) & (rng.random(users) < 0.5)
         persona_idx = np.where(movers, 3, persona_idx)
 
+    drivers = planted_drivers(users, seed)
     persons = []
     crm_rows = []
     records: list[tuple[str, str, str]] = []
@@ -204,7 +290,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
         n_devices = 1 + int(pop_rng.random() < 0.4)
         devices = [f"D{device_counter + k:07d}" for k in range(n_devices)]
         device_counter += n_devices
-        churned = bool(pop_rng.random() < p.churn)
+        churned = bool(pop_rng.random() < p.churn) or bool(drivers.at[i, "driver_churn"])
         plan = _choice(pop_rng, p.plans)
         signup = BASE_DATE - timedelta(days=int(pop_rng.integers(30, 900)))
         customer_id = f"C{i:06d}"
@@ -213,7 +299,8 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
         region = REGIONS[pop_rng.integers(len(REGIONS))]
         persons.append(
             {"true_person": true_person, "true_persona": p.name, "true_persona_id": int(persona_idx[i]), "churned": churned,
-             "plan": plan, "region": region, "age_band": age_band, "gender": gender}
+             "plan": plan, "region": region, "age_band": age_band, "gender": gender,
+             **{c: bool(drivers.at[i, c]) for c in drivers.columns if c.startswith("driver_")}}
         )  # fmt: skip
         crm_email = email if pop_rng.random() > 0.02 else ""
         crm_phone = _phone_format(pop_rng, digits) if pop_rng.random() > 0.05 else ""
@@ -240,6 +327,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
 
     events, tickets, surveys, exposures = [], [], [], []
     ev_n = tk_n = sv_n = ex_n = 0
+    holdout_rng = np.random.default_rng([seed, period + 1, 1002])  # planted holdout: its own stream
     for i in range(users):
         p = PERSONAS[persona_idx[i]]
         true_person = f"T{i:06d}"
@@ -253,7 +341,9 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
             n_sessions = int(n_sessions * 0.6)
         for s in range(n_sessions):
             session_id = f"S{period}-{i:06d}-{s:04d}"
-            t0 = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
+            # planted: people who churn fade out, active only in the first part of the window
+            fade = CHURNED_ACTIVE_SHARE if persons[i]["churned"] else 1.0
+            t0 = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)) * fade)
             device = person_devices[i][rng.integers(len(person_devices[i]))]
             anonymous = rng.random() < 0.12
             for e in range(1 + rng.poisson(p.events_per_session - 1)):
@@ -294,37 +384,41 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
             if drift == "vocabulary" and rng.random() < 0.5:
                 answer = DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]
             ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-            survey_email = person_emails[i]
-            if not use_name and typo_rng.random() < 0.1:
-                # A respondent mistypes the address: one edit in the letters of its local part, so
-                # no rule links it and the Splink pass (name + e-mail one typo apart) has to.
-                local, _, domain = survey_email.partition("@")
-                letters = local.rstrip("0123456789")
-                survey_email = f"{_typo(typo_rng, letters)}{local[len(letters):]}@{domain}"
             surveys.append(
-                {"response_id": response_id, "respondent_email": "" if use_name else survey_email,
+                {"response_id": response_id, "respondent_email": "" if use_name else person_emails[i],
                  "respondent_name": name, "nps": nps, "answer": answer, "submitted_at": ts.isoformat()}
             )  # fmt: skip
             records.append(("surveys", response_id, true_person))
         for campaign, factor in CAMPAIGNS.items():
+            organic = 0.5 * p.conversion * factor
             if rng.random() < 0.45:
                 ex_n += 1
                 exposure_id = f"X{period}-{ex_n:07d}"
-                converted = rng.random() < min(0.95, p.conversion * factor)
+                converted = rng.random() < min(0.95, organic + PLANTED_UPLIFT[campaign][p.name])
                 by_email = rng.random() < 0.3
                 ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
                 exposures.append(
                     {"exposure_id": exposure_id, "customer_id": "" if by_email else customer_id,
                      "email": person_emails[i] if by_email else "", "campaign": campaign,
-                     "sent_at": ts.isoformat(), "converted": "yes" if converted else "no"}
+                     "sent_at": ts.isoformat(), "converted": "yes" if converted else "no", "arm": "exposed"}
+                )  # fmt: skip
+                records.append(("campaigns", exposure_id, true_person))
+            elif holdout_rng.random() < CAMPAIGN_HOLDOUT_SHARE:  # held out of the campaign; conversion still measured
+                ex_n += 1
+                exposure_id = f"X{period}-{ex_n:07d}"
+                ts = window_start + timedelta(seconds=float(holdout_rng.uniform(0, WINDOW_DAYS * 86400)))
+                exposures.append(
+                    {"exposure_id": exposure_id, "customer_id": customer_id, "email": "", "campaign": campaign,
+                     "sent_at": ts.isoformat(), "converted": "yes" if holdout_rng.random() < organic else "no", "arm": "holdout"}
                 )  # fmt: skip
                 records.append(("campaigns", exposure_id, true_person))
 
+    _plant_driver_traces(drivers, period, seed, window_start, person_emails, person_devices, events, tickets, records, ev_n, tk_n)
     crm = pd.DataFrame(crm_rows)
     ev = pd.DataFrame(events, columns=["event_id", "user_id", "device_id", "event_type", "session_id", "ts"])
     tk = pd.DataFrame(tickets, columns=["ticket_id", "email", "subject", "body", "created_at"])
     sv = pd.DataFrame(surveys, columns=["response_id", "respondent_email", "respondent_name", "nps", "answer", "submitted_at"])
-    ex = pd.DataFrame(exposures, columns=["exposure_id", "customer_id", "email", "campaign", "sent_at", "converted"])
+    ex = pd.DataFrame(exposures, columns=["exposure_id", "customer_id", "email", "campaign", "sent_at", "converted", "arm"])
     qrng = np.random.default_rng([seed, period, 7])
     if drift == "broken":  # a telemetry export loses its key field; survey scores arrive as text
         ev.loc[qrng.random(len(ev)) < 0.4, "event_type"] = ""
@@ -346,6 +440,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     ex.to_csv(out / f"campaigns{suffix}.csv", index=False)
     pd.DataFrame(records, columns=["source", "source_key", "true_person"]).to_parquet(out / "truth" / f"records{suffix}.parquet", index=False)
     pd.DataFrame(persons).to_parquet(out / "truth" / f"persons{suffix}.parquet", index=False)
+    (out / "truth" / f"planted{suffix}.json").write_text(json.dumps(planted_truth(seed), indent=2), encoding="utf-8")
 
     specs = [
         SourceSpec(name="crm", kind="crm", path=out / f"crm{suffix}.csv", key="customer_id",
@@ -362,7 +457,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
                    text=["answer"], fields={"score": "nps"}),
         SourceSpec(name="campaigns", kind="campaigns", path=out / f"campaigns{suffix}.csv", key="exposure_id",
                    identifiers={"customer_id": "customer_id", "email": "email"}, timestamp="sent_at",
-                   fields={"campaign": "campaign", "converted": "converted"}),
+                   fields={"campaign": "campaign", "converted": "converted"}, categorical=["arm"]),
     ]  # fmt: skip
     dump_sources(specs, out / f"sources{suffix}.yaml")
     return {"crm": len(crm), "events": len(ev), "tickets": len(tk), "surveys": len(sv), "campaigns": len(ex), "persons": users}

@@ -18,7 +18,7 @@ from tests.helpers import CORRUPT_REASONS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["ingest", "resolve", "features", "quality", "train", "publish", "monitor"]
+STAGES = ["ingest", "resolve", "features", "quality", "train", "publish", "intents", "graph", "flags", "monitor"]
 
 
 def _fresh_python(code: str, env: dict[str, str]) -> str:
