@@ -328,7 +328,9 @@ class TextEmbedder:
             path = self._calibration_path()
             if path is not None and self._calibration.sample:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(asdict(self._calibration), indent=2), encoding="utf-8")
+                tmp = path.with_name(f".calibration-{uuid.uuid4().hex[:8]}.tmp")
+                tmp.write_text(json.dumps(asdict(self._calibration), indent=2), encoding="utf-8")
+                tmp.replace(path)  # atomic: a concurrent run reads the old file or the new one
         return self._calibration.precision, self._calibration
 
     # --- the public call --------------------------------------------------------------------
