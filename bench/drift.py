@@ -125,6 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = 100_000 if args.quick else args.rows
     ours = _in_process(run_personaops, rows, args.features)
+    print(f"personaops: profile {ours['profile_seconds']:.2f} s, check {ours['check_seconds']:.2f} s, peak RSS {ours['peak_rss_mib']:,.0f} MiB; load {os.getloadavg()[0]:.1f}", flush=True)
     theirs = None if args.skip_evidently else _in_process(run_evidently, rows, args.features)
     load = os.getloadavg()
     result = {
