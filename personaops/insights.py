@@ -374,8 +374,46 @@ def _published_assignments(ws: Workspace) -> tuple[pd.DataFrame, int | None]:
     return rows[["person_id", "persona_id", "persona_name", "confidence"]].reset_index(drop=True), None if latest is None else int(latest)
 
 
+def inputs_fingerprint(ws: Workspace, cfg) -> str:
+    """Hash of everything the insight stages read: texts, published assignments, labels, lake
+    batches, insight and embedding settings. Same inputs -> the previous run's tables are reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in (ws.root / "texts" / "person_texts.parquet", ws.feature_table("persona_assignment"), ws.feature_table("person_labels")):
+        if path.exists():
+            h.update(path.name.encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    for source in sorted(p.name for p in ws.lake.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name not in ("graph", "insights")) if ws.lake.is_dir() else []:
+        h.update(",".join(sorted(b.name for b in (ws.lake / source).glob("batch=*"))).encode())
+    h.update(cfg.insights.model_dump_json().encode())
+    h.update(cfg.embedding.model_dump_json().encode())
+    return h.hexdigest()[:24]
+
+
+def _reusable(ws: Workspace, stage: str, fingerprint: str) -> str | None:
+    """The newest run whose `stage` ran on the same inputs (re-running changes and duplicates nothing)."""
+    root = ws.lake / "insights"
+    for folder in sorted(root.glob("run_id=*"), reverse=True) if root.is_dir() else []:
+        marker = folder / f"_{stage}.fingerprint"
+        if marker.exists():
+            return folder.name.split("=", 1)[1] if marker.read_text() == fingerprint else None
+    return None
+
+
+def _mark(ws: Workspace, run_id: str, stage: str, fingerprint: str) -> None:
+    folder = insights_dir(ws, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"_{stage}.fingerprint").write_text(fingerprint)
+
+
 def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
     """Mine intents from the run's texts (cached embeddings) and write them with each text's intent."""
+    fingerprint = inputs_fingerprint(ws, cfg)
+    previous = _reusable(ws, "intents", fingerprint)
+    if previous:
+        table = read_insight_table(ws, "intents", previous)
+        return {"reused": True, "run_id": previous, "intents": int(len(table)), "texts": int(len(read_insight_table(ws, "text_intents", previous))), "labels": table["label"].tolist()}
     from models.embedder import TextEmbedder
     from models.intents import mine_intents
 
@@ -384,7 +422,8 @@ def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
     mined = mine_intents(texts, vectors, cfg.insights.intent_k, cfg.insights.seed)
     write_insight_table(ws, run_id, "intents", mined.table)
     write_insight_table(ws, run_id, "text_intents", mined.text_intents)
-    return {"intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
+    _mark(ws, run_id, "intents", fingerprint)
+    return {"run_id": run_id, "intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
 
 
 def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
@@ -394,6 +433,12 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     from personaops.feature_store import feature_store, write_table
     from personaops.online_publish import online_publisher
 
+    fingerprint = inputs_fingerprint(ws, cfg)
+    previous = _reusable(ws, "graph", fingerprint)
+    if previous:
+        nodes, edges = graph.query(ws, "SELECT count(*) FROM nodes", previous), graph.query(ws, "SELECT count(*) FROM edges", previous)
+        return {"reused": True, "run_id": previous, "nodes": int(nodes.iloc[0, 0]), "edges": int(edges.iloc[0, 0]), "signals": 0}
+    run_id = insight_runs(ws, "intents")[-1]  # the intents this graph is built on (this run's, or reused)
     assignments, version = _published_assignments(ws)
     events = _lake_kind(ws, batches, kinds, "events")
     exposures = _lake_kind(ws, batches, kinds, "campaigns")
@@ -422,7 +467,8 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     write_table(ws, "person_graph", feats)
     online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
     (insights_dir(ws, run_id) / "meta.json").write_text(json.dumps({"min_signal_persons": cfg.insights.min_signal_persons, "model_version": version}))
-    return {**paths, "nodes": int(len(nodes)), "edges": int(len(edges)), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
+    _mark(ws, run_id, "graph", fingerprint)
+    return {"run_id": run_id, **paths, "nodes": int(len(nodes)), "edges": int(len(edges)), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
 
 
 GRAPH_FEATURES = ["intent_centrality", "n_sequence_patterns", "n_signals", "neighbourhood_churn_rate", "top_intent", "n_intent_texts"]
@@ -438,6 +484,12 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     from personaops.feature_store import feature_store, write_table
     from personaops.online_publish import online_publisher
 
+    fingerprint = inputs_fingerprint(ws, cfg)
+    previous = _reusable(ws, "flags", fingerprint)
+    if previous:
+        table = read_insight_table(ws, "amber_flags", previous)
+        return {"reused": True, "run_id": previous, "risk_amber": int((table["risk_flag"] == "amber").sum()), "engagement_amber": int((table["engagement_flag"] == "amber").sum())}
+    run_id = insight_runs(ws, "person_signals")[-1]  # the graph these flags are built on
     assignments, version = _published_assignments(ws)
     persona = assignments.set_index("person_id")["persona_id"]
     _, frame, _ = F.current_model_frame(ws)
@@ -472,6 +524,8 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     summary = persona_summary(assignments, pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(),
                               read_insight_table(ws, "text_intents", run_id), read_insight_table(ws, "intents", run_id), signals, flags, version)  # fmt: skip
     write_insight_table(ws, run_id, "persona_summary", summary)
+    _mark(ws, run_id, "flags", fingerprint)
+    out["run_id"] = run_id
     out["risk_amber"] = int((flags["risk_flag"] == "amber").sum())
     out["engagement_amber"] = int((flags["engagement_flag"] == "amber").sum())
     return out
