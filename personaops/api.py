@@ -456,31 +456,6 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         """What changed for a persona since the previous run (size, churn, conversion, flags, intents, signals)."""
         return insights.ask_changes(ws, persona)
 
-    # --- business questions on the persona graph (personaops/insights.py; analyst role) -------
-    from personaops import insights
-
-    @app.get("/insights/campaigns/{campaign}", tags=["insights"], dependencies=[Depends(require("analyst"))])
-    def insight_campaign(campaign: Annotated[str, PathParam(max_length=200)]) -> dict:
-        """Which personas convert after a campaign: per persona exposed count, conversion rate and
-        uplift vs the holdout of the same persona (95% Newcombe interval, p-value), ranked by uplift."""
-        return {"campaign": campaign, "personas": insights.frame_records(insights.ask_campaign(ws, campaign))}
-
-    @app.get("/insights/churn-signals", tags=["insights"], dependencies=[Depends(require("analyst"))])
-    def insight_churn_signals(top: int = 20, both: bool = False) -> dict:
-        """Graph signals ranked by association with churn within personas: Mantel-Haenszel odds
-        ratio, 95% interval, Benjamini-Hochberg adjusted p-value; churn-raising first unless `both`."""
-        return {"signals": insights.frame_records(insights.ask_churn_signals(ws, max(1, min(top, 500)), "both" if both else "risk"))}
-
-    @app.get("/insights/personas/{persona}/intents", tags=["insights"], dependencies=[Depends(require("analyst"))])
-    def insight_intents(persona: Annotated[str, PathParam(max_length=200)]) -> dict:
-        """Which intents drive a persona's tickets (id or name): share of its tickets, lift vs everyone."""
-        return {"persona": persona, "intents": insights.frame_records(insights.ask_intents(ws, persona))}
-
-    @app.get("/insights/personas/{persona}/changes", tags=["insights"], dependencies=[Depends(require("analyst"))])
-    def insight_changes(persona: Annotated[str, PathParam(max_length=200)]) -> dict:
-        """What changed for a persona since the previous run (size, churn, conversion, flags, intents, signals)."""
-        return insights.ask_changes(ws, persona)
-
     from personaops.catalog import add_catalog_routes
 
     add_catalog_routes(app, cfg, ws, tokens)  # GET / (the persona catalogue page) and the reports it links
