@@ -262,6 +262,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     (out / "truth").mkdir(parents=True, exist_ok=True)
     pop_rng = np.random.default_rng(seed)  # the population: the same for every period
     rng = np.random.default_rng([seed, period + 1])  # what happens in this period
+    typo_rng = np.random.default_rng([seed, period + 1, 1003])  # typed e-mail typos: own stream, other draws unchanged
 
     shares = np.array([p.share for p in PERSONAS])
     persona_idx = pop_rng.choice(len(PERSONAS), size=users, p=shares / shares.sum())
@@ -384,8 +385,15 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
             if drift == "vocabulary" and rng.random() < 0.5:
                 answer = DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]
             ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
+            survey_email = person_emails[i]
+            if not use_name and typo_rng.random() < 0.1:
+                # A respondent mistypes the address: one edit in the letters of its local part, so
+                # no rule links it and the Splink pass (name + e-mail one typo apart) has to.
+                local, _, domain = survey_email.partition("@")
+                letters = local.rstrip("0123456789")
+                survey_email = f"{_typo(typo_rng, letters)}{local[len(letters):]}@{domain}"
             surveys.append(
-                {"response_id": response_id, "respondent_email": "" if use_name else person_emails[i],
+                {"response_id": response_id, "respondent_email": "" if use_name else survey_email,
                  "respondent_name": name, "nps": nps, "answer": answer, "submitted_at": ts.isoformat()}
             )  # fmt: skip
             records.append(("surveys", response_id, true_person))
