@@ -134,8 +134,7 @@ def train(ws: Workspace, cfg: PersonasConfig) -> DownstreamResult:
     x = _inputs(frame, numeric, categorical)
     model = classifier(numeric, categorical).fit(x, frame[LABEL].to_numpy())
     client = registry.client(ws)
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name="churn-with-personas") as run:
+    with mlflow.start_run(experiment_id=registry.experiment_id(ws, EXPERIMENT), run_name="churn-with-personas") as run:
         mlflow.set_tags({"personas.feature_service": FEATURE_SERVICE, "personas.label": LABEL})
         mlflow.log_params({"feature_service": FEATURE_SERVICE, "label": LABEL, "folds": FOLDS, "persons": len(frame),
                            "numeric_features": len(numeric), "persona_features": ",".join(categorical + PERSONA_NUMERIC)})  # fmt: skip

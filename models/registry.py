@@ -30,6 +30,18 @@ def client(ws: Workspace):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def experiment_id(ws: Workspace, name: str) -> str:
+    """The id of experiment `name`, created on first use. On the local profile its artifacts live
+    in the workspace (never in the current directory); against an MLflow server (production
+    profile) the server decides where artifacts go (`--artifacts-destination`)."""
+    mlflow_client = client(ws)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if ws.mlflow_tracking_uri.startswith(("http://", "https://")) else Workspace.ensure(ws.mlflow_artifacts / "x").parent.as_uri()
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
 @dataclass
 class ModelVersionInfo:
     version: int

@@ -124,13 +124,7 @@ def train_persona_model(
     `sensitive`: sensitive attributes by person_id, for the bias audit only."""
     import mlflow
 
-    client = registry.client(ws)
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(cfg.experiment, artifact_location=Workspace.ensure(ws.mlflow_artifacts / "x").parent.as_uri())
-    )
+    experiment_id = registry.experiment_id(ws, cfg.experiment)
     text_dim = int(text_vectors.shape[1]) if len(text_vectors) else 0
     scorer = fit_scorer(frame, feature_columns, text_dim, cfg)
     x = scorer.represent(frame)

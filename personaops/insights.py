@@ -537,10 +537,7 @@ def _log_flags_run(ws: Workspace, cfg, run_id: str, metrics: dict, n_features: i
 
     from models import registry
 
-    client = registry.client(ws)
-    name = f"{cfg.model.experiment}-flags"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=Workspace.ensure(ws.mlflow_artifacts / "x").parent.as_uri())
+    experiment_id = registry.experiment_id(ws, f"{cfg.model.experiment}-flags")
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"flags-{run_id}") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_params({"risk_threshold": cfg.insights.risk_threshold, "test_size": cfg.insights.test_size, "n_features": n_features, "model": "HistGradientBoosting+isotonic"})
