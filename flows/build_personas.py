@@ -157,7 +157,10 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
 def _fingerprint(ws: Workspace, cfg: PersonasConfig) -> str:
     """Hash of everything training reads: feature tables, texts, model config, code version."""
     h = hashlib.sha256()
-    for path in sorted(ws.features.glob("person_*.parquet")) + [ws.root / "texts" / "person_texts.parquet"]:
+    # Only the tables training reads: the graph and flags tables are written after training, so
+    # hashing them would make every re-run train a new version on unchanged inputs.
+    inputs = sorted(p for p in (ws.feature_table(view) for view in F.FEATURE_VIEWS) if p.exists())
+    for path in inputs + [ws.root / "texts" / "person_texts.parquet"]:
         h.update(path.name.encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
     h.update(cfg.model.model_dump_json().encode())
