@@ -107,3 +107,51 @@ def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
         "max_quarantine_share": max((v["quarantine_share"] for v in sources.values()), default=0.0),
         "max_accepted_change": max((abs(v["accepted_change"]) for v in sources.values() if v["accepted_change"] is not None), default=0.0),
     }
+
+
+def group_representation(before: pd.DataFrame, now: pd.DataFrame, groups: pd.DataFrame, z_alert: float = 3.5, min_rows: int = 100) -> dict:
+    """Biased sampling: has any group's share of a source's rows moved since the earlier batches?
+
+    `before`/`now`: one row per source row with columns `source`, `person_id` (the earlier batches
+    in the lake and this run's); `groups`: group attributes by person_id (sensitive attributes and
+    CRM segments such as region). For each (source, attribute, group) the share of the source's
+    rows that belong to the group is compared; rows cluster by person, so the standard error of a
+    share is the person-level (ratio-estimator) one, and a shift counts only when it is both
+    practically large and |z| >= `z_alert` (about a 5% family-wise false-alarm rate over 60 cells).
+    `max_shift` is the largest counted absolute shift (0 when none counts)."""
+
+    def cells(rows: pd.DataFrame) -> dict:
+        out = {}
+        for source, part in rows.groupby("source"):
+            counts = part.groupby("person_id").size()
+            total = counts.sum()
+            if total < min_rows:
+                continue
+            values = counts.to_numpy(float)
+            for attr in groups.columns:
+                labels = groups[attr].reindex(counts.index).astype("string")
+                for group in labels.dropna().unique():
+                    member = (labels == group).to_numpy(bool)
+                    share = values[member].sum() / total
+                    var = float(((values * (member - share)) ** 2).sum() / total**2)
+                    out[(source, attr, str(group))] = (float(share), var)
+        return out
+
+    if before is None or now is None or not len(before) or not len(now) or groups is None or not len(groups.columns):
+        return {"max_shift": 0.0, "shifts": [], "cells": 0, "z_alert": z_alert, "note": "no earlier batches to compare with"}
+    c_before, c_now = cells(before), cells(now)
+    shifts = []
+    for key in sorted(c_before.keys() & c_now.keys()):
+        (p0, v0), (p1, v1) = c_before[key], c_now[key]
+        z = (p1 - p0) / float(np.sqrt(v0 + v1)) if v0 + v1 > 0 else 0.0
+        shifts.append({"source": key[0], "attribute": key[1], "group": key[2], "share_before": round(p0, 4), "share_now": round(p1, 4),
+                       "shift": round(p1 - p0, 4), "z": round(z, 2)})  # fmt: skip
+    counted = [s for s in shifts if abs(s["z"]) >= z_alert]
+    counted.sort(key=lambda s: -abs(s["shift"]))
+    return {
+        "max_shift": abs(counted[0]["shift"]) if counted else 0.0,
+        "shifts": counted[:10],
+        "largest_z": max((abs(s["z"]) for s in shifts), default=0.0),
+        "cells": len(shifts),
+        "z_alert": z_alert,
+    }

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monitoring.checks import data_quality, embedding_drift, persona_mix
+from monitoring.checks import data_quality, embedding_drift, group_representation, persona_mix
 from monitoring.drift import ReferenceProfile, build_profile, centroid_shift, column_drift
 from monitoring.policy import Decision, decide, load_policy
 from monitoring.reports import add_to_evidently_workspace, drift_report
@@ -113,7 +113,8 @@ class Champion:
 
 def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, *,
             person_profile: pd.DataFrame | None = None, ingest_report: list[dict] | None = None, previous_ingest: list[dict] | None = None,
-            sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None) -> tuple[dict, list, object]:
+            sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
+            source_rows: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[dict, list, object]:
     """Every check of `current` (model frame by person_id) against the champion; returns
     (results, Evidently snapshots, DriftSummary) and writes the Evidently drift report."""  # fmt: skip
     from models.bias import label_gaps, persona_parity
@@ -146,7 +147,34 @@ def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, colu
             bias["label_gaps"] = label_gaps(now, sensitive, labels)
             bias["max_label_gap"] = bias["label_gaps"]["max_gap"]
         results["bias"] = bias
+    if source_rows is not None:
+        results["representation"] = group_representation(*source_rows, _group_attributes(sensitive, person_profile))
     return results, snapshots, drift
+
+
+def _group_attributes(sensitive: pd.DataFrame | None, person_profile: pd.DataFrame | None) -> pd.DataFrame:
+    """Groups whose representation is watched, by person_id: the sensitive attributes and the CRM
+    segments (text columns of the profile view, e.g. region and plan)."""
+    parts = [sensitive] if sensitive is not None else []
+    if person_profile is not None and len(person_profile):
+        profile = person_profile.set_index("person_id") if "person_id" in person_profile.columns else person_profile
+        segments = [c for c in profile.columns if c not in ("event_timestamp", "created") and (profile[c].dtype == object or str(profile[c].dtype) in ("string", "category"))]
+        parts.append(profile[segments])
+    return pd.concat(parts, axis=1) if parts else pd.DataFrame()
+
+
+def source_rows_by_run(ws: Workspace, ingest_report: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(rows of earlier batches, rows of this run's batches), each as (source, person_id), from the
+    identity stage's record map; None when the lake holds nothing but this run's batches."""
+    path = ws.identity / "record_person.parquet"
+    if not path.exists():
+        return None
+    records = pd.read_parquet(path, columns=["source", "_batch_id", "person_id"])
+    current = {f["batch_id"] for s in ingest_report for f in s.get("files", [])}
+    is_now = records["_batch_id"].isin(current)
+    if not is_now.any() or is_now.all():
+        return None
+    return records.loc[~is_now, ["source", "person_id"]], records.loc[is_now, ["source", "person_id"]]
 
 
 def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: list[dict], previous_ingest: list[dict] | None) -> tuple[dict, Decision]:
@@ -170,7 +198,8 @@ def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: l
         labels = labels.set_index("person_id").drop(columns=["event_timestamp", "created"], errors="ignore")
     out_dir = ws.reports / run_id
     results, snapshots, drift = compare(cfg, champion, current, columns, out_dir, run_id, person_profile=tables.get("person_profile"),
-                                        ingest_report=ingest_report, previous_ingest=previous_ingest, sensitive=sensitive, labels=labels)  # fmt: skip
+                                        ingest_report=ingest_report, previous_ingest=previous_ingest, sensitive=sensitive, labels=labels,
+                                        source_rows=source_rows_by_run(ws, ingest_report))  # fmt: skip
     decision = decide(results, load_policy(cfg.monitoring.policy))
     evidently = add_to_evidently_workspace(evidently_folder(ws), f"PersonaOps {name}", snapshots)
     summary = {"run_id": run_id, "results": results, "decision": {"action": decision.action, "fired": decision.fired}, "html": drift.html, "json": drift.json, "evidently": evidently}

@@ -53,7 +53,7 @@ class Decision:
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
-SECTIONS = ("features", "persona_mix", "centroids", "embeddings", "quality", "bias")
+SECTIONS = ("features", "persona_mix", "centroids", "embeddings", "quality", "bias", "representation")
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -1,5 +1,6 @@
 """No false alarm across 5 seeds, and the planted behaviour and vocabulary drifts flagged with the
-policy's action (mix and broken: test_monitoring.py; bias: not flagged yet, see docs/monitoring.md).
+policy's action (mix and broken: test_monitoring.py), and planted biased sampling (80% of one
+region's telemetry missing) caught by the group-representation check.
 
 For each seed, period 0 and period 1 of the same generated population go through the real
 ingest and the real feature code (identity from the generator's ground truth, so a resolution
@@ -82,6 +83,7 @@ def _period(tmp: Path, seed: int, period: int, drift: str, embedder) -> dict:
     return {
         "frame": frame, "columns": columns, "profile": tables["person_profile"], "ingest": [r.to_dict() for r in reports],
         "sensitive": F.sensitive_table(frames).set_index("person_id"), "labels": labels,
+        "rows": pd.concat([f[["source", "person_id"]] for f in frames.values() if len(f)], ignore_index=True),
     }  # fmt: skip
 
 
@@ -102,7 +104,7 @@ def _check(tmp: Path, scorer, before: dict, after: dict, name: str):
     champion = Champion(version, model, reference, build_profile(reference, columns, version, model.represent(reference), idx), baseline)
     results, snapshots, _ = compare(load_config(), champion, after["frame"], columns, tmp / "reports" / name, name,
                                     person_profile=after["profile"], ingest_report=after["ingest"], previous_ingest=before["ingest"],
-                                    sensitive=after["sensitive"], labels=after["labels"])  # fmt: skip
+                                    sensitive=after["sensitive"], labels=after["labels"], source_rows=(before["rows"], after["rows"]))  # fmt: skip
     assert len(snapshots) == 2  # Evidently feature drift + embedding drift ran
     return results, decide(results, load_policy())
 
@@ -114,7 +116,7 @@ def periods(tmp_path_factory, scorer, embedder):
     for seed in SEEDS:
         out[(seed, 0, "none")] = _period(tmp, seed, 0, "none", embedder)
         out[(seed, 1, "none")] = _period(tmp, seed, 1, "none", embedder)
-    for drift in ("behaviour", "vocabulary"):
+    for drift in ("behaviour", "vocabulary", "bias"):
         out[(1, 1, drift)] = _period(tmp, 1, 1, drift, embedder)
     return tmp, out
 
@@ -126,6 +128,7 @@ def test_a_period_without_change_flags_nothing(periods, scorer, seed):
     summary = {k: results[k] for k in ("features", "persona_mix", "centroids", "embeddings")}
     assert decision.action == "none", (decision.fired, summary)
     assert results["features"]["drifted_share"] <= 0.30 and results["persona_mix"]["total_variation"] <= 0.08
+    assert results["representation"]["cells"] >= 20 and results["representation"]["max_shift"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -133,6 +136,7 @@ def test_a_period_without_change_flags_nothing(periods, scorer, seed):
     [
         ("behaviour", "retrain", {"feature_drift", "centroid_shift", "persona_mix_shift"}),
         ("vocabulary", "retrain", {"text_drift"}),
+        ("bias", "review", {"group_representation"}),
     ],
 )
 def test_each_planted_drift_is_flagged_with_the_policy_action(periods, scorer, drift, action, rules):
@@ -141,3 +145,11 @@ def test_each_planted_drift_is_flagged_with_the_policy_action(periods, scorer, d
     fired = {f["rule"] for f in decision.fired}
     assert decision.action == action, decision.fired
     assert fired & rules, fired
+
+
+def test_biased_sampling_names_the_group_and_source(periods, scorer):
+    tmp, frames = periods
+    results, _ = _check(tmp, scorer, frames[(1, 0, "none")], frames[(1, 1, "bias")], "seed1-bias-groups")
+    top = results["representation"]["shifts"][0]
+    assert (top["source"], top["attribute"], top["group"]) == ("events", "region", "north")
+    assert top["shift"] < -0.05 and top["z"] <= -3.5

@@ -113,3 +113,29 @@ def test_the_drift_trigger_in_prefect_yaml_matches_the_monitor_event():
     assert calm["event"] not in trigger.expect
     assert set(trigger.parameters) == {"home", "monitoring_run", "report"}
     assert event["payload"]["report"] == "/ws/reports/R1/monitoring.json" and event["payload"]["home"] == "/ws"
+
+
+def test_group_representation_flags_a_group_that_went_missing_and_not_noise():
+    import numpy as np
+    import pandas as pd
+
+    from monitoring.checks import group_representation
+
+    persons = pd.Index([f"P{i}" for i in range(400)], name="person_id")
+    groups = pd.DataFrame({"region": np.where(np.arange(400) < 100, "north", "south")}, index=persons)
+
+    def rows(keep_north: float, seed: int) -> pd.DataFrame:
+        r = np.random.default_rng(seed)
+        counts = r.poisson(30, size=400)
+        pid = np.repeat(persons.to_numpy(), counts)
+        keep = ~np.isin(pid, persons[:100]) | (r.random(len(pid)) < keep_north)
+        return pd.DataFrame({"source": "events", "person_id": pid[keep]})
+
+    before = rows(1.0, 1)
+    same = group_representation(before, rows(1.0, 2), groups)
+    assert same["cells"] == 2 and same["max_shift"] == 0.0 and same["largest_z"] < 3.5
+    biased = group_representation(before, rows(0.2, 3), groups)
+    assert biased["max_shift"] > 0.15
+    assert {(s["group"], s["shift"] < 0) for s in biased["shifts"]} >= {("north", True)}
+    # nothing earlier to compare with: measured as no shift, said so
+    assert group_representation(before.iloc[:0], before, groups)["max_shift"] == 0.0
