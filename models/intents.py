@@ -36,7 +36,10 @@ def cluster_texts(vectors: np.ndarray, k: int, seed: int = 42, iterations: int =
         return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=restarts, seed=seed, spherical=True, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=100000)  # fmt: skip
-    km.train(x)
+    from models.clustering import faiss_threads
+
+    with faiss_threads(len(x)):
+        km.train(x)
     _, labels = km.index.search(x, 1)
     return labels[:, 0].astype(np.int64), km.centroids
 
