@@ -390,6 +390,14 @@ def ingest_file(
         else:
             seen_keys[key] = where
 
+    # Erased persons (personaops/erasure.py): rows matching a tombstone are quarantined as
+    # 'erased', whatever else is wrong with them, and their raw values are not kept.
+    from personaops.erasure import ERASED_REASON, erased_mask
+
+    erased = erased_mask(ws, spec.name, canon, hashes, keyed=bool(spec.key))
+    erased_index = set(int(i) for i in erased[erased].index)
+    for idx in erased_index:
+        reasons[idx] = [ERASED_REASON]
     bad_index = pd.Index(sorted(reasons), dtype=raw.index.dtype)
     accepted = canon.drop(index=bad_index)
     accepted["_source"] = spec.name
@@ -404,7 +412,7 @@ def ingest_file(
         {
             "_row_number": bad_index.astype("int64"),
             "reason": ["; ".join(reasons[i]) for i in bad_index],
-            "raw": [json.dumps({k: (v[:500] if isinstance(v, str) else v) for k, v in raw.loc[i].items()}, ensure_ascii=False) for i in bad_index],
+            "raw": ["{}" if int(i) in erased_index else json.dumps({k: (v[:500] if isinstance(v, str) else v) for k, v in raw.loc[i].items()}, ensure_ascii=False) for i in bad_index],
         }
     )
     quarantined = pd.concat([rejects, quarantined], ignore_index=True) if len(rejects) else quarantined

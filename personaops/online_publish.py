@@ -424,3 +424,66 @@ def write_redis_hashes(client, members_key: bytes, keys: list[bytes], fields: li
     finally:
         client.connection_pool.release(conn)
     client.rename(next_key, members_key)
+
+
+# --- deletion: consent revocation and erasure ---------------------------------------------------
+def delete_persons(store, person_ids: list[str]) -> dict[str, int]:
+    """Remove every online row of `person_ids` from the store's feature views at once (consent
+    revoked, erasure); return rows (SQLite) or keys (Redis) deleted per view / store.
+
+    SQLite: `DELETE` by Feast's serialized entity key in each view's table, one transaction.
+    Redis: Feast keeps one hash per entity and project holding every view's fields, so the key is
+    deleted whole (and dropped from each view's published-members list). Other stores: Feast has
+    no per-entity delete API, so this raises a one-line error rather than pretend."""
+    ids = sorted({str(p) for p in person_ids})
+    if not ids:
+        return {}
+    config = store.config
+    kind = config.online_store.type
+    views = [v for v in store.list_feature_views() if len(v.entity_columns) == 1 and v.entity_columns[0].name == "person_id"]
+    version = config.entity_key_serialization_version
+    out: dict[str, int] = {}
+    if PUBLISHERS.get(kind) is SqlitePublisher:
+        pub = SqlitePublisher(store)
+        db = pub.db_path()
+        if not db.exists():
+            return out
+        conn = sqlite3.connect(db, timeout=pub.busy_timeout_s, isolation_level=None)
+        try:
+            existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            conn.execute("BEGIN IMMEDIATE")
+            for view in views:
+                table = pub.table_name(view)
+                if table not in existing:
+                    continue
+                keys = entity_keys("person_id", view.entity_columns[0].dtype.to_value_type(), np.array(ids, dtype=object), version)
+                quoted = '"' + table.replace('"', '""') + '"'
+                cur = conn.executemany(f"DELETE FROM {quoted} WHERE entity_key = ?", [(k,) for k in keys])
+                out[view.name] = max(cur.rowcount, 0)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        return out
+    if PUBLISHERS.get(kind) is RedisPublisher:
+        from feast.value_type import ValueType
+
+        pub = RedisPublisher(store)
+        suffix = config.project.encode("utf-8")
+        keys = [k + suffix for k in entity_keys("person_id", ValueType.STRING, np.array(ids, dtype=object), version)]
+        client = pub.client()
+        try:
+            out["redis_keys"] = int(client.delete(*keys))
+            gone = set(keys)
+            for view in views:
+                members = pub.members_key(view)
+                current = _unpack_members(client.get(members))
+                if gone.intersection(current):
+                    client.set(members, _pack_members([k for k in current if k not in gone]))
+        finally:
+            client.close()
+        return out
+    raise PipelineStateError(f"Online store type '{kind}' has no per-person delete in PersonaOps; delete the persons' rows with the store's own tools (or republish without them).")
