@@ -110,7 +110,10 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
     cfg, ws = _config(home)
     fault_point("features")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("features", "computing per-person features")
-    record_person = pd.read_parquet(ws.identity / "record_person.parquet")
+    from personaops.consent import exclude_without_analytics
+
+    # persons without analytics consent get no features, so no training, graph or serving either
+    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))
     frames = _lake_frames(ws, batches, record_person)
     stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
     as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")

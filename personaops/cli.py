@@ -688,6 +688,96 @@ def ask_changes(persona: str = typer.Argument(..., metavar="PERSONA"), as_json: 
     _emit_json(result)  # nested deltas read best as JSON; --json is accepted for symmetry
 
 
+
+# --- consent and erasure (docs/governance.md) ---------------------------------------------------
+consent_app = typer.Typer(no_args_is_help=True, help="The consent registry: per person and purpose, granted / denied / revoked.")
+app.add_typer(consent_app, name="consent")
+
+
+@consent_app.command("set")
+def consent_set(
+    person_id: str = typer.Argument(..., metavar="PERSON_ID"),
+    purpose: str = typer.Option(..., "--purpose", help="analytics, personalisation or marketing"),
+    status: str = typer.Option(..., "--status", help="granted, denied or revoked"),
+    reason: str = typer.Option("", "--reason", help="why (kept in the history and the audit log)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Record PERSON_ID's consent for a purpose; revoking analytics or personalisation removes them from the online store at once."""
+    from personaops import consent
+
+    cfg, ws = _workspace()
+    row = consent.set_consent(ws, cfg, person_id, purpose, status, reason)
+    if as_json:
+        _emit_json(row)
+        return
+    deleted = sum(row["online_deleted"].values())
+    out.print(f"{row['person_id']}: {row['purpose']} {row['status']} at {row['recorded_at'][:19]}" + (f"; {deleted} online rows deleted" if deleted else ""), highlight=False)
+
+
+@consent_app.command("show")
+def consent_show(person_id: str = typer.Argument(..., metavar="PERSON_ID"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """PERSON_ID's current consent per purpose and the full history."""
+    from personaops import consent
+
+    _, ws = _workspace()
+    doc = {"person_id": person_id, "current": consent.status_of(ws, person_id), "history": consent.history(ws, person_id).drop(columns=["seq"]).to_dict("records")}
+    if as_json:
+        _emit_json(doc)
+        return
+    for purpose, info in doc["current"].items():
+        out.print(f"{purpose:<16} {info['status']:<8} " + ("(default: no record)" if info["default"] else f"since {str(info['recorded_at'])[:19]} {info['reason']}"), highlight=False)
+    for h in doc["history"]:
+        out.print(f"  {h['recorded_at'][:19]} {h['purpose']} -> {h['status']} by {h['actor'] or '?'} ({h['origin']}) {h['reason']}", highlight=False)
+
+
+@consent_app.command("list")
+def consent_list(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Current consent records (persons without a record have the default status)."""
+    from personaops import consent
+
+    _, ws = _workspace()
+    rows = consent.current(ws).to_dict("records")
+    if as_json:
+        _emit_json({"default": consent.default_status(), "records": rows})
+        return
+    out.print(f"default for persons without a record: {consent.default_status()}; {len(rows)} records", highlight=False)
+    for r in rows:
+        out.print(f"{r['person_id']} {r['purpose']:<16} {r['status']:<8} {r['recorded_at'][:19]} {r['reason']}", highlight=False)
+
+
+@consent_app.command("load")
+def consent_load(path: Path = typer.Argument(..., metavar="CSV", help="columns person_id, purpose, status[, reason]")) -> None:
+    """Load consent records from a CSV file (appended to the history, each audited)."""
+    from personaops import consent
+
+    cfg, ws = _workspace()
+    if not path.is_file():
+        raise PersonaOpsError(f"Consent file {path} does not exist; give a CSV with person_id, purpose and status columns.")
+    out.print(f"{consent.load_source(ws, cfg, path)} consent records loaded from {path}", highlight=False)
+
+
+@app.command()
+def erase(
+    person_id: str = typer.Argument(None, metavar="[PERSON_ID]"),
+    source: str = typer.Option(None, "--source", help="source name of one of the person's records"),
+    key: str = typer.Option(None, "--key", help="that record's key"),
+    reason: str = typer.Option("", "--reason", help="why (kept in the audit log)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Erase a person (PERSON_ID, or --source NAME --key VALUE): their rows and derived data everywhere, keeping only a hashed tombstone."""
+    from personaops import erasure
+
+    if person_id and (source or key):
+        raise PersonaOpsError("Give either a PERSON_ID or --source NAME and --key VALUE, not both.")
+    cfg, ws = _workspace()
+    result = erasure.erase(ws, cfg, person_id=person_id, source=source, key=key, reason=reason)
+    if as_json:
+        _emit_json(result)
+        return
+    shown = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("erasure_id", "person_id"))
+    out.print(f"erased {result['person_id']} (erasure {result['erasure_id']}): {shown}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry: set the environment before any library reads it, map errors to one line."""
     _quiet_libraries()

@@ -349,7 +349,9 @@ def frame_records(table: pd.DataFrame) -> list[dict]:
 def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str) -> pd.DataFrame:
     from personaops.ingest import read_lake
 
-    record_person = pd.read_parquet(ws.identity / "record_person.parquet")
+    from personaops.consent import exclude_without_analytics
+
+    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))  # no analytics consent, no graph
     parts = []
     for source, ids in batches.items():
         if kinds.get(source) != kind:
