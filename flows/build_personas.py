@@ -408,6 +408,9 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
     else:  # data calling for review or rollback trains and publishes nothing; the champion keeps serving
         trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
         published = {"skipped": trained["skipped"], "model_version": registry_champion(cfg, ws)}
+    from personaops.lineage import freeze_run
+
+    snapshot = freeze_run(ws, run_id, ingested["batches"], ingested["kinds"], published)  # immutable snapshot id; what `personas replay` needs
     intented = _timed(intents, home, run_id)
     graphed = _timed(graph, home, run_id, ingested["batches"], ingested["kinds"], featured["as_of"])
     flagged = _timed(flags, home, run_id, ingested["batches"], ingested["kinds"], featured["as_of"])
@@ -436,6 +439,7 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
         "graph": graphed,
         "flags": flagged,
         "catalogue": catalogued,
+        "snapshot": snapshot,
     }
     ws.write_run_record(run_id, record)
     ws.audit("run_finished", run_id=run_id, model_version=published["model_version"])

@@ -323,6 +323,15 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         model: str
         run_id: str = Field(description="MLflow run that trained the serving model version")
         records: list[dict[str, Any]] = Field(description="source records resolved into this person")
+        # The lineage document of `personas explain` (personaops/lineage.py, docs/governance.md):
+        traits: dict[str, Any] | None = Field(None, description="persona_v2 trait features published with this model version")
+        model_version: int | None = Field(None, description="model version that published the persona")
+        mlflow_run_id: str | None = Field(None, description="MLflow run that trained that version (= run_id)")
+        pipeline_run_id: str | None = Field(None, description="`personas run` whose publish this is (runs/<id>.json)")
+        snapshot_id: str | None = Field(None, description="immutable content hash of that run's inputs")
+        features: dict[str, Any] = Field(default_factory=dict, description="the person's row in each feature table")
+        source_rows: list[dict[str, Any]] = Field(default_factory=list, description="source, batch, row number, row hash of each record; in_lake checked")
+        identity: dict[str, Any] = Field(default_factory=dict, description="identity-graph evidence (linked_by, edges) that tied the records to this person")
 
     def one(person_id: str) -> dict:
         found = service.personas_of([person_id])[0]
@@ -391,7 +400,9 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             run_id = registry.version_run_id(ws, name, persona["model_version"])
         except MlflowException:
             raise NotFoundError(f"Model version {persona['model_version']} that published {person_id!r}'s persona is not in the registry of {ws.root}; re-publish with `personas run`.") from None
-        return {"person_id": person_id, "persona": persona, "model": name, "run_id": run_id, "records": service.records(person_id)}
+        from personaops.lineage import explain as lineage_explain
+
+        return {**lineage_explain(cfg, ws, person_id, persona=persona), "run_id": run_id}
 
     # --- living personas: pushed events re-assign a person online (docs/serving.md) ----------
     from datetime import datetime as _datetime

@@ -538,6 +538,55 @@ def audit_log(event: str = typer.Option(None, "--event", help="only entries of t
         out.print(f"{e.get('seq', '?'):>5} {e.get('at', '')[:19]} [bold]{e.get('event')}[/] {details}", highlight=False)
 
 
+# --- lineage and replay (docs/governance.md) ---------------------------------------------------
+@app.command()
+def explain(person_id: str = typer.Argument(..., metavar="PERSON_ID"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Where PERSON_ID's served persona comes from: features, source rows, identity evidence, model, run and snapshot."""
+    from personaops import lineage
+
+    cfg, ws = _workspace()
+    doc = lineage.explain(cfg, ws, person_id)
+    if as_json:
+        _emit_json(doc)
+        return
+    p = doc["persona"]
+    out.print(f"[bold]{person_id}[/]: persona {p['persona_id']} {p.get('persona_name') or ''} (confidence {p['confidence']}) "
+              f"from model {doc['model']} v{doc['model_version']} (MLflow run {doc['mlflow_run_id']}), run {doc['pipeline_run_id']}, snapshot {doc['snapshot_id']}", highlight=False)
+    if doc["traits"]:
+        out.print(f"  persona traits: {doc['traits'].get('persona_top_traits')}", highlight=False)
+    for view, info in doc["features"].items():
+        if info["values"]:
+            shown = ", ".join(f"{k}={v}" for k, v in list(info["values"].items())[:8])
+            out.print(f"  {view}{' (model input)' if info['model_input'] else ''}: {shown}", highlight=False)
+    out.print(f"  source rows ({len(doc['source_rows'])}; the first 3 of each source shown, all with --json):")
+    shown_per_source: dict[str, int] = {}
+    for r in doc["source_rows"]:
+        shown_per_source[r["source"]] = shown_per_source.get(r["source"], 0) + 1
+        if shown_per_source[r["source"]] > 3:
+            continue
+        out.print(f"    {r['source']} batch {r['batch_id']} row {r['row_number']} hash {r['row_hash']} key {r['source_key']} "
+                  f"linked by {r['linked_by']}{'' if r['in_lake'] else ' [red]NOT IN LAKE[/]'}", highlight=False)
+    out.print(f"  identity evidence: {len(doc['identity']['edges'])} edges, linked by {', '.join(doc['identity']['linked_by'])}", highlight=False)
+
+
+@app.command()
+def replay(run_id: str = typer.Argument(..., metavar="RUN_ID"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Re-score RUN_ID's stored inputs with the model version it published; exit 1 unless every assignment matches bit for bit."""
+    from personaops import lineage
+
+    cfg, ws = _workspace()
+    result = lineage.replay(cfg, ws, run_id)
+    if as_json:
+        _emit_json(result)
+    elif result["reproduced"]:
+        out.print(f"run {run_id} reproduced: {result['persons']:,} assignments identical (persona_id and confidence bit for bit), "
+                  f"model v{result['model_version']}, snapshot {result['snapshot_id']}.", highlight=False)
+    if not result["reproduced"]:
+        err.print(f"Replay of run {run_id} differs from what it published for {result['persons'] - result['identical']:,} of {result['persons']:,} persons "
+                  f"(e.g. {', '.join(result['differing_persons'][:3])}); the model version or stored inputs are not those the run used.", highlight=False)
+        raise typer.Exit(1)
+
+
 # --- downstream: the example churn model that uses personas as features -----------------------
 downstream_app = typer.Typer(no_args_is_help=True, help="The example downstream churn model (personas as features, via Feast).")
 app.add_typer(downstream_app, name="downstream")
