@@ -62,7 +62,7 @@ def _normalise(kind: str, values: pd.Series) -> pd.Series:
 
     s = values.dropna().astype(str)
     fn = NORMALISERS.get(kind)
-    return (fn(s) if fn is not None else s.str.strip().str.lower()).dropna()
+    return (fn(s) if fn is not None else s.str.strip().str.lower().str.replace(r"\s+", " ", regex=True)).dropna()
 
 
 # --- the ingest hook ---------------------------------------------------------------------------
@@ -129,6 +129,7 @@ class Subject:
     records: pd.DataFrame  # source, source_key, _row_hash
     record_ids: set[str] = field(default_factory=set)
     strong: dict[str, set[str]] = field(default_factory=dict)  # kind -> normalised values
+    names: set[str] = field(default_factory=set)  # normalised names on their records
     raw_values: set[str] = field(default_factory=set)  # raw identifier strings as found in the lake
     texts: set[str] = field(default_factory=set)
     text_hashes: set[str] = field(default_factory=set)
@@ -155,6 +156,8 @@ def _subject(ws: Workspace, person_id: str) -> Subject:
         for part in src_dir.glob("batch=*/part-0.parquet"):
             frame = pd.read_parquet(part)
             rows = frame[frame["source_key"].astype(str).isin(keys)]
+            if "name" in rows.columns:
+                subject.names |= set(_normalise("name", rows["name"]))
             for col in ident_cols & set(rows.columns):
                 raw = rows[col].dropna().astype(str)
                 subject.raw_values |= {v for v in raw if v.strip()}
@@ -209,19 +212,25 @@ def _rewrite(path: Path, drop: np.ndarray, redact: dict[str, np.ndarray] | None 
 def _derived_masks(table: pa.Table, subject: Subject) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Rows of a derived table that belong to the person (an id column names them), and cells
     quoting one of their texts."""
-    ids = {subject.person_id, f"person:{subject.person_id}"} | subject.record_ids | subject.pair_ids
+    keys = set(subject.records["source_key"].astype(str))
+    # graph nodes name records "<kind>:<source>/<key>" (e.g. ticket:tickets/K0-1)
+    slashed = {f"{s}/{k}" for s, k in zip(subject.records["source"].astype(str), subject.records["source_key"].astype(str))}
+    ids = {subject.person_id, f"person:{subject.person_id}"} | subject.record_ids | subject.pair_ids | keys
     drop = np.zeros(table.num_rows, dtype=bool)
     redact: dict[str, np.ndarray] = {}
+    # Per-person tables lose the person's rows; only tables without a person column (aggregates
+    # such as intent examples) get quoted texts redacted — others' rows with the same text stay.
+    aggregate = "person_id" not in table.column_names
     for col in _string_columns(table):
         values = pd.Series(table.column(col).to_pylist(), dtype=object)
         as_str = values.astype(str)
-        drop |= as_str.isin(ids).to_numpy()
-        if subject.texts:
+        drop |= as_str.isin(ids).to_numpy() | as_str.str.rsplit(":", n=1).str[-1].isin(slashed).to_numpy()
+        if subject.texts and aggregate:
             quoted = as_str.isin(subject.texts).to_numpy()
             if quoted.any():
                 redact[col] = quoted
     for col in [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]:
-        if subject.texts and pa.types.is_string(table.schema.field(col).type.value_type):
+        if subject.texts and aggregate and pa.types.is_string(table.schema.field(col).type.value_type):
             hits = np.array([bool(v) and any(x in subject.texts for x in v) for v in table.column(col).to_pylist()], dtype=bool)
             if hits.any():
                 redact[col] = hits
@@ -251,12 +260,21 @@ def _sweep_derived(path: Path, subject: Subject) -> tuple[int, int]:
 
 
 def _lake_drop(frame: pd.DataFrame, source: str, subject: Subject) -> np.ndarray:
+    """Lake rows of the person: their records (by key), rows carrying one of their strong
+    identifiers, and rows carrying their exact name whose strong identifiers (if any) are all
+    theirs (a name-only survey answer, say; a namesake with their own email is kept)."""
     keys = set(subject.records.loc[subject.records["source"] == source, "source_key"].astype(str))
     drop = frame["source_key"].astype(str).isin(keys).to_numpy() if "source_key" in frame.columns else np.zeros(len(frame), dtype=bool)
+    foreign = np.zeros(len(frame), dtype=bool)
     for kind, values in subject.strong.items():
-        if values and kind in frame.columns:
+        if kind in frame.columns:
             norm = _normalise(kind, frame[kind]).reindex(frame.index)
-            drop |= norm.isin(values).to_numpy()
+            mine = norm.isin(values).to_numpy() if values else np.zeros(len(frame), dtype=bool)
+            drop |= mine
+            foreign |= norm.notna().to_numpy() & ~mine
+    if subject.names and "name" in frame.columns:
+        named = _normalise("name", frame["name"]).reindex(frame.index).isin(subject.names).to_numpy()
+        drop |= named & ~foreign
     return drop
 
 
@@ -353,14 +371,21 @@ def erase(ws: Workspace, cfg, person_id: str | None = None, source: str | None =
 
         online = remove_online(ws, cfg, [pid])
         counts["online_rows"] = int(sum(online.values()))
-        # 2. tombstone before the data goes, so a crash part-way leaves the rows blocked
-        counts["tombstone_hashes"] = _write_tombstone(ws, subject, erasure_id)
-        # 3. lake batches and quarantine
-        counts["lake_rows"] = 0
+        # 2. which lake rows go (read-only pass), then the tombstone of all of them — written
+        # before any data goes, so a crash part-way still keeps the rows out of the next ingest
+        drops, gone = [], [subject.records[["source", "source_key", "_row_hash"]]]
         for src_dir in _lake_sources(ws):
             for part in sorted(src_dir.glob("batch=*/part-0.parquet")):
                 frame = pd.read_parquet(part)
-                counts["lake_rows"] += _rewrite(part, _lake_drop(frame, src_dir.name, subject))[0]
+                drop = _lake_drop(frame, src_dir.name, subject)
+                if drop.any():
+                    drops.append((part, drop))
+                    gone.append(frame.loc[drop, ["source_key", "_row_hash"]].assign(source=src_dir.name))
+        subject.records = pd.concat(gone, ignore_index=True).drop_duplicates(["source", "source_key"])
+        subject.record_ids |= set(subject.records["source"].astype(str) + ":" + subject.records["source_key"].astype(str))
+        counts["tombstone_hashes"] = _write_tombstone(ws, subject, erasure_id)
+        # 3. lake batches and quarantine
+        counts["lake_rows"] = sum(_rewrite(part, drop)[0] for part, drop in drops)
         counts["quarantine_rows"] = 0
         for part in sorted(ws.quarantine.glob("*/batch=*/part-0.parquet")) if ws.quarantine.is_dir() else []:
             frame = pd.read_parquet(part)

@@ -254,6 +254,10 @@ def outcome_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def current_model_frame(ws) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
     """For a Workspace: (feature tables, model frame of every resolved person, model feature columns)."""
     tables = read_tables(ws.features)
-    persons = pd.Index(sorted(pd.read_parquet(ws.identity / "record_person.parquet")["person_id"].unique()), name="person_id")
+    from personaops.consent import exclude_without_analytics
+
+    # persons without analytics consent are neither trained on nor scored (docs/governance.md)
+    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["person_id"]))
+    persons = pd.Index(sorted(record_person["person_id"].unique()), name="person_id")
     frame, columns = model_frame(tables, persons)
     return tables, frame, columns
