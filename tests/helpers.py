@@ -47,3 +47,25 @@ def lake_records(rows: list[dict], identifiers=("customer_id", "email", "phone",
     frame["_batch_id"], frame["_row_hash"] = "b", "h"
     frame["_row_number"] = range(1, len(frame) + 1)
     return frame
+
+
+def assignment_rows(ids: list[str], version: int, seed: int, at, event_at=None):
+    """Random persona assignments for `ids` as the persona_assignment view stores them (unicode
+    names and the unassigned persona -1 included), stamped `event_at` (default `at`)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    persona = rng.integers(-1, 5, len(ids))
+    names = np.array(["Unassigned", "Power users", "Churn risks", "Café regulars ☕", "Quiet ones", "Trialists"], dtype=object)
+    return pd.DataFrame(
+        {
+            "person_id": ids,
+            "persona_id": persona,
+            "persona_name": names[persona + 1],
+            "confidence": rng.random(len(ids)),
+            "model_version": version,
+            "event_timestamp": at if event_at is None else event_at,
+            "created": at,
+        }
+    )

@@ -15,25 +15,14 @@ from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, featu
 from personaops.online_publish import SqlitePublisher, online_publisher, write_sqlite_table
 from personaops.workspace import Workspace
 
+from tests.helpers import assignment_rows
+
 pytestmark = pytest.mark.integration
 AT = pd.Timestamp("2026-03-01T12:00:00Z")
 
 
 def _assignments(ids: list[str], version: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    persona = rng.integers(-1, 5, len(ids))
-    names = np.array(["Unassigned", "Power users", "Churn risks", "Café regulars ☕", "Quiet ones", "Trialists"], dtype=object)
-    return pd.DataFrame(
-        {
-            "person_id": ids,
-            "persona_id": persona,
-            "persona_name": names[persona + 1],
-            "confidence": rng.random(len(ids)),
-            "model_version": version,
-            "event_timestamp": AT,
-            "created": AT,
-        }
-    )
+    return assignment_rows(ids, version, seed, AT, AT)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from personaops.online_publish import RedisPublisher, online_publisher
 from personaops.workspace import Workspace
 from tests.services import isolated_backends, service_environment, stop_services
 
+from tests.helpers import assignment_rows
+
 pytestmark = pytest.mark.integration
 AT = pd.Timestamp("2026-03-01T12:00:00Z")
 
@@ -40,20 +42,7 @@ def production_env():
 
 
 def _assignments(ids: list[str], version: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    persona = rng.integers(-1, 5, len(ids))
-    names = np.array(["Unassigned", "Power users", "Churn risks", "Café regulars ☕", "Quiet ones", "Trialists"], dtype=object)
-    return pd.DataFrame(
-        {
-            "person_id": ids,
-            "persona_id": persona,
-            "persona_name": names[persona + 1],
-            "confidence": rng.random(len(ids)),
-            "model_version": version,
-            "event_timestamp": AT + pd.Timedelta(minutes=version),
-            "created": AT,
-        }
-    )
+    return assignment_rows(ids, version, seed, AT, AT + pd.Timedelta(minutes=version))
 
 
 @pytest.fixture
