@@ -141,12 +141,6 @@ def promote(ws: Workspace, cfg, version: int, reason: str, force: bool = False) 
 
 def alias_history(ws: Workspace, name: str) -> list[dict]:
     """Every alias move of this model, oldest first (from the append-only audit log)."""
-    import json
+    from personaops import audit
 
-    if not ws.audit_log.exists():
-        return []
-    return [
-        e
-        for e in map(json.loads, ws.audit_log.read_text(encoding="utf-8").splitlines())
-        if e.get("event") == "model_alias_moved" and e.get("model") == name
-    ]
+    return [e for e in audit.read(ws.audit_log, "model_alias_moved") if e.get("model") == name]

@@ -74,13 +74,8 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     rows = []
     for signal in x.columns:
         s = x[signal].to_numpy().astype(bool)
-        tables = []
-        for level in np.unique(strata):
-            sel = strata == level
-            t = np.array([[np.sum(s[sel] & (y[sel] == 1)), np.sum(s[sel] & (y[sel] == 0))],
-                          [np.sum(~s[sel] & (y[sel] == 1)), np.sum(~s[sel] & (y[sel] == 0))]], dtype=float)  # fmt: skip
-            if t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0:
-                tables.append(t + 0.5 * (t == 0).any())  # Haldane-Anscombe correction for empty cells
+        # Haldane-Anscombe correction for empty cells: the pooled odds ratio and its interval stay finite
+        tables = [t + 0.5 * (t == 0).any() for t in _strata_tables(s, y, strata)]
         if not tables:
             continue
         st = StratifiedTable(tables)
@@ -109,10 +104,9 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     return table.drop(columns="log_or").reset_index(drop=True)
 
 
-def _mh_pvalue(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
-    """CMH p-value of signal `s` against churn `y` within `strata` (1.0 when no stratum varies)."""
-    from statsmodels.stats.contingency_tables import StratifiedTable
-
+def _strata_tables(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> list[np.ndarray]:
+    """One 2x2 table (signal yes/no x churned yes/no) per stratum where both the signal and the
+    label vary; strata without that carry no information for a Mantel-Haenszel test."""
     tables = []
     for level in np.unique(strata):
         sel = strata == level
@@ -120,6 +114,14 @@ def _mh_pvalue(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
                       [np.sum(~s[sel] & (y[sel] == 1)), np.sum(~s[sel] & (y[sel] == 0))]], dtype=float)  # fmt: skip
         if t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0:
             tables.append(t)
+    return tables
+
+
+def _mh_pvalue(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
+    """CMH p-value of signal `s` against churn `y` within `strata` (1.0 when no stratum varies)."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    tables = _strata_tables(s, y, strata)
     return float(StratifiedTable(tables).test_null_odds(correction=True).pvalue) if tables else 1.0
 
 
