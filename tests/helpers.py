@@ -69,3 +69,34 @@ def assignment_rows(ids: list[str], version: int, seed: int, at, event_at=None):
             "created": at,
         }
     )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc, timeout_s: float, request_timeout_s: float, what: str, output=lambda: "") -> None:
+    """Poll `url` until it answers 200; fail the test (naming `what` and the last of `output()`)
+    when `proc` exits or `timeout_s` passes, killing `proc` if it still runs."""
+    import time
+
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=request_timeout_s).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            exited = proc.poll() is not None
+            proc.kill()
+            pytest.fail(f"{what} {'exited' if exited else f'did not answer {url} within {timeout_s:.0f} s'}: {output()[-2000:]}")
+        time.sleep(0.5)

@@ -5,14 +5,14 @@ saves a full-page screenshot under test-artifacts/."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.helpers import free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -21,32 +21,17 @@ ARTIFACTS = REPO / "test-artifacts"
 READER, ANALYST = "reader-token-catalog", "analyst-token-catalog"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(pipeline):
     """A real `personas serve` process on the pipeline's workspace."""
     home, record = pipeline
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PERSONAS_HOME": str(home), "PERSONAS_API_TOKENS": f"{READER}:reader,{ANALYST}:analyst"}
     log = (home / "serve-catalog.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "personas"), "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # the first /health imports MLflow: slow on a loaded machine
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=120).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"personas serve did not become healthy: {(home / 'serve-catalog.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    # the first /health imports MLflow: slow on a loaded machine
+    wait_healthy(f"{base}/health", proc, 300, 120, "personas serve", lambda: (home / "serve-catalog.log").read_text())
     yield base, home, record
     proc.terminate()
     proc.wait(timeout=30)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ import pytest
 
 from personaops.config import load_config
 from personaops.workspace import Workspace
+from tests.helpers import free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,12 +107,6 @@ def test_every_view_marked_online_is_written_with_the_batch_values(contract):
                     assert have == pytest.approx(want), (view.name, name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_feast_serve_reads_a_persona_over_http(contract):
     """Feast's own feature server (`feast serve`) on the pipeline's repo serves persona_v2."""
     import httpx
@@ -121,22 +114,13 @@ def test_feast_serve_reads_a_persona_over_http(contract):
     home, version, published, profiles = contract
     person = published[published["persona_id"] >= 0]["person_id"].iloc[-1]
     expected = published.set_index("person_id").loc[person]
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PERSONAS_HOME=str(home), FEAST_USAGE="False")
     feast = Path(sys.executable).with_name("feast")
     server = subprocess.Popen([str(feast), "-c", "feature_repo", "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, f"feast serve exited: {server.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "feast serve did not answer /health within 120 s"
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, 120, 2, "feast serve", lambda: server.stderr.read() if server.poll() is not None else "")
         got = httpx.post(
             f"http://127.0.0.1:{port}/get-online-features",
             json={"feature_service": "persona_v2", "entities": {"person_id": [person, "nobody-0000"]}},
