@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -179,35 +179,48 @@ def planted_drivers(users: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({**flags, **noise, "driver_churn": extra})
 
 
-def _plant_driver_traces(drivers: pd.DataFrame, period: int, seed: int, window_start: datetime, person_emails: list[str],
-                         person_devices: list[list[str]], events: list, tickets: list, records: list, ev_n: int, tk_n: int) -> None:
+@dataclass
+class _Rows:
+    """The period's source rows being written, with the running id counters of each source."""
+
+    events: list = field(default_factory=list)
+    tickets: list = field(default_factory=list)
+    surveys: list = field(default_factory=list)
+    exposures: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    ev_n: int = 0
+    tk_n: int = 0
+    sv_n: int = 0
+    ex_n: int = 0
+
+
+def _plant_driver_traces(rows: _Rows, people: list[tuple], period: int, rng: np.random.Generator) -> None:
     """Append each driver's trace (a cancel ticket; an error -> help -> downgrade session; a
-    billing + payment_failed session) for the people who carry it (or its noise)."""
-    rng = np.random.default_rng([seed, period + 1, 1001])
-    for i in range(len(drivers)):
+    billing + payment_failed session) for the people who carry it (or its noise). `people`:
+    (index, driver flags, e-mail, devices, start of activity, its length in seconds) per person."""
+    for i, row, email, devices, act_start, span in people:
         customer_id, true_person = f"C{i:06d}", f"T{i:06d}"
-        row = drivers.iloc[i]
         if row["driver_cancel_intent"] or row["noise_cancel_intent"]:
-            tk_n += 1
-            ticket_id = f"K{period}-{tk_n:07d}"
-            ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-            tickets.append({"ticket_id": ticket_id, "email": person_emails[i], "subject": "",
-                            "body": f"{CANCEL_TEXTS[rng.integers(len(CANCEL_TEXTS))]}.", "created_at": ts.isoformat()})  # fmt: skip
-            records.append(("tickets", ticket_id, true_person))
+            rows.tk_n += 1
+            ticket_id = f"K{period}-{rows.tk_n:07d}"
+            ts = act_start + timedelta(seconds=float(rng.uniform(0, span)))
+            rows.tickets.append({"ticket_id": ticket_id, "email": email, "subject": "",
+                                 "body": f"{CANCEL_TEXTS[rng.integers(len(CANCEL_TEXTS))]}.", "created_at": ts.isoformat()})  # fmt: skip
+            rows.records.append(("tickets", ticket_id, true_person))
         sessions = []
         if row["driver_error_help_downgrade"] or row["noise_error_help_downgrade"]:
             sessions.append(["error_seen", "help_center_view", "plan_downgrade"])
         if row["driver_billing_payment_failed"] or row["noise_billing_payment_failed"]:
             sessions.append(["billing_view", "payment_failed", "billing_view"])
         for s, types in enumerate(sessions):
-            t0 = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-            device = person_devices[i][rng.integers(len(person_devices[i]))]
+            t0 = act_start + timedelta(seconds=float(rng.uniform(0, span)))
+            device = devices[rng.integers(len(devices))]
             for e, event_type in enumerate(types):
-                ev_n += 1
-                event_id = f"E{period}-{ev_n:09d}"
-                events.append({"event_id": event_id, "user_id": customer_id, "device_id": device, "event_type": event_type,
-                               "session_id": f"S{period}-{i:06d}-d{s}", "ts": (t0 + timedelta(seconds=30 * e)).isoformat()})  # fmt: skip
-                records.append(("events", event_id, true_person))
+                rows.ev_n += 1
+                event_id = f"E{period}-{rows.ev_n:09d}"
+                rows.events.append({"event_id": event_id, "user_id": customer_id, "device_id": device, "event_type": event_type,
+                                    "session_id": f"S{period}-{i:06d}-d{s}", "ts": (t0 + timedelta(seconds=30 * e)).isoformat()})  # fmt: skip
+                rows.records.append(("events", event_id, true_person))
 
 
 def planted_truth(seed: int) -> dict:
@@ -223,6 +236,11 @@ def planted_truth(seed: int) -> dict:
 # Fixed (deterministic per seed) and far enough back that two years of monthly periods stay in the past.
 BASE_DATE = datetime(2024, 10, 1, tzinfo=timezone.utc)
 WINDOW_DAYS = 90
+# Population turnover per later period (shares of the base population): new people join, and people
+# leave (no more activity; people who churn CHURNED_LEAVE_WEIGHT times as likely as others).
+DEFAULT_JOIN_RATE = 0.03
+DEFAULT_LEAVE_RATE = 0.02
+CHURNED_LEAVE_WEIGHT = 4.0
 
 
 def _choice(rng: np.random.Generator, options: dict[str, float]) -> str:
@@ -254,10 +272,182 @@ def _phone_format(rng: np.random.Generator, digits: str) -> str:
     return f"1-{digits[:3]}-{digits[3:6]}-{digits[6:]}"
 
 
-def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "none") -> dict[str, int]:
-    """Write synthetic sources + sources.yaml + truth files under `out`; return row counts per source."""
+def _draw_person(rng: np.random.Generator, i: int, p: PlantedPersona, device_counter: int, driver_churn: bool) -> dict:
+    """One person's stable attributes and CRM row, drawn from `rng` in a fixed order (the base
+    population's draws from the seed's population stream must not change)."""
+    first, last = FIRST[rng.integers(len(FIRST))], LAST[rng.integers(len(LAST))]
+    name = f"{first} {last}"
+    local = f"{first}.{last}{i}".lower()
+    email = f"{local}@{DOMAINS[rng.integers(len(DOMAINS))]}"
+    alt_email = f"{first[0]}{last}{rng.integers(100, 999)}@personal.test".lower()
+    digits = f"{rng.integers(200, 999)}{rng.integers(200, 999)}{rng.integers(1000, 9999)}"
+    n_devices = 1 + int(rng.random() < 0.4)
+    devices = [f"D{device_counter + k:07d}" for k in range(n_devices)]
+    churned = bool(rng.random() < p.churn) or driver_churn
+    plan = _choice(rng, p.plans)
+    signup = BASE_DATE - timedelta(days=int(rng.integers(30, 900)))
+    age_band = AGE_BANDS[rng.integers(len(AGE_BANDS))]
+    gender = GENDERS[rng.choice(3, p=[0.48, 0.48, 0.04])]
+    region = REGIONS[rng.integers(len(REGIONS))]
+    crm_email = email if rng.random() > 0.02 else ""
+    crm_phone = _phone_format(rng, digits) if rng.random() > 0.05 else ""
+    return {"name": name, "email": email, "alt_email": alt_email, "devices": devices, "churned": churned, "plan": plan,
+            "signup": signup, "age_band": age_band, "gender": gender, "region": region, "crm_email": crm_email, "crm_phone": crm_phone}  # fmt: skip
+
+
+def _joiner_pool(users: int, seed: int, n: int, device_start: int) -> tuple[np.ndarray, pd.DataFrame, list[dict]]:
+    """The first `n` people who join after the base population (indices users, users+1, ...):
+    persona index, churn drivers and attributes, drawn person by person from their own stream, so
+    person users+j is the same whoever asks for how many joiners."""
+    rng = np.random.default_rng([seed, 1004])
+    shares = np.array([p.share for p in PERSONAS])
+    personas, drivers, people = np.zeros(n, dtype=int), [], []
+    device_counter = device_start
+    for j in range(n):
+        personas[j] = rng.choice(len(PERSONAS), p=shares / shares.sum())
+        flags = {f"driver_{name}": bool(rng.random() < spec["prevalence"]) for name, spec in CHURN_DRIVERS.items()}
+        extra = bool(rng.random() < 1 - (1 - CHURN_DRIVER_BOOST) ** sum(flags.values()))
+        noise = {f"noise_{name}": bool(rng.random() < DRIVER_NOISE) for name in CHURN_DRIVERS}
+        month_fraction = float(rng.random())  # when in their joining month they sign up
+        person = _draw_person(rng, users + j, PERSONAS[personas[j]], device_counter, extra)
+        person["month_fraction"] = month_fraction
+        device_counter += len(person["devices"])
+        drivers.append({**flags, **noise, "driver_churn": extra})
+        people.append(person)
+    return personas, pd.DataFrame(drivers, columns=[*planted_drivers(0, seed).columns]), people
+
+
+def _leave_periods(u: np.ndarray, joined: np.ndarray, churned: np.ndarray, leave_rate: float, mean_weight: float) -> np.ndarray:
+    """The period in which each person leaves (first period after joining; a large number when
+    never): a geometric number of periods from uniforms `u`, with a per-period hazard of
+    `leave_rate`, CHURNED_LEAVE_WEIGHT times as high for people who churn (scaled so the base
+    population's average hazard is `leave_rate`)."""
+    hazard = np.minimum(1.0, leave_rate * np.where(churned, CHURNED_LEAVE_WEIGHT, 1.0) / mean_weight)
+    never = np.iinfo(np.int64).max // 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait = np.where(hazard >= 1, 1, np.ceil(np.log1p(-u) / np.log1p(-hazard)))
+    wait = np.where(hazard <= 0, never, np.maximum(wait, 1))
+    return joined + np.minimum(wait, never).astype(np.int64)
+
+
+def _person_activity(rows: _Rows, rng: np.random.Generator, holdout_rng: np.random.Generator, typo_rng: np.random.Generator,
+                     i: int, p: PlantedPersona, person: dict, period: int, drift: str, behaviour_scale: float,
+                     act_start: datetime, span: float) -> None:
+    """One person's events, tickets, survey answer and campaign exposures in the period, active
+    from `act_start` for `span` seconds (the whole window, or from the sign-up of someone who
+    joined during it; volumes scale with the share of the window)."""
+    share = span / (WINDOW_DAYS * 86400)
+    true_person, customer_id = f"T{i:06d}", f"C{i:06d}"
+    devices = person["devices"]
+    activity = rng.lognormal(0, 0.35) * behaviour_scale
+    types = list(p.event_mix) + [t for t in EVENT_TYPES if t not in p.event_mix]
+    base = np.array([p.event_mix.get(t, 0.15) for t in types])
+    mix = rng.dirichlet(base / base.sum() * 40)
+    n_sessions = rng.poisson(p.sessions_per_month * 3 * activity * share)
+    if person["churned"]:
+        n_sessions = int(n_sessions * 0.6)
+    for s in range(n_sessions):
+        session_id = f"S{period}-{i:06d}-{s:04d}"
+        # planted: people who churn fade out, active only in the first part of the window
+        fade = CHURNED_ACTIVE_SHARE if person["churned"] else 1.0
+        t0 = act_start + timedelta(seconds=float(rng.uniform(0, span)) * fade)
+        device = devices[rng.integers(len(devices))]
+        anonymous = rng.random() < 0.12
+        for e in range(1 + rng.poisson(p.events_per_session - 1)):
+            rows.ev_n += 1
+            event_id = f"E{period}-{rows.ev_n:09d}"
+            rows.events.append(
+                {"event_id": event_id, "user_id": "" if anonymous else customer_id, "device_id": device,
+                 "event_type": types[rng.choice(len(types), p=mix)], "session_id": session_id,
+                 "ts": (t0 + timedelta(seconds=30 * e)).isoformat()}
+            )  # fmt: skip
+            rows.records.append(("events", event_id, true_person))
+    n_tickets = rng.poisson(p.tickets_per_month * 3 * share)
+    for _ in range(n_tickets):
+        rows.tk_n += 1
+        ticket_id = f"K{period}-{rows.tk_n:07d}"
+        r = rng.random()
+        email = person["email"]
+        if r < 0.08:
+            email = f"  {email.upper()} "
+        elif r < 0.14:
+            email = person["alt_email"]  # not in the CRM: a different key for the same person
+        if drift == "vocabulary" and rng.random() < 0.5:
+            body = f"{DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]}."
+        elif rng.random() < 0.08:
+            body = GENERIC_TEXTS[rng.integers(len(GENERIC_TEXTS))]
+        else:
+            body = f"{p.ticket_topics[rng.integers(len(p.ticket_topics))]} {p.ticket_details[rng.integers(len(p.ticket_details))]}."
+        ts = act_start + timedelta(seconds=float(rng.uniform(0, span)))
+        rows.tickets.append({"ticket_id": ticket_id, "email": email, "subject": "", "body": body, "created_at": ts.isoformat()})
+        rows.records.append(("tickets", ticket_id, true_person))
+    if rng.random() < p.survey_rate * share:
+        rows.sv_n += 1
+        response_id = f"R{period}-{rows.sv_n:07d}"
+        use_name = rng.random() < 0.12
+        name = person["name"] if rng.random() < 0.5 else _typo(rng, person["name"])
+        nps = int(np.clip(np.round(rng.normal(p.nps_mean, 1.3)), 0, 10))
+        answer = p.survey_lines[rng.integers(len(p.survey_lines))]
+        if drift == "vocabulary" and rng.random() < 0.5:
+            answer = DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]
+        ts = act_start + timedelta(seconds=float(rng.uniform(0, span)))
+        survey_email = person["email"]
+        if not use_name and typo_rng.random() < 0.1:
+            # A respondent mistypes the address: one edit in the letters of its local part, so
+            # no rule links it and the Splink pass (name + e-mail one typo apart) has to.
+            local, _, domain = survey_email.partition("@")
+            letters = local.rstrip("0123456789")
+            survey_email = f"{_typo(typo_rng, letters)}{local[len(letters):]}@{domain}"
+        rows.surveys.append(
+            {"response_id": response_id, "respondent_email": "" if use_name else survey_email,
+             "respondent_name": name, "nps": nps, "answer": answer, "submitted_at": ts.isoformat()}
+        )  # fmt: skip
+        rows.records.append(("surveys", response_id, true_person))
+    for campaign, factor in CAMPAIGNS.items():
+        if share < 1 and rng.random() >= share:
+            continue  # not yet a customer when this campaign went out
+        organic = 0.5 * p.conversion * factor
+        if rng.random() < 0.45:
+            rows.ex_n += 1
+            exposure_id = f"X{period}-{rows.ex_n:07d}"
+            converted = rng.random() < min(0.95, organic + PLANTED_UPLIFT[campaign][p.name])
+            by_email = rng.random() < 0.3
+            ts = act_start + timedelta(seconds=float(rng.uniform(0, span)))
+            rows.exposures.append(
+                {"exposure_id": exposure_id, "customer_id": "" if by_email else customer_id,
+                 "email": person["email"] if by_email else "", "campaign": campaign,
+                 "sent_at": ts.isoformat(), "converted": "yes" if converted else "no", "arm": "exposed"}
+            )  # fmt: skip
+            rows.records.append(("campaigns", exposure_id, true_person))
+        elif holdout_rng.random() < CAMPAIGN_HOLDOUT_SHARE:  # held out of the campaign; conversion still measured
+            rows.ex_n += 1
+            exposure_id = f"X{period}-{rows.ex_n:07d}"
+            ts = act_start + timedelta(seconds=float(holdout_rng.uniform(0, span)))
+            rows.exposures.append(
+                {"exposure_id": exposure_id, "customer_id": customer_id, "email": "", "campaign": campaign,
+                 "sent_at": ts.isoformat(), "converted": "yes" if holdout_rng.random() < organic else "no", "arm": "holdout"}
+            )  # fmt: skip
+            rows.records.append(("campaigns", exposure_id, true_person))
+
+
+def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "none",
+             join_rate: float | None = None, leave_rate: float | None = None) -> dict[str, int]:
+    """Write synthetic sources + sources.yaml + truth files under `out`; return row counts per source.
+
+    Population turnover: `join_rate` (share of `users`, per period) new people join in each
+    period 1..`period`, and each person present leaves with a per-period chance of `leave_rate`
+    (people who churn CHURNED_LEAVE_WEIGHT times as likely); a leaver keeps their CRM row but has no
+    activity from the period they leave. Defaults: none in period 0 (its output is unchanged),
+    DEFAULT_JOIN_RATE / DEFAULT_LEAVE_RATE in later periods. In period 0, a `join_rate` adds that
+    share of new people to the base population ("grow", for incremental runs): every base person's
+    rows stay exactly those of period 0 without it, and the new people's rows come after them.
+    """
     if drift not in DRIFT_KINDS:
         raise ValueError(f"drift must be one of {', '.join(DRIFT_KINDS)}")
+    join_rate = (DEFAULT_JOIN_RATE if period else 0.0) if join_rate is None else float(join_rate)
+    leave_rate = (DEFAULT_LEAVE_RATE if period else 0.0) if leave_rate is None else float(leave_rate)
+    if not (0 <= join_rate <= 1 and 0 <= leave_rate <= 1):
+        raise ValueError(f"join_rate and leave_rate are shares per period between 0 and 1 (got {join_rate}, {leave_rate})")
     out = Path(out)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     pop_rng = np.random.default_rng(seed)  # the population: the same for every period
@@ -273,155 +463,85 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     drivers = planted_drivers(users, seed)
     persons = []
     crm_rows = []
-    records: list[tuple[str, str, str]] = []
-    person_emails: list[str] = []
-    person_alt_emails: list[str] = []
-    person_names: list[str] = []
-    person_devices: list[list[str]] = []
+    people: list[dict] = []
     device_counter = 0
     for i in range(users):
         p = PERSONAS[persona_idx[i]]
-        true_person = f"T{i:06d}"
-        first, last = FIRST[pop_rng.integers(len(FIRST))], LAST[pop_rng.integers(len(LAST))]
-        name = f"{first} {last}"
-        local = f"{first}.{last}{i}".lower()
-        email = f"{local}@{DOMAINS[pop_rng.integers(len(DOMAINS))]}"
-        alt_email = f"{first[0]}{last}{pop_rng.integers(100, 999)}@personal.test".lower()
-        digits = f"{pop_rng.integers(200, 999)}{pop_rng.integers(200, 999)}{pop_rng.integers(1000, 9999)}"
-        n_devices = 1 + int(pop_rng.random() < 0.4)
-        devices = [f"D{device_counter + k:07d}" for k in range(n_devices)]
-        device_counter += n_devices
-        churned = bool(pop_rng.random() < p.churn) or bool(drivers.at[i, "driver_churn"])
-        plan = _choice(pop_rng, p.plans)
-        signup = BASE_DATE - timedelta(days=int(pop_rng.integers(30, 900)))
-        customer_id = f"C{i:06d}"
-        age_band = AGE_BANDS[pop_rng.integers(len(AGE_BANDS))]
-        gender = GENDERS[pop_rng.choice(3, p=[0.48, 0.48, 0.04])]
-        region = REGIONS[pop_rng.integers(len(REGIONS))]
-        persons.append(
-            {"true_person": true_person, "true_persona": p.name, "true_persona_id": int(persona_idx[i]), "churned": churned,
-             "plan": plan, "region": region, "age_band": age_band, "gender": gender,
-             **{c: bool(drivers.at[i, c]) for c in drivers.columns if c.startswith("driver_")}}
-        )  # fmt: skip
-        crm_email = email if pop_rng.random() > 0.02 else ""
-        crm_phone = _phone_format(pop_rng, digits) if pop_rng.random() > 0.05 else ""
-        crm_rows.append(
-            {"customer_id": customer_id, "full_name": name, "email": crm_email, "phone": crm_phone, "plan": plan,
-             "region": region, "signup_date": signup.date().isoformat(), "age_band": age_band, "gender": gender,
-             "churned": int(churned)}
-        )  # fmt: skip
-        records.append(("crm", customer_id, true_person))
-        person_emails.append(email)
-        person_alt_emails.append(alt_email)
-        person_names.append(name)
-        person_devices.append(devices)
+        person = _draw_person(pop_rng, i, p, device_counter, bool(drivers.at[i, "driver_churn"]))
+        device_counter += len(person["devices"])
+        people.append(person)
 
     # Households: a few devices are shared by two people (anonymous events become ambiguous).
     n_shared = max(1, users // 40)
     sharers = pop_rng.choice(users, size=(n_shared, 2), replace=False) if users >= 2 * n_shared else np.empty((0, 2), int)
     for a, b in sharers:
-        person_devices[b] = person_devices[b] + [person_devices[a][0]]
+        people[b]["devices"] = people[b]["devices"] + [people[a]["devices"][0]]
+
+    # Turnover: who joined (in which period) and who has left by this period.
+    per_period = int(round(join_rate * users))
+    n_joined = per_period * (period if period else 1)
+    joined = np.zeros(users + n_joined, dtype=np.int64)
+    if n_joined:
+        j_personas, j_drivers, j_people = _joiner_pool(users, seed, n_joined, device_counter)
+        if drift == "mix":
+            j_movers = (j_personas == 1) & (np.random.default_rng([seed, period + 1, 1014]).random(n_joined) < 0.5)
+            j_personas = np.where(j_movers, 3, j_personas)
+        persona_idx = np.concatenate([persona_idx, j_personas])
+        drivers = pd.concat([drivers, j_drivers], ignore_index=True)
+        joined[users:] = 1 + np.arange(n_joined) // per_period if period else 0
+        for j, person in enumerate(j_people):
+            fraction = person.pop("month_fraction")
+            if period:  # signed up during the month they joined in (period 0 "grow": like the base people)
+                person["signup"] = BASE_DATE + timedelta(days=30 * (int(joined[users + j]) - 1), seconds=fraction * 30 * 86400)
+            people.append(person)
+    churned = np.array([person["churned"] for person in people], dtype=bool)
+    mean_weight = float(np.where(churned[:users], CHURNED_LEAVE_WEIGHT, 1.0).mean()) if users else 1.0
+    u = np.concatenate([np.random.default_rng([seed, 1006]).random(users), np.random.default_rng([seed, 1007]).random(n_joined)])
+    left = _leave_periods(u, joined, churned, leave_rate, mean_weight)
+    present = left > period
+    turnover = bool(period or n_joined)
+
+    for i, person in enumerate(people):
+        p = PERSONAS[persona_idx[i]]
+        true_person, customer_id = f"T{i:06d}", f"C{i:06d}"
+        row = {"true_person": true_person, "true_persona": p.name, "true_persona_id": int(persona_idx[i]), "churned": person["churned"],
+               "plan": person["plan"], "region": person["region"], "age_band": person["age_band"], "gender": person["gender"],
+               **{c: bool(drivers.at[i, c]) for c in drivers.columns if c.startswith("driver_")}}  # fmt: skip
+        if turnover:
+            row["joined_period"] = int(joined[i])
+            row["left_period"] = int(left[i]) if left[i] <= period else -1
+        persons.append(row)
+        crm_rows.append(
+            {"customer_id": customer_id, "full_name": person["name"], "email": person["crm_email"], "phone": person["crm_phone"],
+             "plan": person["plan"], "region": person["region"], "signup_date": person["signup"].date().isoformat(),
+             "age_band": person["age_band"], "gender": person["gender"], "churned": int(person["churned"])}
+        )  # fmt: skip
 
     start = BASE_DATE + timedelta(days=30 * period)
     window_start = start - timedelta(days=WINDOW_DAYS)
+    window = WINDOW_DAYS * 86400
     behaviour_scale = 0.5 if drift == "behaviour" else 1.0
 
-    events, tickets, surveys, exposures = [], [], [], []
-    ev_n = tk_n = sv_n = ex_n = 0
+    rows = _Rows(records=[("crm", f"C{i:06d}", f"T{i:06d}") for i in range(len(people))])
     holdout_rng = np.random.default_rng([seed, period + 1, 1002])  # planted holdout: its own stream
-    for i in range(users):
-        p = PERSONAS[persona_idx[i]]
-        true_person = f"T{i:06d}"
-        customer_id = f"C{i:06d}"
-        activity = rng.lognormal(0, 0.35) * behaviour_scale
-        types = list(p.event_mix) + [t for t in EVENT_TYPES if t not in p.event_mix]
-        base = np.array([p.event_mix.get(t, 0.15) for t in types])
-        mix = rng.dirichlet(base / base.sum() * 40)
-        n_sessions = rng.poisson(p.sessions_per_month * 3 * activity)
-        if persons[i]["churned"]:
-            n_sessions = int(n_sessions * 0.6)
-        for s in range(n_sessions):
-            session_id = f"S{period}-{i:06d}-{s:04d}"
-            # planted: people who churn fade out, active only in the first part of the window
-            fade = CHURNED_ACTIVE_SHARE if persons[i]["churned"] else 1.0
-            t0 = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)) * fade)
-            device = person_devices[i][rng.integers(len(person_devices[i]))]
-            anonymous = rng.random() < 0.12
-            for e in range(1 + rng.poisson(p.events_per_session - 1)):
-                ev_n += 1
-                event_id = f"E{period}-{ev_n:09d}"
-                events.append(
-                    {"event_id": event_id, "user_id": "" if anonymous else customer_id, "device_id": device,
-                     "event_type": types[rng.choice(len(types), p=mix)], "session_id": session_id,
-                     "ts": (t0 + timedelta(seconds=30 * e)).isoformat()}
-                )  # fmt: skip
-                records.append(("events", event_id, true_person))
-        n_tickets = rng.poisson(p.tickets_per_month * 3)
-        for _ in range(n_tickets):
-            tk_n += 1
-            ticket_id = f"K{period}-{tk_n:07d}"
-            r = rng.random()
-            email = person_emails[i]
-            if r < 0.08:
-                email = f"  {email.upper()} "
-            elif r < 0.14:
-                email = person_alt_emails[i]  # not in the CRM: a different key for the same person
-            if drift == "vocabulary" and rng.random() < 0.5:
-                body = f"{DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]}."
-            elif rng.random() < 0.08:
-                body = GENERIC_TEXTS[rng.integers(len(GENERIC_TEXTS))]
-            else:
-                body = f"{p.ticket_topics[rng.integers(len(p.ticket_topics))]} {p.ticket_details[rng.integers(len(p.ticket_details))]}."
-            ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-            tickets.append({"ticket_id": ticket_id, "email": email, "subject": "", "body": body, "created_at": ts.isoformat()})
-            records.append(("tickets", ticket_id, true_person))
-        if rng.random() < p.survey_rate:
-            sv_n += 1
-            response_id = f"R{period}-{sv_n:07d}"
-            use_name = rng.random() < 0.12
-            name = person_names[i] if rng.random() < 0.5 else _typo(rng, person_names[i])
-            nps = int(np.clip(np.round(rng.normal(p.nps_mean, 1.3)), 0, 10))
-            answer = p.survey_lines[rng.integers(len(p.survey_lines))]
-            if drift == "vocabulary" and rng.random() < 0.5:
-                answer = DRIFT_TEXTS[rng.integers(len(DRIFT_TEXTS))]
-            ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-            survey_email = person_emails[i]
-            if not use_name and typo_rng.random() < 0.1:
-                # A respondent mistypes the address: one edit in the letters of its local part, so
-                # no rule links it and the Splink pass (name + e-mail one typo apart) has to.
-                local, _, domain = survey_email.partition("@")
-                letters = local.rstrip("0123456789")
-                survey_email = f"{_typo(typo_rng, letters)}{local[len(letters):]}@{domain}"
-            surveys.append(
-                {"response_id": response_id, "respondent_email": "" if use_name else survey_email,
-                 "respondent_name": name, "nps": nps, "answer": answer, "submitted_at": ts.isoformat()}
-            )  # fmt: skip
-            records.append(("surveys", response_id, true_person))
-        for campaign, factor in CAMPAIGNS.items():
-            organic = 0.5 * p.conversion * factor
-            if rng.random() < 0.45:
-                ex_n += 1
-                exposure_id = f"X{period}-{ex_n:07d}"
-                converted = rng.random() < min(0.95, organic + PLANTED_UPLIFT[campaign][p.name])
-                by_email = rng.random() < 0.3
-                ts = window_start + timedelta(seconds=float(rng.uniform(0, WINDOW_DAYS * 86400)))
-                exposures.append(
-                    {"exposure_id": exposure_id, "customer_id": "" if by_email else customer_id,
-                     "email": person_emails[i] if by_email else "", "campaign": campaign,
-                     "sent_at": ts.isoformat(), "converted": "yes" if converted else "no", "arm": "exposed"}
-                )  # fmt: skip
-                records.append(("campaigns", exposure_id, true_person))
-            elif holdout_rng.random() < CAMPAIGN_HOLDOUT_SHARE:  # held out of the campaign; conversion still measured
-                ex_n += 1
-                exposure_id = f"X{period}-{ex_n:07d}"
-                ts = window_start + timedelta(seconds=float(holdout_rng.uniform(0, WINDOW_DAYS * 86400)))
-                exposures.append(
-                    {"exposure_id": exposure_id, "customer_id": customer_id, "email": "", "campaign": campaign,
-                     "sent_at": ts.isoformat(), "converted": "yes" if holdout_rng.random() < organic else "no", "arm": "holdout"}
-                )  # fmt: skip
-                records.append(("campaigns", exposure_id, true_person))
-
-    _plant_driver_traces(drivers, period, seed, window_start, person_emails, person_devices, events, tickets, records, ev_n, tk_n)
+    base_present = [i for i in range(users) if present[i]]
+    for i in base_present:  # people who left are silent: no draws, no rows
+        _person_activity(rows, rng, holdout_rng, typo_rng, i, PERSONAS[persona_idx[i]], people[i], period, drift, behaviour_scale, window_start, window)
+    traces = np.random.default_rng([seed, period + 1, 1001])
+    _plant_driver_traces(rows, [(i, drivers.iloc[i], people[i]["email"], people[i]["devices"], window_start, window) for i in base_present], period, traces)
+    # Joiners after every base row (their own streams), so base rows do not depend on how many joined.
+    joiners = [i for i in range(users, len(people)) if present[i]]
+    spans = {}
+    for i in joiners:  # active from sign-up in later periods; the whole window in period 0 (like the base people)
+        act_start = max(window_start, people[i]["signup"]) if period else window_start
+        spans[i] = (act_start, max((start - act_start).total_seconds(), 3600.0))
+    j_rng = np.random.default_rng([seed, period + 1, 1010])
+    j_holdout, j_typo = np.random.default_rng([seed, period + 1, 1012]), np.random.default_rng([seed, period + 1, 1013])
+    for i in joiners:
+        _person_activity(rows, j_rng, j_holdout, j_typo, i, PERSONAS[persona_idx[i]], people[i], period, drift, behaviour_scale, *spans[i])
+    _plant_driver_traces(rows, [(i, drivers.iloc[i], people[i]["email"], people[i]["devices"], *spans[i]) for i in joiners],
+                         period, np.random.default_rng([seed, period + 1, 1011]))  # fmt: skip
+    events, tickets, surveys, exposures, records = rows.events, rows.tickets, rows.surveys, rows.exposures, rows.records
     crm = pd.DataFrame(crm_rows)
     ev = pd.DataFrame(events, columns=["event_id", "user_id", "device_id", "event_type", "session_id", "ts"])
     tk = pd.DataFrame(tickets, columns=["ticket_id", "email", "subject", "body", "created_at"])
@@ -434,7 +554,7 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
             sv["nps"] = sv["nps"].astype(object)
             sv.loc[qrng.random(len(sv)) < 0.3, "nps"] = "n/a"
     if drift == "bias":  # one group is mostly missing from this period's telemetry
-        north = {f"C{i:06d}" for i in range(users) if persons[i]["region"] == "north"}
+        north = {f"C{i:06d}" for i in range(len(persons)) if persons[i]["region"] == "north"}
         drop = ev["user_id"].isin(north) & (qrng.random(len(ev)) < 0.8)
         kept = set(ev.loc[~drop, "event_id"])
         ev = ev[~drop].reset_index(drop=True)
@@ -468,4 +588,5 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
                    fields={"campaign": "campaign", "converted": "converted"}, categorical=["arm"]),
     ]  # fmt: skip
     dump_sources(specs, out / f"sources{suffix}.yaml")
-    return {"crm": len(crm), "events": len(ev), "tickets": len(tk), "surveys": len(sv), "campaigns": len(ex), "persons": users}
+    return {"crm": len(crm), "events": len(ev), "tickets": len(tk), "surveys": len(sv), "campaigns": len(ex), "persons": int(present.sum()),
+            **({"joined": n_joined, "left": int((~present).sum())} if turnover else {})}
