@@ -231,9 +231,10 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
     tables, frame, columns = F.current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
     vectors = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache).encode(texts["text"].tolist())
+    previous = _previous_model(ws, cfg)
     result = train_persona_model(
         ws,
-        cfg.model,
+        cfg.model.model_copy(update={"auto_promote": False}),  # promoted (or held for review) below
         frame,
         columns,
         texts,
@@ -241,9 +242,19 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
         F.outcome_frame(tables),
         tags={"personas.run_id": run_id, "personas.input_fingerprint": fingerprint, "personas.feature_service": MODEL_INPUT_SERVICE},
         params={"encoder": Path(encoder).name, "feature_service": MODEL_INPUT_SERVICE},
-        previous=_previous_model(ws, cfg),
+        previous=previous,
         sensitive=_sensitive(ws),
     )
+    promotion = None
+    if previous is not None and cfg.model.auto_promote:
+        # The gate, the share of persons moved and the policy's bias rules: a high-stakes change
+        # is held for a human (`personas promotion approve|reject`) instead of promoted.
+        from models.promotion import auto_promote
+
+        decided = auto_promote(ws, cfg, result.version, run_id)
+        result.gate = decided.checks
+        result.aliases = next(v.aliases for v in registry.versions(ws, cfg.model.registered_name) if v.version == result.version)
+        promotion = {"status": decided.status, "id": decided.promotion["id"] if decided.promotion else None}
     client.set_model_version_tag(cfg.model.registered_name, str(result.version), TRAIN_COMPLETE_TAG, "true")  # committed last
     progress.stage_finished(
         "train",
@@ -251,7 +262,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
     )
     return {
         "run_id": result.run_id, "version": result.version, "aliases": result.aliases, "k": result.k,
-        "metrics": result.metrics, "gate": result.gate, "continuity": result.continuity, "reused": False,
+        "metrics": result.metrics, "gate": result.gate, "continuity": result.continuity, "reused": False, "promotion": promotion,
     }  # fmt: skip
 
 

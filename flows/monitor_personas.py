@@ -58,7 +58,8 @@ def act(cfg: PersonasConfig, ws: Workspace, decision: Decision, run_id: str, as_
         before = registry.alias_version(ws, name, registry.CHAMPION)
         trained = train(str(ws.root), run_id, cfg.embedding.model_path or "all-MiniLM-L6-v2")
         after = registry.alias_version(ws, name, registry.CHAMPION)
-        outcome = {"retrain": {"version": trained["version"], "aliases": trained["aliases"], "gate": trained.get("gate", []), "champion_before": before, "champion_after": after}}
+        outcome = {"retrain": {"version": trained["version"], "aliases": trained["aliases"], "gate": trained.get("gate", []), "champion_before": before, "champion_after": after,
+                               "promotion": trained.get("promotion")}}  # held for review: `personas promotion list`
         if after != before:
             outcome["published"] = publish(str(ws.root), as_of)["rows"]
         return outcome

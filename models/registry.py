@@ -79,17 +79,24 @@ def alias_version(ws: Workspace, name: str, alias: str) -> int | None:
         return None
 
 
-def set_alias(ws: Workspace, name: str, alias: str, version: int, reason: str) -> None:
-    """Move `alias` to `version` and record the move in the audit log."""
+def set_alias(ws: Workspace, name: str, alias: str, version: int, reason: str, actor: str | None = None) -> None:
+    """Move `alias` to `version` and record the move in the audit log. A version rejected in
+    review (models/promotion.py) never becomes champion."""
     c = client(ws)
     known = {v.version for v in versions(ws, name)}
     if version not in known:
         raise NotFoundError(f"Model '{name}' has no version {version} (versions: {sorted(known) or 'none'}); pick one from `personas models list`.")
+    from models.promotion import is_rejected
+
+    if alias == CHAMPION and is_rejected(ws, name, version):
+        from personaops.errors import PromotionBlockedError
+
+        raise PromotionBlockedError(f"Version {version} of '{name}' was rejected in review and can never be champion; pick another version from `personas models list`.")
     previous = alias_version(ws, name, alias)
     c.set_registered_model_alias(name, alias, str(version))
     if alias == CHAMPION and alias_version(ws, name, CHALLENGER) == version:
         c.delete_registered_model_alias(name, CHALLENGER)  # a champion is no longer a challenger
-    ws.audit("model_alias_moved", model=name, alias=alias, version=version, previous=previous, reason=reason, actor=getpass.getuser())
+    ws.audit("model_alias_moved", model=name, alias=alias, version=version, previous=previous, reason=reason, actor=actor or getpass.getuser())
 
 
 def load_champion(ws: Workspace, name: str):
@@ -117,9 +124,10 @@ def run_metrics(ws: Workspace, name: str, version: int) -> dict[str, float]:
     return client(ws).get_run(version_run_id(ws, name, version)).data.metrics
 
 
-def promote(ws: Workspace, cfg, version: int, reason: str, force: bool = False) -> list:
+def promote(ws: Workspace, cfg, version: int, reason: str, force: bool = False, actor: str | None = None) -> list:
     """Move `champion` to `version` if it passes the promotion gate against the current champion
-    (or unconditionally with `force`, which needs a reason). Returns the gate checks."""
+    (or unconditionally with `force`, which needs a reason). Returns the gate checks. (The CLI uses
+    models.promotion.promote_or_hold, which also holds high-stakes promotions for review.)"""
     from models.promotion import evaluate_gate, gate_passed
     from personaops.errors import PromotionBlockedError
 
@@ -135,7 +143,7 @@ def promote(ws: Workspace, cfg, version: int, reason: str, force: bool = False) 
             f"Version {version} fails the promotion gate ({failed}); keep the champion, or pass --force with --reason to override."
         )
     label = "forced" if not gate_passed(checks) else "gate passed"
-    set_alias(ws, cfg.registered_name, CHAMPION, version, f"{reason} ({label}: {'; '.join(map(str, checks))})")
+    set_alias(ws, cfg.registered_name, CHAMPION, version, f"{reason} ({label}: {'; '.join(map(str, checks))})", actor=actor)
     return checks
 
 

@@ -4,7 +4,7 @@
 store, the MLflow client and the Parquet tables are opened on first use. Persona reads go through
 the stock Feast SDK (feature service `persona_v1`) on the online store the pipeline publishes to.
 
-Auth: `Authorization: Bearer <token>`; tokens map to roles reader < analyst < admin, from
+Auth: `Authorization: Bearer <token>`; tokens map to roles reader < analyst < ml-engineer < admin, from
 `api.tokens` in personas.yaml and `PERSONAS_API_TOKENS=token:role,...`. /health, /metrics and
 the OpenAPI document are open (load balancers and Prometheus scrape them without secrets).
 """
@@ -22,10 +22,11 @@ from personaops.config import PersonasConfig
 from personaops.errors import ConfigError, NotFoundError, PersonaOpsError
 from personaops.workspace import Workspace
 
-ROLES = ("reader", "analyst", "admin")
-# Pushes events (living personas) and reads like a reader; admin may push too. Not in the
-# reader < analyst < admin order: an event producer needs no sensitive attributes.
-WRITER = "writer"
+# reader < analyst < ml-engineer < admin, one order for the API and the CLI (personaops/roles.py).
+# WRITER pushes events (living personas) and reads like a reader; admin may push too. Not in the
+# order: an event producer needs no sensitive attributes.
+from personaops.roles import ROLES, WRITER  # noqa: E402
+
 TOKENS_ENV = "PERSONAS_API_TOKENS"
 # Person ids are opaque, printable and short; anything else is malformed input (422).
 PERSON_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@#+\-]{0,127}$"
@@ -64,7 +65,8 @@ class PersonaService:
         if self._store is None:
             from personaops.feature_store import SERVING_SERVICE, feature_store
 
-            if not (self.ws.feast / "registry.db").exists():
+            # The production profile's registry is in PostgreSQL: no file to look for.
+            if self.cfg.profile == "local" and not (self.ws.feast / "registry.db").exists():
                 raise NotFoundError(f"No Feast registry in {self.ws.root}; run `personas run` (or `personas demo`) before serving.")
             store = feature_store(self.ws, self.cfg)
             self._service = store.get_feature_service(SERVING_SERVICE)

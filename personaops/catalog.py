@@ -29,7 +29,7 @@ STATIC_NAME = "catalog.html"
 MAP_POINTS = 1500  # people drawn on the 2-D map (a seeded sample)
 TREND_VERSIONS = 12  # newest model versions shown in the size trend
 MLFLOW_UI_ENV = "PERSONAS_MLFLOW_UI_URL"
-SENSITIVE_ROLES = ("analyst", "admin")
+SENSITIVE_ROLES = ("analyst", "ml-engineer", "admin")  # analyst and above (personaops/roles.py)
 # Colour-blind-friendly palette (Okabe-Ito, then Tableau); unassigned people are grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948")
 UNASSIGNED_COLOUR = "#B8B8B8"

@@ -38,6 +38,14 @@ def _workspace() -> tuple[PersonasConfig, Workspace]:
     return cfg, ws
 
 
+def _guard(cfg: PersonasConfig, ws: Workspace, action: str):
+    """The CLI's local identity, if its role may do `action` (personaops/roles.py); else one
+    sentence, exit 1, and an `access_denied` audit entry."""
+    from personaops import roles
+
+    return roles.require(ws, roles.cli_identity(cfg), action)
+
+
 def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -350,12 +358,30 @@ def models_promote(
     """Make VERSION the champion if it passes the promotion gate, and publish its assignments at once."""
     from models import registry
 
+    from models.promotion import promote_or_hold
+
     cfg, ws = _workspace()
+    who = _guard(cfg, ws, "models promote")
     if force and reason == "manual promotion":
         raise PersonaOpsError("--force needs a --reason saying why the promotion gate is overridden.")
-    checks = registry.promote(ws, cfg.model, version, reason, force)
-    out.print(f"{cfg.model.registered_name} v{version} is now champion ({'; '.join(map(str, checks))})")
+    result = promote_or_hold(ws, cfg, version, reason, who.actor, force=force)
+    checks = "; ".join(_check_text(c) for c in result["checks"])
+    if result["status"] == "held":  # a high-stakes change: it waits for a human decision
+        held = result["promotion"]
+        out.print(f"{cfg.model.registered_name} v{version} is held for review as {held['id']} ({'; '.join(held['why'])}); "
+                  f"`personas promotion approve {held['id']} --reason ...` promotes it, `reject` discards it.", highlight=False)
+        return
+    if result["status"] == "unchanged":
+        out.print(f"{cfg.model.registered_name} v{version} is already champion.")
+        return
+    out.print(f"{cfg.model.registered_name} v{version} is now champion ({checks})", highlight=False)
     _republish(cfg, ws)
+
+
+def _check_text(check: dict) -> str:
+    from models.promotion import GateCheck
+
+    return str(GateCheck(**check))
 
 
 @models_app.command("history")
@@ -409,11 +435,12 @@ def models_rollback(
     from models import registry
 
     cfg, ws = _workspace()
+    who = _guard(cfg, ws, "models rollback")
     current = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
     target = to if to is not None else registry.previous_champion(ws, cfg.model.registered_name)
     if current is None or target is None:
         raise NotFoundError(f"Model '{cfg.model.registered_name}' has no earlier champion to roll back to in {ws.root}; see `personas models history`.")
-    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, target, f"rollback: {reason}")
+    registry.set_alias(ws, cfg.model.registered_name, registry.CHAMPION, target, f"rollback: {reason}", actor=who.actor)
     out.print(f"{cfg.model.registered_name}: champion v{current} -> v{target}")
     _republish(cfg, ws)
 
@@ -429,6 +456,60 @@ def _republish(cfg: PersonasConfig, ws: Workspace) -> None:
     with ws.lock("personas models"):
         done = publish_champion(cfg, ws, record["features"]["as_of"])
     out.print(f"published {done['rows']:,} persons online for model version {done['model_version']}")
+
+
+# --- held promotions: high-stakes changes wait for a human (models/promotion.py) -----------------
+promotion_app = typer.Typer(no_args_is_help=True, help="Promotions held for review: list, approve (promote and publish) or reject.")
+app.add_typer(promotion_app, name="promotion")
+
+
+@promotion_app.command("list")
+def promotion_list(show_all: bool = typer.Option(False, "--all", help="decided ones too"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Promotions waiting for review (with --all: approved and rejected ones too)."""
+    from models import promotion
+
+    cfg, ws = _workspace()
+    found = promotion.promotions(ws) if show_all else promotion.pending(ws)
+    if as_json:
+        _emit_json(found)
+        return
+    table = Table("id", "status", "version", "champion then", "held because", "requested by", title=f"{len(found)} promotions of {cfg.model.registered_name}")
+    for p in found:
+        table.add_row(p["id"], p["status"], f"v{p['version']}", f"v{p['champion']}" if p.get("champion") else "-", "; ".join(p["why"]), f"{p['requested_by']} {p['history'][0]['at'][:16]}")
+    out.print(table)
+
+
+@promotion_app.command("approve")
+def promotion_approve(promotion_id: str = typer.Argument(..., metavar="ID"), reason: str = typer.Option(..., "--reason", help="why (kept in the audit log)")) -> None:
+    """Approve a held promotion: its version becomes champion and its assignments are published at once."""
+    from models import promotion
+
+    cfg, ws = _workspace()
+    who = _guard(cfg, ws, "promotion approve")
+
+    def publish() -> dict:
+        record = ws.latest_run_record()
+        if record is None:
+            return {}
+        ws.prefect.mkdir(parents=True, exist_ok=True)
+        from flows.build_personas import publish_champion
+
+        with ws.lock("personas promotion"):
+            return publish_champion(cfg, ws, record["features"]["as_of"])
+
+    done = promotion.approve(ws, cfg, promotion_id, who.actor, reason, publish)
+    out.print(f"approved {promotion_id}: {done['model']} v{done['version']} is champion; published {done.get('published') or 0:,} persons online.", highlight=False)
+
+
+@promotion_app.command("reject")
+def promotion_reject(promotion_id: str = typer.Argument(..., metavar="ID"), reason: str = typer.Option(..., "--reason", help="why (kept in the audit log)")) -> None:
+    """Reject a held promotion: its version is tagged rejected and can never become champion."""
+    from models import promotion
+
+    cfg, ws = _workspace()
+    who = _guard(cfg, ws, "promotion reject")
+    done = promotion.reject(ws, promotion_id, who.actor, reason)
+    out.print(f"rejected {promotion_id}: {done['model']} v{done['version']} stays out of service for good; the champion is unchanged.", highlight=False)
 
 
 # --- identity: merge/split history and the review queue ---------------------------------------
@@ -545,6 +626,7 @@ def explain(person_id: str = typer.Argument(..., metavar="PERSON_ID"), as_json: 
     from personaops import lineage
 
     cfg, ws = _workspace()
+    _guard(cfg, ws, "explain")  # the API's explain endpoint needs analyst too
     doc = lineage.explain(cfg, ws, person_id)
     if as_json:
         _emit_json(doc)
@@ -755,7 +837,8 @@ def consent_set(
     from personaops import consent
 
     cfg, ws = _workspace()
-    row = consent.set_consent(ws, cfg, person_id, purpose, status, reason)
+    who = _guard(cfg, ws, "consent set")
+    row = consent.set_consent(ws, cfg, person_id, purpose, status, reason, actor=who.actor)
     if as_json:
         _emit_json(row)
         return
@@ -800,6 +883,7 @@ def consent_load(path: Path = typer.Argument(..., metavar="CSV", help="columns p
     from personaops import consent
 
     cfg, ws = _workspace()
+    _guard(cfg, ws, "consent load")
     if not path.is_file():
         raise PersonaOpsError(f"Consent file {path} does not exist; give a CSV with person_id, purpose and status columns.")
     out.print(f"{consent.load_source(ws, cfg, path)} consent records loaded from {path}", highlight=False)
@@ -819,7 +903,8 @@ def erase(
     if person_id and (source or key):
         raise PersonaOpsError("Give either a PERSON_ID or --source NAME and --key VALUE, not both.")
     cfg, ws = _workspace()
-    result = erasure.erase(ws, cfg, person_id=person_id, source=source, key=key, reason=reason)
+    who = _guard(cfg, ws, "erase")
+    result = erasure.erase(ws, cfg, person_id=person_id, source=source, key=key, actor=who.actor, reason=reason)
     if as_json:
         _emit_json(result)
         return

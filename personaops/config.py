@@ -114,6 +114,10 @@ class ModelConfig(_Section):
     auto_promote: bool = Field(True, description="promote a new version to champion when it passes the gate")
     bias_tolerance: float = Field(0.05, description="how much larger a challenger's max demographic-parity difference (0-1) may be than the champion's")
     continuity_min_jaccard: float = Field(0.3, description="membership overlap (0-1) needed to keep a previous persona id")
+    # Human review of high-stakes promotions (docs/governance.md "Held promotions"): a candidate that
+    # passes the gate is held for approval instead of promoted when either of these is exceeded.
+    review_moved_share: float = Field(0.25, description="share of the champion's persons (0-1) a candidate would move to another persona above which the promotion waits for review")
+    bias_review_increase: float = Field(0.02, description="increase of the max demographic-parity difference (0-1) over the champion's above which (up to bias_tolerance) the promotion waits for review")
 
 
 class MonitoringConfig(_Section):
@@ -122,8 +126,14 @@ class MonitoringConfig(_Section):
     embedding_sample: int = Field(3000, description="text vectors per side in the embedding drift check")
 
 
-# "writer" (pushes events; reads like a reader) stands outside the reader < analyst < admin order.
-ApiRole = Literal["reader", "analyst", "admin", "writer"]
+# "writer" (pushes events; reads like a reader) stands outside the reader < analyst < ml-engineer < admin order (personaops/roles.py).
+ApiRole = Literal["reader", "analyst", "ml-engineer", "admin", "writer"]
+
+
+class CliConfig(_Section):
+    # The CLI's role when no API token is configured (docs/governance.md "Roles"); with tokens
+    # configured the CLI takes its role from $PERSONAS_TOKEN instead.
+    role: Literal["reader", "analyst", "ml-engineer", "admin"] = "admin"
 
 
 class ApiConfig(_Section):
@@ -153,6 +163,7 @@ class PersonasConfig(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
     api: ApiConfig = ApiConfig()
     insights: InsightsConfig = InsightsConfig()
+    cli: CliConfig = CliConfig()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
