@@ -400,6 +400,9 @@ def _timed(stage, *args) -> dict:
 def build_personas(sources: str, home: str | None = None) -> dict:
     """The whole persona pipeline on the sources a sources.yaml describes."""
     cfg, ws = _config(home)
+    from personaops.retry import check_services
+
+    check_services(cfg)  # production profile: each service answers (bounded retries) or one clear line
     with ws.lock("build_personas"):  # one run per workspace at a time (re-entrant: the CLI holds it too)
         return _build(cfg, ws, sources, home)
 

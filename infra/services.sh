@@ -9,6 +9,10 @@
 #   infra/services.sh env                     the connection variables, for `eval "$(infra/services.sh env)"`
 #   infra/services.sh status                  health checks (redis-cli ping, pg_isready, HTTP health)
 #   infra/services.sh stop                    stops what `start` started (by the pid files it wrote)
+#   infra/services.sh down|up|restart NAME    one service (redis, postgres, mlflow, prefect): for
+#                                             maintenance and the fault-injection tests; `down` kills
+#                                             it at once (SIGKILL for redis/mlflow/prefect, pg_ctl -m
+#                                             immediate for postgres), as a crash would
 #
 # Every command is idempotent. State lives under $PERSONAS_INFRA_DIR (default /tmp/personas-infra):
 # data directories, logs and pid files. Ports: PERSONAS_REDIS_PORT (6390), PERSONAS_PG_PORT (5440),
@@ -96,8 +100,9 @@ start_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server is not installed; run 'infra/services.sh install'."
   if redis_up; then log "redis already up on $HOST:$REDIS_PORT"; return; fi
   mkdir -p "$INFRA_DIR/redis" "$INFRA_DIR/logs"
-  # An in-memory cache of the offline store: snapshots would only cost publish time.
-  redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$INFRA_DIR/redis" --save "" --appendonly no \
+  # An in-memory cache of the offline store: snapshots would only cost publish time
+  # (PERSONAS_REDIS_APPENDONLY=yes keeps an append-only file, so a restart keeps the last publish).
+  redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$INFRA_DIR/redis" --save "" --appendonly "${PERSONAS_REDIS_APPENDONLY:-no}" \
     --protected-mode yes --daemonize yes --pidfile "$INFRA_DIR/redis.pid" --logfile "$INFRA_DIR/logs/redis.log"
   wait_for "Redis on $HOST:$REDIS_PORT" redis_up
   log "redis up on $HOST:$REDIS_PORT"
@@ -249,11 +254,44 @@ cmd_stop() {
   fi
 }
 
+down_one() { # $1 = service; as abrupt as a crash: no clean shutdown, no final save
+  case "$1" in
+    redis)
+      if [[ -f "$INFRA_DIR/redis.pid" ]]; then kill -KILL "$(cat "$INFRA_DIR/redis.pid")" 2>/dev/null || true; rm -f "$INFRA_DIR/redis.pid"; fi
+      local i; for i in $(seq 1 40); do redis_up || break; sleep 0.25; done
+      log "redis down" ;;
+    postgres|postgresql)
+      if [[ -s "$INFRA_DIR/postgres/postmaster.pid" ]] && pg_bin >/dev/null 2>&1; then
+        as_pg "$(pg_bin)/pg_ctl" -D "$INFRA_DIR/postgres" -m immediate -w stop >&2 || true
+      fi
+      log "postgresql down" ;;
+    mlflow|prefect)
+      local f="$INFRA_DIR/$1.pid"
+      if [[ -f "$f" ]]; then kill -KILL -- "-$(cat "$f")" 2>/dev/null || kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+      log "$1 down" ;;
+    *) die "unknown service '$1'; use redis, postgres, mlflow or prefect." ;;
+  esac
+}
+
+up_one() { # $1 = service
+  mkdir -p "$INFRA_DIR"
+  case "$1" in
+    redis) start_redis ;;
+    postgres|postgresql) start_postgres ;;
+    mlflow) start_mlflow ;;
+    prefect) start_prefect ;;
+    *) die "unknown service '$1'; use redis, postgres, mlflow or prefect." ;;
+  esac
+}
+
 case "${1:-}" in
   install) shift; cmd_install "$@" ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop ;;
   status) shift; cmd_status ;;
   env) shift; cmd_env ;;
-  *) echo "usage: infra/services.sh install|start [--with mlflow] [--with prefect]|env|status|stop" >&2; exit 2 ;;
+  down) shift; down_one "${1:?down needs a service: redis, postgres, mlflow or prefect}" ;;
+  up) shift; up_one "${1:?up needs a service: redis, postgres, mlflow or prefect}" ;;
+  restart) shift; down_one "${1:?restart needs a service: redis, postgres, mlflow or prefect}"; up_one "$1" ;;
+  *) echo "usage: infra/services.sh install|start [--with mlflow] [--with prefect]|env|status|stop|down NAME|up NAME|restart NAME" >&2; exit 2 ;;
 esac

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from personaops.errors import PipelineStateError
+from personaops.retry import RetryLog, RetryPolicy, call_with_retries, redis_retryable
 
 # Columns of Feast 0.67's SQLite online table that a publish fills (vector_value stays NULL).
 _SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
@@ -111,20 +112,7 @@ class RedisPublisher:
 
     def client(self):
         """A redis-py client from Feast's `connection_string` (host:port,key=value,...)."""
-        import json
-
-        from redis import Redis
-
-        parts = self.store.config.online_store.connection_string.split(",")
-        host, _, port = parts[0].partition(":")
-        params = {}
-        for part in parts[1:]:
-            key, _, raw = part.partition("=")
-            try:
-                params[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                params[key] = raw
-        return Redis(host=host, port=int(port or 6379), **params)
+        return redis_client(self.store.config.online_store.connection_string)
 
     def view_name(self, view) -> str:
         from feast.infra.online_stores.helpers import compute_versioned_name
@@ -143,11 +131,20 @@ class RedisPublisher:
         view = self.store.get_feature_view(view_name)
         keys, fields, values = self.encode(view, rows)
         ttl = int(self.store.config.online_store.key_ttl_seconds or 0)
-        client = self.client()
-        try:
-            write_redis_hashes(client, self.members_key(view), keys, fields, values, ttl, self.batch_persons)
-        finally:
-            client.close()
+
+        def attempt() -> None:
+            # A whole publish per attempt: HSETs are idempotent, and the keys of an interrupted
+            # attempt are listed at members_key:next, so the retry also cleans up after it.
+            # redis-py's own retries are off here: ours are the only ones, so the bound holds.
+            client = redis_client(self.store.config.online_store.connection_string, **no_client_retries())
+            try:
+                write_redis_hashes(client, self.members_key(view), keys, fields, values, ttl, self.batch_persons)
+            finally:
+                client.close()
+
+        host = self.store.config.online_store.connection_string.split(",", 1)[0]
+        self.retries = RetryLog()
+        call_with_retries(attempt, f"Redis (the online store) at {host}", "every person online holds one whole publish (the previous one or this one, never a mix); start Redis (`infra/services.sh up redis`) and publish again with `personas run`.", redis_retryable(), self.retry_policy, self.retries)
         return len(rows)
 
 
@@ -173,6 +170,8 @@ def entity_keys(join_key: str, value_type, values: np.ndarray, version: int) -> 
     """`serialize_entity_key` of each value of a single join key (bytes, one per value)."""
     from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    retry_policy: "RetryPolicy | None" = None  # None: personaops.retry's environment defaults
+    retries: "RetryLog | None" = None  # attempts and seconds of the last replace()
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
 
@@ -487,3 +486,29 @@ def delete_persons(store, person_ids: list[str]) -> dict[str, int]:
             client.close()
         return out
     raise PipelineStateError(f"Online store type '{kind}' has no per-person delete in PersonaOps; delete the persons' rows with the store's own tools (or republish without them).")
+def redis_client(connection_string: str, **overrides):
+    """A redis-py client from Feast's Redis `connection_string` (host:port,key=value,...)."""
+    import json
+
+    from redis import Redis
+
+    parts = connection_string.split(",")
+    host, _, port = parts[0].partition(":")
+    params = {}
+    for part in parts[1:]:
+        key, _, raw = part.partition("=")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return Redis(host=host, port=int(port or 6379), **{**params, **overrides})
+
+
+def no_client_retries() -> dict:
+    """redis-py client arguments that turn its own retries off (personaops.retry does them)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"retry": Retry(NoBackoff(), 0)}
+
+

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +85,62 @@ def isolated_backends(env: dict[str, str]):
         client.close()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- services of one test's own, to kill and restart (fault injection) ---------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OwnServices:
+    """A private Redis / PostgreSQL [/ MLflow server] on free ports with its own state directory:
+    a test may kill and restart these (`down`, `up`, `restart`) without touching shared ones."""
+
+    infra_dir: Path
+    ports: dict[str, int]
+    env: dict[str, str]
+
+    def script_env(self) -> dict[str, str]:
+        out = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONAS_", "MLFLOW_", "PREFECT_"))}
+        out.update(
+            PERSONAS_INFRA_DIR=str(self.infra_dir), PERSONAS_REDIS_PORT=str(self.ports["redis"]), PERSONAS_PG_PORT=str(self.ports["postgres"]),
+            PERSONAS_MLFLOW_PORT=str(self.ports["mlflow"]), PERSONAS_PREFECT_PORT=str(self.ports["prefect"]), PERSONAS_REDIS_APPENDONLY="yes",
+        )  # fmt: skip
+        return out
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """infra/services.sh ARGS on these services; AssertionError of one line when it fails."""
+        done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=600, env=self.script_env())
+        assert done.returncode == 0, f"infra/services.sh {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
+        return done
+
+
+@contextmanager
+def own_services(*extra: str):
+    """Start a private Redis (append-only file on, so a restart keeps what was written),
+    PostgreSQL and optionally an MLflow server (`extra`: "mlflow") in a fresh directory; stop them
+    and remove it at the end. (Not under pytest's tmp_path: that is mode 700, and PostgreSQL runs
+    as its own OS user when the tests run as root.)"""
+    import shutil
+    import tempfile
+
+    infra_dir = Path(tempfile.mkdtemp(prefix="personas-faults-"))
+    infra_dir.chmod(0o755)
+    ports = {name: _free_port() for name in ("redis", "postgres", "mlflow", "prefect")}
+    own = OwnServices(infra_dir, ports, {})
+    if subprocess.run(["bash", "-c", "command -v redis-server && (ls /usr/lib/postgresql/*/bin/initdb || command -v initdb)"], capture_output=True).returncode:
+        own.ctl("install")
+    args = ["start"]
+    for name in extra:
+        args += ["--with", name]
+    try:
+        own.env = _exports(own.ctl(*args).stdout)
+        yield own
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=300, env=own.script_env())
+        shutil.rmtree(infra_dir, ignore_errors=True)
