@@ -74,6 +74,7 @@ def truth_seed(seed: int, users: int, work: Path) -> dict:
     from models.intents import intent_mix, mine_intents
     from personaops import features as F
     from personaops import graph, insights
+    from personaops.config import InsightsConfig
     from personaops.generate import generate
     from personaops.workspace import Workspace
 
@@ -84,12 +85,13 @@ def truth_seed(seed: int, users: int, work: Path) -> dict:
     persons = frames["persons"]
     assignments = pd.DataFrame({"person_id": persons["true_person"], "persona_id": persons["true_persona_id"], "persona_name": persons["true_persona"], "confidence": 1.0})
     vectors = TextEmbedder("", work / "embedding-cache").encode(frames["texts"]["text"].tolist())
-    mined = mine_intents(frames["texts"], vectors, 12, 42)
+    cfg = InsightsConfig()  # the pipeline's defaults: the number of intents chosen from the data
+    mined = mine_intents(frames["texts"], vectors, cfg.intent_k, cfg.seed, cfg.intent_k_max)
     nodes, edges = graph.build_graph(assignments, frames["events"], mined.text_intents, mined.table, frames["exposures"])
     ws = Workspace(work / f"ws-{seed}")
     run_id = f"20240101T000000Z-seed{seed}"
     graph.write_graph(ws, run_id, nodes, edges)
-    out = {"seed": seed, "campaigns": {}}
+    out = {"seed": seed, "campaigns": {}, "intents": int(len(mined.table)), "intent_silhouette": round(mined.choice.silhouette, 3)}
     for campaign, spec in planted["campaigns"].items():
         table = insights.ask_campaign(ws, campaign)
         out["campaigns"][campaign] = {"top": table["persona_name"].iloc[0], "planted": spec["top_persona"], "top_uplift": float(table["uplift"].iloc[0])}
@@ -125,7 +127,8 @@ def pipeline_seed(seed: int, users: int, work: Path) -> dict:
     ws = Workspace(home)
     record = ws.latest_run_record()
     names = majority_names(ws, data)
-    out = {"seed": seed, "campaigns": {}, "ari": record.get("train", {}).get("metrics", {}).get("ari")}
+    out = {"seed": seed, "campaigns": {}, "ari": record.get("train", {}).get("metrics", {}).get("ari"),
+           "intents": record.get("intents", {}).get("intents"), "intent_silhouette": record.get("intents", {}).get("silhouette")}  # fmt: skip
     for campaign, spec in planted["campaigns"].items():
         table = insights.ask_campaign(ws, campaign)
         out["campaigns"][campaign] = {"top": names.get(int(table["persona_id"].iloc[0])), "planted": spec["top_persona"], "top_uplift": float(table["uplift"].iloc[0])}

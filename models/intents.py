@@ -1,10 +1,16 @@
 """Intents: topics mined from ticket and survey texts.
 
 The distinct texts' sentence embeddings (the features stage's cached all-MiniLM-L6-v2 vectors)
-are clustered with faiss spherical k-means; each cluster is an intent, labelled with its most
-distinctive terms by class-based TF-IDF (c-TF-IDF: a term's frequency in the intent's texts,
-weighted by how rare it is across intents). Each text gets its nearest intent; each person gets
-an intent mix (share of their texts per intent, 0-1).
+are clustered by Ward agglomerative clustering (a topic is what is said, so each distinct text
+counts once). The number of intents comes from the data: the cut of the Ward tree with the
+highest mean silhouette (cosine) among 2..`k_max` clusters, unless a fixed `k` is asked for.
+A fixed k of 12 used to merge a small, sharp topic (five cancel/refund sentences, written by
+10% of people) into a broad neighbour; the silhouette-chosen cut keeps it apart.
+Each cluster is an intent, labelled with its most distinctive terms by class-based TF-IDF
+(c-TF-IDF: a term's frequency in the intent's texts, weighted by how rare it is across intents).
+Each text gets its intent; each person gets an intent mix (share of their texts per intent, 0-1).
+Above TREE_MAX distinct texts the tree is built on a seeded sample of that many and every text
+joins the intent with the nearest centroid.
 """
 
 from __future__ import annotations
@@ -23,25 +29,69 @@ class Intents:
 
     table: pd.DataFrame
     text_intents: pd.DataFrame  # person_id, source, source_key, event_time, text, intent_id, intent_label
+    choice: Choice | None = None
 
 
-def cluster_texts(vectors: np.ndarray, k: int, seed: int = 42, iterations: int = 30, restarts: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(intent of each row, centroids) by faiss spherical k-means on unit vectors; k is capped at
-    the number of distinct rows."""
-    import faiss
+TREE_MAX = 4000  # distinct texts the Ward tree is built on (memory grows with the square)
+SILHOUETTE_SAMPLE = 2000  # texts the silhouette of each cut is measured on
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    k = max(1, min(k, len(x)))
-    if k == 1:
-        return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
-    km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=restarts, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=100000)  # fmt: skip
-    from models.clustering import faiss_threads
 
-    with faiss_threads(len(x)):
-        km.train(x)
-    _, labels = km.index.search(x, 1)
-    return labels[:, 0].astype(np.int64), km.centroids
+@dataclass
+class Choice:
+    """How the number of intents was chosen: `k`, its `silhouette`, `method` ("silhouette" or
+    "fixed") and the silhouette of every cut tried (`scores`, k -> mean silhouette)."""
+
+    k: int
+    silhouette: float
+    method: str
+    scores: dict[int, float]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cluster_texts(vectors: np.ndarray, k: int = 0, k_max: int = 60, seed: int = 42) -> tuple[np.ndarray, Choice]:
+    """(intent of each row, how k was chosen): Ward clustering of the unit vectors, cut at `k`
+    clusters, or (k = 0) at the count among 2..k_max with the highest mean cosine silhouette."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.metrics import silhouette_score
+
+    x = _unit(vectors)
+    n = len(x)
+    if n < 3 or (k and k <= 1):
+        return np.zeros(n, dtype=np.int64), Choice(1, float("nan"), "fixed" if k else "silhouette", {})
+    rng = np.random.default_rng(seed)
+    tree_rows = np.sort(rng.choice(n, TREE_MAX, replace=False)) if n > TREE_MAX else np.arange(n)
+    tree = linkage(x[tree_rows], method="ward")  # Euclidean on unit vectors: cosine geometry
+    m = len(tree_rows)
+    sample = np.sort(rng.choice(m, SILHOUETTE_SAMPLE, replace=False)) if m > SILHOUETTE_SAMPLE else np.arange(m)
+    xs = x[tree_rows][sample]
+    distance = np.clip(1.0 - xs @ xs.T, 0.0, 2.0)
+    np.fill_diagonal(distance, 0.0)
+
+    def cut(count: int) -> np.ndarray:
+        return fcluster(tree, count, criterion="maxclust").astype(np.int64) - 1
+
+    def silhouette(labels: np.ndarray) -> float:
+        ls = labels[sample]
+        return float(silhouette_score(distance, ls, metric="precomputed")) if 1 < len(np.unique(ls)) < len(ls) else float("nan")
+
+    if k:
+        best = min(k, m)
+        labels = cut(best)
+        choice = Choice(int(labels.max() + 1), silhouette(labels), "fixed", {})
+    else:
+        scores = {c: silhouette(cut(c)) for c in range(2, min(k_max, m - 1) + 1)}
+        scores = {c: s for c, s in scores.items() if s == s}
+        best = max(scores, key=lambda c: (scores[c], -c)) if scores else 1
+        labels = cut(best) if scores else np.zeros(m, dtype=np.int64)
+        choice = Choice(int(labels.max() + 1), scores.get(best, float("nan")), "silhouette", {int(c): round(s, 4) for c, s in scores.items()})
+    if m == n:
+        return labels, choice
+    centroids = _unit(np.vstack([x[tree_rows][labels == c].mean(axis=0) for c in range(labels.max() + 1)]))
+    return np.argmax(x @ centroids.T, axis=1).astype(np.int64), choice
 
 
 def ctfidf_terms(docs: pd.Series, classes: pd.Series, n_terms: int = 10) -> dict[int, list[str]]:
@@ -67,15 +117,16 @@ def ctfidf_terms(docs: pd.Series, classes: pd.Series, n_terms: int = 10) -> dict
     return out
 
 
-def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 12, seed: int = 42) -> Intents:
+def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 0, seed: int = 42, k_max: int = 60) -> Intents:
     """Intents of `texts` (person_id, source, source_key, event_time, text; rows aligned with
-    `vectors`). Distinct texts are clustered once each; labels weigh every occurrence."""
+    `vectors`). Distinct texts are clustered once each (k = 0: the number chosen by silhouette
+    among 2..k_max); labels weigh every occurrence."""
     if texts.empty:
         empty = pd.DataFrame(columns=["intent_id", "label", "terms", "n_texts", "n_persons", "example"])
         return Intents(empty, texts.assign(intent_id=pd.Series(dtype="int64"), intent_label=pd.Series(dtype="string")))
     codes, uniques = pd.factorize(texts["text"].astype(str))
     first = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
-    labels, _ = cluster_texts(vectors[first], k, seed)
+    labels, choice = cluster_texts(vectors[first], k, k_max, seed)
     intent = labels[codes]
     terms = ctfidf_terms(texts["text"].astype(str).reset_index(drop=True), pd.Series(intent))
     label_of = {c: "/".join(t[:LABEL_TERMS]) or f"intent_{c}" for c, t in terms.items()}
@@ -102,7 +153,7 @@ def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 12, seed: in
     table = table[table["n_texts"].fillna(0) > 0].sort_values("n_texts", ascending=False).reset_index(drop=True)
     table["n_texts"] = table["n_texts"].astype("int64")
     table["n_persons"] = table["n_persons"].astype("int64")
-    return Intents(table, text_intents)
+    return Intents(table, text_intents, choice)
 
 
 def intent_mix(text_intents: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:

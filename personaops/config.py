@@ -143,7 +143,8 @@ class ApiConfig(_Section):
 
 
 class InsightsConfig(_Section):
-    intent_k: int = Field(12, description="intents mined from ticket and survey texts (k-means clusters)")
+    intent_k: int = Field(0, description="intents mined from ticket and survey texts (Ward clusters); 0 = chosen from the data by silhouette")
+    intent_k_max: int = Field(60, description="most intents the silhouette choice considers (intent_k = 0)")
     min_signal_persons: int = Field(10, description="graph signals shown by fewer people are not ranked or used")
     churn_label: str = Field("churned", description="the outcome label the risk flag predicts")
     risk_threshold: float = Field(0.5, description="churn probability (0-1) at or above which the risk flag is amber")

@@ -423,11 +423,14 @@ def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
 
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
     vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].astype(str).tolist())
-    mined = mine_intents(texts, vectors, cfg.insights.intent_k, cfg.insights.seed)
+    mined = mine_intents(texts, vectors, cfg.insights.intent_k, cfg.insights.seed, cfg.insights.intent_k_max)
     write_insight_table(ws, run_id, "intents", mined.table)
     write_insight_table(ws, run_id, "text_intents", mined.text_intents)
     _mark(ws, run_id, "intents", fingerprint)
-    return {"run_id": run_id, "intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
+    out = {"run_id": run_id, "intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
+    if mined.choice is not None:  # how many intents, and why: the silhouette of the chosen cut
+        out["k_method"], out["silhouette"] = mined.choice.method, round(mined.choice.silhouette, 4) if mined.choice.silhouette == mined.choice.silhouette else None
+    return out
 
 
 def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:

@@ -93,6 +93,39 @@ def test_intents_cluster_and_are_labelled_by_distinctive_terms():
     assert mix.set_index("person_id").loc["A", "intent_0"] == 0.5 and mix.set_index("person_id").loc["B", "top_intent"] == "a"
 
 
+def _topics(sizes, dim=32, spread=0.03, seed=0):
+    """Unit vectors around len(sizes) orthogonal topic centres; topic 1 sits near topic 0."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[: len(sizes)]
+    centres[1] = 0.5 * centres[0] + np.sqrt(0.75) * centres[1]  # a small, sharp topic beside a broad one (cosine 0.5)
+    rows = np.vstack([centres[t] + spread * rng.standard_normal((n, dim)) for t, n in enumerate(sizes)])
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True), truth
+
+
+def test_the_number_of_intents_is_chosen_from_the_data_and_keeps_a_small_sharp_topic_apart():
+    from sklearn.metrics import adjusted_rand_score
+
+    from models import intents
+
+    vectors, truth = _topics([60, 5, 40, 40, 30, 30])
+    labels, choice = intents.cluster_texts(vectors)  # k = 0: chosen by silhouette
+    assert choice.method == "silhouette" and choice.k == 6 and round(choice.silhouette, 4) == max(choice.scores.values())
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert len(set(labels[truth == 1])) == 1 and not set(labels[truth == 1]) & set(labels[truth == 0])
+    fixed, how = intents.cluster_texts(vectors, k=3)
+    assert how.method == "fixed" and len(set(fixed)) == 3
+    # more distinct texts than the tree takes: a sample builds it, every text joins its nearest intent
+    big, big_truth = _topics([300, 25, 200, 200, 150, 150], seed=1)
+    old = intents.TREE_MAX
+    intents.TREE_MAX = 300
+    try:
+        big_labels, big_choice = intents.cluster_texts(big)
+    finally:
+        intents.TREE_MAX = old
+    assert big_choice.k == 6 and adjusted_rand_score(big_truth, big_labels) > 0.99
+
+
 def test_calibration_error_and_flags():
     y = np.array([0, 0, 1, 1])
     assert churn.expected_calibration_error(y, np.array([0.0, 0.0, 1.0, 1.0])) == 0.0
