@@ -61,6 +61,7 @@ class Catalog:
     mlflow_ui: str = ""
     persons: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    amber_people: dict[int, int] | None = None  # persona_id -> people with any amber flag (a person with two flags counts once)
 
     @property
     def order(self) -> list[int]:
@@ -102,9 +103,10 @@ def _amber_table(ws: Workspace):
     return table if table.exists() else None
 
 
-def _amber_counts(ws: Workspace, assignments) -> dict[int, dict[str, int]] | None:
-    """persona_id -> {flag kind: persons flagged amber} (kinds from the table's `<kind>_flag`
-    columns, e.g. risk, engagement); None while the workspace has no flags ("not computed")."""
+def _amber_flagged(ws: Workspace, assignments):
+    """One row per person with a persona: persona_id and a True/False column per flag kind
+    (`<kind>_flag` columns of the table, e.g. risk, engagement; True = amber); None while the
+    workspace has no flags ("not computed")."""
     import pandas as pd
 
     path = _amber_table(ws)
@@ -115,12 +117,33 @@ def _amber_counts(ws: Workspace, assignments) -> dict[int, dict[str, int]] | Non
     if "person_id" not in table.columns or not kinds:
         return None
     joined = table[["person_id", *kinds]].merge(assignments[["person_id", "persona_id"]], on="person_id", how="inner")
-    out: dict[int, dict[str, int]] = {int(p): {} for p in assignments["persona_id"].unique()}
     for kind in kinds:
-        flagged = joined[joined[kind].astype(str).str.lower().isin(("amber", "true", "1"))]
-        for persona, n in flagged.groupby("persona_id").size().items():
-            out.setdefault(int(persona), {})[kind[: -len("_flag")]] = int(n)
+        joined[kind] = joined[kind].astype(str).str.lower().isin(("amber", "true", "1"))
+    return joined.drop_duplicates("person_id").rename(columns={k: k[: -len("_flag")] for k in kinds})
+
+
+def _amber_counts(ws: Workspace, assignments) -> dict[int, dict[str, int]] | None:
+    """persona_id -> {flag kind: persons flagged amber} (kinds from the table's `<kind>_flag`
+    columns, e.g. risk, engagement); None while the workspace has no flags ("not computed")."""
+    flagged = _amber_flagged(ws, assignments)
+    if flagged is None:
+        return None
+    out: dict[int, dict[str, int]] = {int(p): {} for p in assignments["persona_id"].unique()}
+    for kind in [c for c in flagged.columns if c not in ("person_id", "persona_id")]:
+        for persona, n in flagged[flagged[kind]].groupby("persona_id").size().items():
+            out.setdefault(int(persona), {})[kind] = int(n)
     return out
+
+
+def _amber_people(ws: Workspace, assignments) -> dict[int, int] | None:
+    """persona_id -> people with at least one amber flag (the per-kind counts overlap: a person
+    can be amber for risk and engagement at once); None while no flags exist."""
+    flagged = _amber_flagged(ws, assignments)
+    if flagged is None:
+        return None
+    kinds = [c for c in flagged.columns if c not in ("person_id", "persona_id")]
+    counts = flagged[flagged[kinds].any(axis=1)].groupby("persona_id").size()
+    return {int(p): int(counts.get(p, 0)) for p in assignments["persona_id"].unique()}
 
 
 def _map_points(ws: Workspace, cfg: PersonasConfig, seed: int) -> list[tuple[float, float, int]]:
@@ -190,6 +213,7 @@ def collect_catalog(cfg: PersonasConfig, ws: Workspace, with_map: bool = True) -
         monitoring={"run_id": last[0], **last[1]} if last else None,
         decision=_last_decision(ws),
         amber=_amber_counts(ws, assignments),
+        amber_people=_amber_people(ws, assignments),
         pipeline_run=latest.get("run_id") if latest else None,
         mlflow_ui=os.environ.get(MLFLOW_UI_ENV, "http://127.0.0.1:5000"),
         persons=sum(int(p["size"]) for p in profiles),
@@ -406,7 +430,8 @@ def render_catalog(catalog: Catalog, role: str = "reader", static: bool = False,
                 "trend": catalog.size_trend.get(pid, []),
                 "kpis": [{**r, "svg": Markup(r["svg"])} for r in kpi_rows(p, scales)],
                 "amber": amber,
-                "amber_total": None if amber is None else sum(amber.values()),
+                "amber_total": None if amber is None else sum(amber.values()),  # flags (a person may carry several)
+                "amber_people": None if amber is None or catalog.amber_people is None else catalog.amber_people.get(pid, 0),
                 "drift": drift_status(catalog, pid),
                 "bias": bias_status(catalog, pid),
                 "sensitive": sensitive_breakdown(catalog, pid) if show_sensitive else None,
