@@ -200,7 +200,7 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
     from fastapi.concurrency import run_in_threadpool
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field
 
     from personaops import __version__
 
@@ -253,6 +253,9 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
                 latency.labels(template).observe(time.perf_counter() - started)
 
     app.add_middleware(Measure)
+    from personaops.http_limits import BodySizeLimit
+
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.api.max_body_bytes)  # 413 before any body is read
 
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError):
@@ -297,6 +300,8 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         model_version: int = Field(description="persona-model version that published this assignment")
 
     class LookupRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # an unknown field is a 422, not silently ignored
+
         person_ids: list[Annotated[str, Field(pattern=PERSON_ID_PATTERN)]] = Field(min_length=1, max_length=cfg.api.max_lookup_ids)
 
     class LookupResponse(BaseModel):
@@ -420,11 +425,15 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         return role
 
     class ProductEvent(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # an unknown field is a 422, not silently ignored
+
         event_type: str = Field(min_length=1, max_length=120, description="product event type, as in the events source (e.g. api_call)")
         event_time: _datetime | None = Field(None, description="when it happened (ISO 8601; default: now); not in the future")
         session_id: str | None = Field(None, max_length=200, description="session it belongs to (default: one session per day)")
 
     class EventsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # an unknown field is a 422, not silently ignored
+
         events: list[ProductEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_PUSH)
 
     class EventsResponse(Persona):

@@ -137,7 +137,7 @@ def verify(log: Path) -> Verdict:
         if "hash" not in entry:
             problems.append({"line": lineno, "problem": "entry has no hash (written outside the chain)"})
             continue
-        if entry_hash(entry, key) != entry["hash"]:
+        if not hmac.compare_digest(entry_hash(entry, key).encode(), str(entry["hash"]).encode()):  # an HMAC when keyed: constant time
             problems.append({"line": lineno, "problem": "content does not match its hash (edited)"})
         if entry.get("prev") != prev_hash:
             problems.append({"line": lineno, "problem": "does not follow the entry before it (deleted, inserted or reordered)"})

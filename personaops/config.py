@@ -140,6 +140,7 @@ class ApiConfig(_Section):
     # API token -> role (reader < analyst < admin); PERSONAS_API_TOKENS='tok:role,...' adds more.
     tokens: dict[str, ApiRole] = {}
     max_lookup_ids: int = Field(1000, description="person ids one batch lookup may ask for")
+    max_body_bytes: int = Field(4 * 1024 * 1024, description="largest request body (bytes) the API reads; larger ones get 413")
 
 
 class InsightsConfig(_Section):
