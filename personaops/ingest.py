@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from personaops.config import IngestConfig
@@ -140,18 +142,54 @@ def _read_parquet(spec: SourceSpec, path: Path) -> tuple[list[str], pd.DataFrame
     except (pa_arrow.ArrowException, OSError) as exc:
         raise SourceError(f"Source '{spec.name}': {path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it or fix format.") from None
     frame = table.to_pandas()
-    for col in frame.columns:
+    for col, arrow_field in zip(frame.columns, table.schema):
         values = frame[col]
+        if pa_arrow.types.is_string(arrow_field.type) or pa_arrow.types.is_large_string(arrow_field.type):
+            frame[col] = values.astype(object)  # already str or None: no per-value pass
+            continue
         frame[col] = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT else str(v)).astype(object)
     frame.index = pd.Index(np.arange(1, len(frame) + 1), name="_row_number")
     return list(frame.columns), frame, pd.DataFrame(columns=["_row_number", "reason", "raw"])
 
 
 # --- validation ------------------------------------------------------------------------------
+# What Python's str.strip() strips (every character whose isspace() is true), for Arrow's trim.
+_PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
+def _all_strings(series: pd.Series) -> bool:
+    """True when every non-missing value is a str (a C scan; no per-value Python call)."""
+    return pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
+
+
+def _arrow_strings(series: pd.Series) -> pa_arrow.ChunkedArray | None:
+    """The series as Arrow strings when every value is a str or missing (None if not possible)."""
+    if not len(series) or not _all_strings(series):
+        return None
+    try:
+        return pa_arrow.chunked_array([pa_arrow.array(series.to_numpy(dtype=object), type=pa_arrow.large_string(), from_pandas=True)])
+    except (pa_arrow.ArrowException, UnicodeError):  # e.g. a lone surrogate: take the per-value path
+        return None
+
+
 def _clean(series: pd.Series) -> pd.Series:
-    """Strip strings; empty strings become missing."""
+    """Strip strings (as str.strip() does); empty strings become missing."""
+    strings = _arrow_strings(series)
+    if strings is not None:
+        # Vectorised in Arrow: the same characters str.strip() removes, then "" -> missing.
+        stripped = pc.utf8_trim(strings, characters=_PY_WHITESPACE)
+        stripped = pc.if_else(pc.equal(stripped, ""), None, stripped)
+        return pd.Series(stripped.to_numpy(zero_copy_only=False), index=series.index, dtype=object)
     s = series.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
     return s.where(s.map(lambda v: isinstance(v, str) and v != ""), None)
+
+
+def _str_mask(series: pd.Series, arrow_test, python_test) -> pd.Series:
+    """Boolean mask of str values passing the test (Arrow when all values are str); False elsewhere."""
+    strings = _arrow_strings(series)
+    if strings is not None:
+        return pd.Series(pc.fill_null(arrow_test(strings), False).to_numpy(zero_copy_only=False), index=series.index, dtype=bool)
+    return series.map(lambda v: isinstance(v, str) and python_test(v)).astype(bool)
 
 
 def _parse_bool(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -194,8 +232,13 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefi
         raw_ts = _clean(raw[spec.timestamp])
         # dateutil reads "now"/"today" as the parse time and drops zone names it does not know
         # ("EST" becomes UTC, 5 hours off): neither is a recorded time, so neither is parsed.
-        words = raw_ts.notna() & ~raw_ts.astype(str).str.contains(r"\d", regex=True)
-        zones = raw_ts.notna() & raw_ts.astype(str).str.contains(UNKNOWN_ZONE, regex=True)
+        words = raw_ts.notna() & ~_str_mask(raw_ts, lambda a: pc.match_substring_regex(a, r"\p{Nd}"), lambda v: re.search(r"\d", v) is not None)
+        # Only values ending in letters can name a zone: Arrow finds those, Python's regex judges them.
+        # (U+017F and U+212A are the two non-ASCII letters Python's case-insensitive [a-z] matches.)
+        ends_in_letters = _str_mask(raw_ts, lambda a: pc.match_substring_regex(a, r"[A-Za-z\x{17F}\x{212A}]\s*$"), lambda v: True)
+        zones = raw_ts.notna() & ends_in_letters
+        candidates = zones[zones].index
+        zones.loc[candidates] = raw_ts.loc[candidates].astype(str).str.contains(UNKNOWN_ZONE, regex=True).to_numpy(dtype=bool)
         flag(words, lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} is not a date-time")
         flag(zones, lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} names a time zone by abbreviation; give a UTC offset such as -05:00 instead")
         with warnings.catch_warnings():
@@ -356,10 +399,14 @@ def ingest_file(
     for col in raw.columns:
         if col in text_columns:
             continue  # free text has its own limit (ingest.max_text_chars)
-        too_long = raw[col].map(lambda v: isinstance(v, str) and len(v) > MAX_FIELD_CHARS)
+        too_long = _str_mask(raw[col], lambda a: pc.greater(pc.utf8_length(a), MAX_FIELD_CHARS), lambda v: len(v) > MAX_FIELD_CHARS)
         for idx in too_long[too_long].index:
             reasons.setdefault(int(idx), []).append(f"{col} is longer than {MAX_FIELD_CHARS:,} characters")
-    bad_bytes = raw.apply(lambda col: col.map(lambda v: isinstance(v, str) and "\ufffd" in v)).any(axis=1) if len(raw) else pd.Series(dtype=bool)
+    bad_bytes = (
+        pd.concat([_str_mask(raw[c], lambda a: pc.match_substring(a, "\ufffd"), lambda v: "\ufffd" in v) for c in raw.columns], axis=1).any(axis=1)
+        if len(raw) and len(raw.columns)
+        else pd.Series(False, index=raw.index, dtype=bool)
+    )
     for idx in bad_bytes[bad_bytes].index:
         reasons.setdefault(int(idx), []).append("holds bytes that are not valid UTF-8 (or NUL)")
 
@@ -375,20 +422,21 @@ def ingest_file(
         kept.extend(dict.fromkeys(m for m in msgs if m not in kept and not (m.endswith(" is missing") and m[: -len(" is missing")] in already)))
 
     hashes = _row_hashes(raw)
-    first_hash: dict[str, int] = {}
-    for idx, h in hashes.items():
-        if h in first_hash:
+    repeated = hashes.duplicated(keep="first")
+    if repeated.any():
+        first_hash = {h: int(i) for i, h in hashes[~repeated & hashes.isin(set(hashes[repeated]))].items()}
+        for idx, h in hashes[repeated].items():
             reasons.setdefault(int(idx), []).append(f"duplicate of row {first_hash[h]}")
-        else:
-            first_hash[h] = int(idx)
-    for idx, key in canon["source_key"].items():
-        if idx in reasons or key is None:
-            continue
-        where = f"{path.name} row {idx}"
-        if key in seen_keys:
-            reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys[key]})")
-        else:
-            seen_keys[key] = where
+    # Keys: rows already rejected and missing keys are skipped; a key seen earlier (this file or an
+    # earlier file of the source) is a duplicate. Vectorised; only duplicates are looked at one by one.
+    keys = canon["source_key"]
+    candidates = keys[keys.notna() & ~keys.index.isin(list(reasons))]
+    earlier = candidates.isin(seen_keys.keys()) if seen_keys else pd.Series(False, index=candidates.index)
+    again = candidates.duplicated(keep="first") | earlier
+    first_in_file = candidates[~again]
+    seen_keys.update(zip(first_in_file.tolist(), (f"{path.name} row {i}" for i in first_in_file.index)))
+    for idx, key in candidates[again].items():
+        reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys[key]})")
 
     # Erased persons (personaops/erasure.py): rows matching a tombstone are quarantined as
     # 'erased', whatever else is wrong with them, and their raw values are not kept.
