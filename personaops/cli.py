@@ -603,6 +603,33 @@ def audit_verify(as_json: bool = typer.Option(False, "--json", help="print JSON"
         raise typer.Exit(1)
 
 
+@audit_app.command("minimisation")
+def audit_minimisation(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Search every derived store (features, online store, MLflow, reports, graph, catalogue, runs) for
+    the lake's raw identifiers and sensitive attributes outside the bias audit; exit 1 on any finding."""
+    from personaops import minimisation
+
+    _, ws = _workspace()
+    result = minimisation.check(ws)
+    if as_json:
+        _emit_json(result)
+    else:
+        counts = result["identifiers_from_lake"]
+        out.print(f"searched {result['files_scanned']} files outside {', '.join(result['allowed_zones'])} for {counts['emails']:,} emails, "
+                  f"{counts['phones']:,} phones and {counts['names']:,} names of the lake; sensitive attributes {', '.join(result['sensitive_attributes']) or 'none'} "
+                  f"checked in {result['sensitive_checked']['tables']} tables, {result['sensitive_checked']['model_input_lists']} model input lists, "
+                  f"{result['sensitive_checked']['online_tables']} online tables.", highlight=False)
+        for f in result["identifier_findings"] + result["sensitive_findings"]:
+            err.print(f"[red]{f['path']}[/]: {f['kind']} " + (f"({f['cells']} values)" if "cells" in f else f"{f.get('attribute')} as {f.get('column')}"), highlight=False)
+    if not result["ok"]:
+        if not as_json:
+            found = len(result["identifier_findings"]) + len(result["sensitive_findings"])
+            err.print(f"Data minimisation fails in {ws.root}: {found} findings above; remove the identifiers or sensitive columns from those stores (or erase and re-run).", highlight=False)
+        raise typer.Exit(1)
+    if not as_json:
+        out.print("data minimisation holds: no raw identifier or sensitive attribute outside the lake, the identity stage and the bias audit.")
+
+
 @audit_app.command("log")
 def audit_log(event: str = typer.Option(None, "--event", help="only entries of this event type"),
               limit: int = typer.Option(50, "--limit", help="newest N entries (0 for all)"),
