@@ -118,3 +118,42 @@ def test_api_errors_never_echo_the_token(client):
     got = client.get("/personas", headers={"Authorization": f"Bearer {wrong}"})
     assert got.status_code == 401
     assert wrong not in got.text and TOKEN not in got.text
+
+
+# --- file-taking commands: names and ids from input never become paths outside the workspace ---
+def _personas(args: list[str], home: Path, monkeypatch, capsys) -> tuple[int, str]:
+    import sys
+
+    from personaops.cli import main
+
+    monkeypatch.setenv("PERSONAS_HOME", str(home))
+    monkeypatch.delenv("PERSONAS_PROFILE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["personas", *args])
+    with pytest.raises(SystemExit) as done:
+        main()
+    captured = capsys.readouterr()
+    return done.value.code, captured.err + captured.out
+
+
+def test_traversal_in_a_source_name_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "crm.csv").write_text("customer_id,email\n1,a@example.com\n")
+    (tmp_path / "sources.yaml").write_text("sources:\n  - name: ../../evil\n    kind: crm\n    path: crm.csv\n    identifiers: {customer_id: customer_id, email: email}\n")
+    code, text = _personas(["run", "--sources", str(tmp_path / "sources.yaml")], tmp_path / "ws", monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in text
+    assert "'name'" in text and "should match pattern" in text
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_traversal_in_a_run_id_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "ws" / "runs").mkdir(parents=True)
+    code, text = _personas(["replay", "../../../../etc/passwd"], tmp_path / "ws", monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in text and "root:" not in text
+    assert "has no run record" in text
+
+
+def test_a_file_that_is_not_a_consent_csv_is_refused_without_echoing_its_content(tmp_path, monkeypatch, capsys):
+    secret_file = tmp_path / "not-consent.txt"
+    secret_file.write_text("root:x:0:0:secret-line-xyz:/root:/bin/bash\n")
+    code, text = _personas(["consent", "load", str(secret_file)], tmp_path / "ws", monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in text
+    assert "secret-line-xyz" not in text
