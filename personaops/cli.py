@@ -149,13 +149,15 @@ def generate(
     out_dir: Path = typer.Option(..., "--out", help="output folder"),
     period: int = typer.Option(0, min=0, help="later observation period of the same population"),
     drift: str = typer.Option("none", help="planted change: none, mix, behaviour, vocabulary, broken, bias"),
+    join_rate: float = typer.Option(None, min=0.0, max=1.0, help="new people per period, share of --users (default 0.03 in later periods, 0 in period 0; in period 0 it adds people: 'grow')"),
+    leave_rate: float = typer.Option(None, min=0.0, max=1.0, help="chance per period that a person leaves and goes silent (default 0.02 in later periods; churners 4x as likely)"),
 ) -> None:
     """Generate synthetic multi-source data with planted personas, a sources.yaml and truth files."""
     from personaops.generate import DRIFT_KINDS, generate as make
 
     if drift not in DRIFT_KINDS:
         raise PersonaOpsError(f"--drift {drift!r} is not a known change; use one of {', '.join(DRIFT_KINDS)}.")
-    counts = make(users, seed, out_dir, period, drift)
+    counts = make(users, seed, out_dir, period, drift, join_rate=join_rate, leave_rate=leave_rate)
     suffix = f"_p{period}" if period else ""
     out.print(f"wrote {', '.join(f'{k}: {v:,}' for k, v in counts.items())} to {out_dir}")
     out.print(f"sources file: {out_dir / f'sources{suffix}.yaml'}")
