@@ -695,6 +695,9 @@ def replay(run_id: str = typer.Argument(..., metavar="RUN_ID"), as_json: bool = 
     elif result["reproduced"]:
         out.print(f"run {run_id} reproduced: {result['persons']:,} assignments identical (persona_id and confidence bit for bit), "
                   f"model v{result['model_version']}, snapshot {result['snapshot_id']}.", highlight=False)
+        if result.get("erased_persons"):
+            out.print(f"not reproduced: {len(result['erased_persons'])} persons erased after the run ({', '.join(result['erased_persons'][:5])}; "
+                      f"erasures {', '.join(result['erasures'])}): their inputs are gone, by design.", highlight=False)
     if not result["reproduced"]:
         err.print(f"Replay of run {run_id} differs from what it published for {result['persons'] - result['identical']:,} of {result['persons']:,} persons "
                   f"(e.g. {', '.join(result['differing_persons'][:3])}); the model version or stored inputs are not those the run used.", highlight=False)

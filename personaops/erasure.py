@@ -403,12 +403,18 @@ def erase(ws: Workspace, cfg, person_id: str | None = None, source: str | None =
         counts["derived_rows"], counts["redacted_cells"] = 0, 0
         # every other Parquet table of the workspace (run snapshots, reports' frames included)
         handled = {ws.identity, ws.quarantine, ws.embedding_cache, *(_lake_sources(ws))}
+        run_files = []  # run snapshots rewritten: recorded so that replay tells erasure from tampering
         for path in sorted(ws.root.rglob("*.parquet")):
             if any(path.is_relative_to(h) for h in handled) or path == tombstone_path(ws) or path.name.startswith("."):
                 continue
             dropped, redacted = _sweep_derived(path, subject)
             counts["derived_rows"] += dropped
             counts["redacted_cells"] += redacted
+            if (dropped or redacted) and path.is_relative_to(ws.runs):
+                run_files.append(path)
+        from personaops.lineage import record_erasure
+
+        record_erasure(ws, erasure_id, run_files)
         for path in sorted(ws.mlflow_artifacts.rglob("*.json")) if ws.mlflow_artifacts.is_dir() and subject.texts else []:
             counts["redacted_cells"] += _redact_json_file(path, subject.texts)  # persona quotes in profiles.json
         # 6. cached embeddings of their texts

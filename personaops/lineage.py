@@ -93,7 +93,7 @@ def freeze_run(ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds:
     tmp = directory / "assignments.parquet.tmp"
     assignments.sort_values("person_id").reset_index(drop=True).to_parquet(tmp, index=False)
     tmp.replace(directory / "assignments.parquet")
-    manifest = {"run_id": run_id, "snapshot_id": snapshot_id, "model_version": int(version), "scoring_tables": scoring}
+    manifest = {"run_id": run_id, "snapshot_id": snapshot_id, "model_version": int(version), "scoring_tables": scoring, "persons": int(len(assignments))}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     out.update(replayable=True, dir=str(directory), assignments_sha256=_sha256(directory / "assignments.parquet"), scoring_tables=scoring)
     return out
@@ -248,6 +248,60 @@ def explain(cfg, ws: Workspace, person_id: str, persona: dict | None = None) -> 
     }
 
 
+# --- erasure vs replay: which stored files an erasure rewrote, and to what ------------------------
+ERASURE_LEDGER = "erasures.jsonl"
+
+
+def record_erasure(ws: Workspace, erasure_id: str, changed: list[Path]) -> int:
+    """Called by erasure for the run-snapshot files it rewrote: one ledger line with the erasure id
+    and each file's new SHA-256 (no person id: the audit log's erasure entry names the person), so
+    replay can tell an erasure from tampering. Returns the number of files recorded."""
+    if not changed:
+        return 0
+    entry = {"erasure_id": erasure_id, "files": {str(path.relative_to(ws.runs)): _sha256(path) for path in changed}}
+    path = ws.runs / ERASURE_LEDGER
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+    return len(changed)
+
+
+def _erasure_ledger(ws: Workspace) -> dict[str, dict]:
+    """Stored file (relative to runs/) -> {"sha256": after the newest erasure, "erasures": [ids]}."""
+    path = ws.runs / ERASURE_LEDGER
+    ledger: dict[str, dict] = {}
+    if not path.is_file():
+        return ledger
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line: that erasure's files will not verify, replay says so
+        for name, digest in entry["files"].items():
+            known = ledger.setdefault(name, {"erasures": []})
+            known["sha256"] = digest
+            known["erasures"].append(entry["erasure_id"])
+    return ledger
+
+
+def _stored_file_state(ws: Workspace, path: Path, digest: str | None, ledger: dict[str, dict]) -> list[str] | None:
+    """[] when `path` has its original hash, the erasure ids when erasures rewrote it and it has the
+    hash the newest left, None when it is missing or changed otherwise."""
+    if not path.exists():
+        return None
+    actual = _sha256(path)
+    if actual == digest:
+        return []
+    known = ledger.get(str(path.relative_to(ws.runs)))
+    return list(known["erasures"]) if known and known["sha256"] == actual else None
+
+
+def _erased_persons(ws: Workspace, erasure_ids: list[str]) -> list[str]:
+    from personaops import audit
+
+    wanted = set(erasure_ids)
+    return sorted({e["person_id"] for e in audit.read(ws.audit_log, "erasure") if e.get("erasure_id") in wanted and e.get("person_id")})
+
+
 # --- replay ------------------------------------------------------------------------------------
 def run_record(ws: Workspace, run_id: str) -> dict:
     path = ws.runs / f"{run_id}.json"
@@ -272,15 +326,22 @@ def replay(cfg, ws: Workspace, run_id: str) -> dict:
         raise PipelineStateError(f"Run {run_id} cannot be replayed: {snapshot.get('not_replayable', 'no stored scoring input')}.")
     directory = run_dir(ws, run_id)
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    published = pd.read_parquet(directory / "assignments.parquet")
-    if _sha256(directory / "assignments.parquet") != snapshot.get("assignments_sha256"):
+    # An erasure rewrites stored files without the erased persons (recorded in the erasure ledger);
+    # any other change is tampering and stops the replay.
+    ledger = _erasure_ledger(ws)
+    erased_here = _stored_file_state(ws, directory / "assignments.parquet", snapshot.get("assignments_sha256"), ledger)
+    if erased_here is None:
         raise PipelineStateError(f"The stored assignments of run {run_id} in {directory} were changed after the run (hash mismatch); restore them from a backup.")
+    published = pd.read_parquet(directory / "assignments.parquet")
     tables = {}
     for view, digest in manifest["scoring_tables"].items():
         path = ws.runs / OBJECTS_DIR / f"{digest}.parquet"
-        if not path.exists() or _sha256(path) != digest:
+        if _stored_file_state(ws, path, digest, ledger) is None:
             raise PipelineStateError(f"The stored feature table {view} of run {run_id} ({path}) is missing or changed; replay needs it unchanged.")
         tables[view] = pd.read_parquet(path)
+    erased = _erased_persons(ws, erased_here)
+    if "persons" in manifest and len(published) + len(erased) != manifest["persons"]:
+        raise PipelineStateError(f"Run {run_id} published {manifest['persons']:,} assignments; {len(published):,} are stored and {len(erased)} were erased, so rows are missing; restore {directory} from a backup.")
     version = int(manifest["model_version"])
     registry.client(ws)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.model.registered_name}/{version}")
@@ -288,7 +349,9 @@ def replay(cfg, ws: Workspace, run_id: str) -> dict:
     frame, _ = F.model_frame(tables, persons)
     predicted = model.predict(frame.reset_index(drop=True))
     replayed = pd.concat([pd.Series(frame.index, name="person_id"), predicted.reset_index(drop=True)], axis=1)
-    return {"run_id": run_id, "snapshot_id": snapshot["id"], "model_version": version, **compare(published, replayed)}
+    # Erased persons cannot be reproduced (their inputs are gone, by design); everyone else must be.
+    return {"run_id": run_id, "snapshot_id": snapshot["id"], "model_version": version, **compare(published, replayed),
+            "erased_persons": erased, "erasures": erased_here, "persons_at_run": manifest.get("persons")}  # fmt: skip
 
 
 def compare(published: pd.DataFrame, replayed: pd.DataFrame) -> dict:
