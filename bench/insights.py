@@ -120,6 +120,8 @@ def pipeline_seed(seed: int, users: int, work: Path) -> dict:
     planted = json.loads((data / "truth" / "planted.json").read_text())
     env = {**os.environ, "PERSONAS_HOME": str(home), "FEAST_USAGE": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env = {k: v for k, v in env.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    # Prefect's ephemeral API may take minutes to start on a loaded machine (seed 3 timed out at 120 s, load 26)
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     done = subprocess.run([str(Path(sys.executable).parent / "personas"), "run", "--sources", str(data / "sources.yaml")], env=env, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         return {"seed": seed, "error": done.stderr[-500:]}

@@ -115,6 +115,7 @@ def test_the_number_of_intents_is_chosen_from_the_data_and_keeps_a_small_sharp_t
     assert len(set(labels[truth == 1])) == 1 and not set(labels[truth == 1]) & set(labels[truth == 0])
     fixed, how = intents.cluster_texts(vectors, k=3)
     assert how.method == "fixed" and len(set(fixed)) == 3
+    assert list(intents.cluster_texts(vectors[:2])[0]) == [0, 0]  # two texts: one intent, nothing to compare
     # more distinct texts than the tree takes: a sample builds it, every text joins its nearest intent
     big, big_truth = _topics([300, 25, 200, 200, 150, 150], seed=1)
     old = intents.TREE_MAX
