@@ -109,9 +109,22 @@ def fit_personas(
     outlier_mads: float = 8.0,
     stability_floor: float = 0.0,
     stability_rounds: int = 5,
+    selection_rows: int | None = None,
 ) -> Clustering:
     """Fit k-means for each k in range and choose k as the module docstring says; `sample` rows
-    are used for the silhouette, `min_share` and `stability_floor` are in 0-1."""
+    are used for the silhouette, `min_share` and `stability_floor` are in 0-1.
+
+    With more than `selection_rows` rows, k is chosen on a random `selection_rows` of them (the
+    fits per k and the bootstrap refits are the bulk of the cost: (1 + rounds) x restarts k-means
+    per k) and the chosen k is then fitted on all rows; the reported stabilities and silhouettes
+    are those of the selection sample."""
+    if selection_rows is not None and len(x) > selection_rows:
+        pick = np.sort(np.random.default_rng(seed + 7).choice(len(x), size=selection_rows, replace=False))
+        chosen = fit_personas(x[pick], k_min, k_max, restarts, iterations, seed, sample, min_share, outlier_mads, stability_floor, stability_rounds)
+        centroids = kmeans(x, chosen.k, restarts, iterations, seed)
+        return Clustering(
+            centroids=centroids, outlier_threshold=outlier_threshold(x, centroids, outlier_mads), k_scores=chosen.k_scores, k_stability=chosen.k_stability
+        )
     from sklearn.metrics import silhouette_score
 
     rng = np.random.default_rng(seed)

@@ -78,7 +78,7 @@ def fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, c
     x = fusion.transform(frame)
     clustering = fit_personas(
         x, cfg.k_min, cfg.k_max, cfg.restarts, cfg.iterations, cfg.seed, cfg.silhouette_sample,
-        cfg.min_persona_share, cfg.outlier_mads, cfg.stability_floor, cfg.stability_rounds,
+        cfg.min_persona_share, cfg.outlier_mads, cfg.stability_floor, cfg.stability_rounds, cfg.selection_rows,
     )  # fmt: skip
     return PersonaScorer(fusion=fusion, clustering=clustering, persona_names=[f"persona {i}" for i in range(clustering.k)])
 

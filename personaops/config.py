@@ -109,6 +109,7 @@ class ModelConfig(_Section):
     min_persona_share: float = Field(0.03, description="a k whose smallest persona holds less than this share (0-1) is not considered")
     outlier_mads: float = Field(8.0, description="unassigned when farther from every centroid than median + this many MADs")
     stability_rounds: int = 5
+    selection_rows: int = Field(25_000, ge=1_000, description="people the choice of k (fits per k, bootstrap stability, silhouette) runs on; the chosen k is then fitted on everyone")
     stability_floor: float = Field(0.9, description="mean bootstrap ARI (0-1) below which a version is not promotable")
     promotion_tolerance: float = Field(0.02, description="how much worse than the champion a challenger may be (silhouette, stability)")
     auto_promote: bool = Field(True, description="promote a new version to champion when it passes the gate")

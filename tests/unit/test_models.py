@@ -181,3 +181,24 @@ def test_label_gaps_compare_outcomes_of_groups_within_a_persona():
     report = label_gaps(persona, sensitive, pd.DataFrame({"churned": churned}, index=people))
     gaps = report["by_label"]["churned"]["gender"]
     assert gaps[0]["gap"] == 0.5 and gaps[1]["gap"] == 0.0 and report["max_gap"] == 0.5
+
+
+def test_k_is_chosen_on_a_sample_and_fitted_on_everyone(monkeypatch):
+    import models.clustering as clustering
+
+    fitted_rows: list[int] = []
+    real_kmeans = clustering.kmeans
+    monkeypatch.setattr(clustering, "kmeans", lambda x, *a, **kw: fitted_rows.append(len(x)) or real_kmeans(x, *a, **kw))
+    rng = np.random.default_rng(3)
+    centres = np.eye(6)[:5] * 12  # five well-separated groups
+    truth = rng.integers(0, 5, size=6000)
+    x = (centres[truth] + rng.normal(0, 1, size=(6000, 6))).astype(np.float32)
+    sampled = fit_personas(x, 3, 7, 5, 30, 0, 1000, min_share=0.03, stability_rounds=2, selection_rows=1500)
+    assert sampled.k == 5
+    assert fitted_rows[-1] == 6000 and fitted_rows.count(6000) == 1  # one fit on everyone, after the choice
+    assert max(fitted_rows[:-1]) == 1500  # every fit of the choice (per k and bootstrap refits) on the sample
+    ids, _ = assign(x, sampled)
+    assert adjusted_rand_score(truth, ids) > 0.99  # and fitted on all 6,000
+    assert set(sampled.k_stability) == set(range(3, 8)) - {k for k, s in sampled.k_scores.items() if s is None}
+    whole = fit_personas(x, 3, 7, 5, 30, 0, 1000, min_share=0.03, stability_rounds=2)
+    assert whole.k == sampled.k
