@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local services of the production profile, on loopback, for development and CI.
 #
-#   infra/services.sh install                 Debian packages (redis-server, postgresql, Java 17) when absent
+#   infra/services.sh install                 Debian packages (redis-server, postgresql, Java 17, wrk) when absent
 #   infra/services.sh start [--with mlflow] [--with prefect]
 #                                             Redis and PostgreSQL as plain processes (no systemd),
 #                                             a `personas` role and databases; optionally a real
@@ -75,6 +75,7 @@ cmd_install() {
   command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
   pg_bin >/dev/null 2>&1 || pkgs+=(postgresql)
   command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
+  command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)  # the load generator of tests/integration/test_load.py
   if ((${#pkgs[@]})); then
     [[ "$(id -u)" == 0 ]] || die "installing ${pkgs[*]} needs root; run 'sudo infra/services.sh install'."
     log "apt-get install ${pkgs[*]}"
@@ -82,18 +83,22 @@ cmd_install() {
     apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${pkgs[@]}" >&2
   else
-    log "redis-server, postgresql and java are installed"
+    log "redis-server, postgresql, java and wrk are installed"
   fi
   # Debian's postinst starts packaged daemons where it can; ours run on their own ports and dirs.
 }
 
-redis_up() { redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+# PERSONAS_REDIS_PASSWORD (optional) makes Redis require a password (requirepass); redis-cli reads it from REDISCLI_AUTH.
+REDIS_PASSWORD="${PERSONAS_REDIS_PASSWORD:-}"
+rcli() { REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h "$HOST" -p "$REDIS_PORT" "$@"; }
+redis_up() { rcli ping 2>/dev/null | grep -q PONG; }
 pg_up() { "$(pg_bin)/pg_isready" -q -h "$HOST" -p "$PG_PORT" 2>/dev/null; }
 http_up() { curl -fsS -m 3 "$1" >/dev/null 2>&1 || "$VENV_BIN/python" -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$1" >/dev/null 2>&1; }
-wait_for() { # $1 = description, $2.. = check command; ~60 s
+WAIT_S="${PERSONAS_SERVICES_WAIT_S:-60}"  # how long a starting service may take (a loaded machine needs more)
+wait_for() { # $1 = description, $2.. = check command; $WAIT_S seconds
   local i
-  for i in $(seq 1 120); do "${@:2}" && return 0; sleep 0.5; done
-  die "$1 did not become healthy within 60 s; see the logs in $INFRA_DIR/logs."
+  for i in $(seq 1 $((WAIT_S * 2))); do "${@:2}" && return 0; sleep 0.5; done
+  die "$1 did not become healthy within $WAIT_S s; see the logs in $INFRA_DIR/logs (or allow more with PERSONAS_SERVICES_WAIT_S)."
 }
 
 start_redis() {
@@ -103,7 +108,8 @@ start_redis() {
   # An in-memory cache of the offline store: snapshots would only cost publish time
   # (PERSONAS_REDIS_APPENDONLY=yes keeps an append-only file, so a restart keeps the last publish).
   redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$INFRA_DIR/redis" --save "" --appendonly "${PERSONAS_REDIS_APPENDONLY:-no}" \
-    --protected-mode yes --daemonize yes --pidfile "$INFRA_DIR/redis.pid" --logfile "$INFRA_DIR/logs/redis.log"
+    --protected-mode yes --daemonize yes --pidfile "$INFRA_DIR/redis.pid" --logfile "$INFRA_DIR/logs/redis.log" \
+    ${REDIS_PASSWORD:+--requirepass "$REDIS_PASSWORD"}
   wait_for "Redis on $HOST:$REDIS_PORT" redis_up
   log "redis up on $HOST:$REDIS_PORT"
 }
@@ -173,10 +179,10 @@ start_prefect() {
 cmd_env() {
   cat <<EOF
 export PERSONAS_INFRA_DIR='$INFRA_DIR'
-export PERSONAS_REDIS_URL='redis://$HOST:$REDIS_PORT/0'
+export PERSONAS_REDIS_URL='redis://${REDIS_PASSWORD:+:$REDIS_PASSWORD@}$HOST:$REDIS_PORT/0'
 export PERSONAS_PG_URL='$(pg_url personas)'
 export PERSONAS_FEAST_REGISTRY_URL='$(pg_url personas_feast postgresql+psycopg)'
-export PERSONAS_FEAST_REDIS='$HOST:$REDIS_PORT,db=0'
+export PERSONAS_FEAST_REDIS='$HOST:$REDIS_PORT,db=0${REDIS_PASSWORD:+,password=$REDIS_PASSWORD}'
 EOF
   # Each server under a PERSONAS_ name too: CI exports only those, so tests of the local profile
   # keep their own MLflow store and Prefect API.
@@ -245,7 +251,7 @@ cmd_stop() {
   stop_pidfile prefect
   stop_pidfile mlflow
   if [[ -f "$INFRA_DIR/redis.pid" ]]; then
-    redis-cli -h "$HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$INFRA_DIR/redis.pid")" 2>/dev/null || true
+    rcli shutdown nosave >/dev/null 2>&1 || kill "$(cat "$INFRA_DIR/redis.pid")" 2>/dev/null || true
     rm -f "$INFRA_DIR/redis.pid"; log "redis stopped"
   fi
   if [[ -s "$INFRA_DIR/postgres/postmaster.pid" ]] && pg_bin >/dev/null 2>&1; then

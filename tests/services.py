@@ -104,12 +104,14 @@ class OwnServices:
     infra_dir: Path
     ports: dict[str, int]
     env: dict[str, str]
+    redis_password: str = ""  # Redis requires it (requirepass): the tests check it never leaks
 
     def script_env(self) -> dict[str, str]:
         out = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONAS_", "MLFLOW_", "PREFECT_"))}
         out.update(
             PERSONAS_INFRA_DIR=str(self.infra_dir), PERSONAS_REDIS_PORT=str(self.ports["redis"]), PERSONAS_PG_PORT=str(self.ports["postgres"]),
             PERSONAS_MLFLOW_PORT=str(self.ports["mlflow"]), PERSONAS_PREFECT_PORT=str(self.ports["prefect"]), PERSONAS_REDIS_APPENDONLY="yes",
+            PERSONAS_REDIS_PASSWORD=self.redis_password, PERSONAS_SERVICES_WAIT_S="600",
         )  # fmt: skip
         return out
 
@@ -132,7 +134,7 @@ def own_services(*extra: str):
     infra_dir = Path(tempfile.mkdtemp(prefix="personas-faults-"))
     infra_dir.chmod(0o755)
     ports = {name: _free_port() for name in ("redis", "postgres", "mlflow", "prefect")}
-    own = OwnServices(infra_dir, ports, {})
+    own = OwnServices(infra_dir, ports, {}, redis_password="redis-" + uuid.uuid4().hex[:16])
     if subprocess.run(["bash", "-c", "command -v redis-server && (ls /usr/lib/postgresql/*/bin/initdb || command -v initdb)"], capture_output=True).returncode:
         own.ctl("install")
     args = ["start"]
