@@ -1,11 +1,12 @@
 """Publishing a feature view's rows to Feast's online store: batched, and atomic per publish.
 
 Feast's `write_to_online_store` upserts one SQL statement per feature value. For the SQLite
-online store we write exactly the rows Feast would write — Feast's table, entity keys from
-`serialize_entity_key`, values as Feast `ValueProto` bytes — with one sorted `executemany`
-that replaces the view's whole table in one transaction: a reader sees the previous publish or
-this one, never a mix for one person, and persons absent from this publish are gone. Stock
-Feast readers (`get_online_features`, `feast serve`) read the result unchanged.
+online store we write exactly the rows Feast would write — Feast's table layout, entity keys
+from `serialize_entity_key`, values as Feast `ValueProto` bytes — into a fresh table (one
+staging row bound per person, expanded to one row per feature value by SQLite, in primary key
+order) that replaces the view's table by DROP + RENAME in the same transaction: a reader sees
+the previous publish or this one, never a mix, and persons absent from this publish are gone.
+Stock Feast readers (`get_online_features`, `feast serve`) and `feast apply` work unchanged.
 
 For the Redis online store (profile: production) we write exactly Feast's Redis layout — one
 hash per entity (`serialize_entity_key` + project), fields `mmh3("<view>:<feature>")` holding
@@ -17,6 +18,9 @@ from persons absent from this publish, using the list of published entity keys k
 
 Other online store types go through Feast's own `write_to_online_store`, which upserts:
 persons absent from the publish keep their old rows.
+
+Pushed events (personaops.serving) use the same publishers' `update_entity`: one person's rows
+read and rewritten in one SQLite transaction, or one WATCH/MULTI update of the person's hash.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sqlite3
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -37,16 +41,43 @@ from personaops.retry import RetryLog, RetryPolicy, call_with_retries, redis_ret
 # Columns of Feast 0.67's SQLite online table that a publish fills (vector_value stays NULL).
 _SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
 _SQLITE_TABLE_COLUMNS = {"entity_key", "feature_name", "value", "value_text", "vector_value", "event_ts", "created_ts"}
+# Feast's declaration of that table (SqliteOnlineStore.update), so its readers parse it alike.
+_SQLITE_TABLE_SQL = "entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, vector_value BLOB, event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name)"
+# A publish builds the new table under the view's table name + this suffix, then renames it.
+_BUILD_SUFFIX = "__personaops_build"
+# A feature with at most 1/this distinct values per row is bound as small integer codes; at most
+# this many coded features per publish (each is one join, and SQLite joins at most 64 tables).
+_CODED_MAX_SHARE = 4
+_CODED_MAX_FEATURES = 60
 # Above this many distinct values, fixed-width numbers are encoded by the layout Feast's own
 # serialization of a sample value shows, instead of one ValueProto per distinct value.
 _DISTINCT_VALUES_VIA_PROTO = 2_000
 
 
+@dataclass
+class OnlineEntity:
+    """What the online store holds for one entity in one feature view: feature values (Python
+    values, None where missing) and the row's event time (UTC; None where the store gives none)."""
+
+    values: dict[str, Any]
+    event_time: pd.Timestamp | None = None
+
+
+# compute(current rows by view name, None where the entity has none) -> (rows to write by view
+# name, in write order; a result handed back to the caller)
+EntityUpdate = Callable[[dict[str, "OnlineEntity | None"]], "tuple[dict[str, pd.DataFrame], Any]"]
+
+
 class OnlinePublisher(Protocol):
-    """Writes one feature view's rows (entity columns, features, timestamps) to the online store."""
+    """Writes feature view rows (entity columns, features, timestamps) to the online store."""
 
     def replace(self, view_name: str, rows: pd.DataFrame) -> int:
         """Publish `rows` as the view's online content; return the number of entity rows written."""
+
+    def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
+        """Read one entity's rows of `read_views`, write the rows `compute` derives from them (any
+        views), and return compute's result; the read and the write are one atomic step where the
+        store allows it, so concurrent updates of one entity add up."""
 
 
 @dataclass
@@ -59,10 +90,24 @@ class FeastWritePublisher:
         self.store.write_to_online_store(view_name, rows.reset_index(drop=True))
         return len(rows)
 
+    def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
+        """Feast's read and upserts, view after view in compute's order: not atomic across views,
+        and Feast's online read returns no event times (event_time None)."""
+        current: dict[str, OnlineEntity | None] = {}
+        for name in read_views:
+            view = _cached_view(self.store, name)
+            got = self.store.get_online_features(features=[f"{name}:{f.name}" for f in view.features], entity_rows=[{view.entity_columns[0].name: entity_value}]).to_dict()
+            values = {f.name: got[f.name][0] for f in view.features}
+            current[name] = OnlineEntity(values) if any(v is not None for v in values.values()) else None
+        frames, result = compute(current)
+        for name, frame in frames.items():
+            self.store.write_to_online_store(name, frame.reset_index(drop=True))
+        return result
+
 
 @dataclass
 class SqlitePublisher:
-    """Feast's SQLite online store, replaced in one transaction by one `executemany`."""
+    """Feast's SQLite online store: a view's table rebuilt and swapped in by one transaction."""
 
     store: object
     busy_timeout_s: float = 30.0
@@ -85,7 +130,7 @@ class SqlitePublisher:
         config = self.store.config
         return compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
 
-    def encode(self, view, rows: pd.DataFrame) -> list[tuple]:
+    def encode(self, view, rows: pd.DataFrame) -> SqliteRows:
         """The SQLite rows Feast's online_write_batch would write for `rows`, sorted by primary key."""
         return encode_sqlite_rows(view, rows, self.store.config.entity_key_serialization_version)
 
@@ -96,6 +141,35 @@ class SqlitePublisher:
         write_sqlite_table(self.db_path(), table, encoded, self.busy_timeout_s)
         return len(rows)
 
+    def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
+        """One SQLite transaction (BEGIN IMMEDIATE: writers queue, readers read on): read the
+        entity's rows, then replace its rows in every view compute returns."""
+        views = {name: _cached_view(self.store, name) for name in read_views}
+        version = self.store.config.entity_key_serialization_version
+        conn = sqlite3.connect(self.db_path(), timeout=self.busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current: dict[str, OnlineEntity | None] = {}
+                for name, view in views.items():
+                    key = entity_keys(view.entity_columns[0].name, view.entity_columns[0].dtype.to_value_type(), np.array([entity_value], dtype=object), version)[0]
+                    held = conn.execute(f"SELECT feature_name, value, event_ts FROM {_quote(self.table_name(view))} WHERE entity_key = ?", (key,)).fetchall()
+                    current[name] = OnlineEntity({f: python_value(blob) for f, blob, _ in held}, _sqlite_time(held[0][2])) if held else None
+                frames, result = compute(current)
+                for name, frame in frames.items():
+                    view = views.get(name) or _cached_view(self.store, name)
+                    table = _quote(self.table_name(view))
+                    encoded = self.encode(view, frame)
+                    conn.executemany(f"DELETE FROM {table} WHERE entity_key = ?", [(k,) for k in dict.fromkeys(encoded.keys)])
+                    conn.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(_SQLITE_COLUMNS)}) VALUES ({', '.join('?' * len(_SQLITE_COLUMNS))})", encoded.tuples())
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return result
+
 
 @dataclass
 class RedisPublisher:
@@ -104,6 +178,8 @@ class RedisPublisher:
 
     store: object = field(repr=False)  # its config holds connection strings with passwords
     batch_persons: int = 5_000
+    retry_policy: "RetryPolicy | None" = None  # None: personaops.retry's environment defaults
+    retries: "RetryLog | None" = None  # attempts and seconds of the last replace()
 
     @staticmethod
     def supports(config) -> bool:
@@ -127,6 +203,11 @@ class RedisPublisher:
         """(Redis keys, field names, values person-major) that Feast's online_write_batch writes for `rows`."""
         return encode_redis_hashes(view, rows, self.store.config.project, self.view_name(view), self.store.config.entity_key_serialization_version)
 
+    def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
+        """One WATCH/MULTI transaction on the entity's hash: every view's fields of one person
+        change in one HSET, and a concurrent change makes the read and compute run again."""
+        return _redis_update_entity(self, entity_value, read_views, compute)
+
     def replace(self, view_name: str, rows: pd.DataFrame) -> int:
         view = self.store.get_feature_view(view_name)
         keys, fields, values = self.encode(view, rows)
@@ -148,6 +229,55 @@ class RedisPublisher:
         return len(rows)
 
 
+def _redis_update_entity(publisher: "RedisPublisher", entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
+    """RedisPublisher.update_entity: WATCH the entity's hash, read the views' fields (HMGET), then
+    MULTI/EXEC one HSET with every field compute returns (all views of one entity share Feast's
+    one hash); a concurrent change of the hash makes redis-py re-run the read and compute."""
+    from feast.infra.online_stores.helpers import _mmh3
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    store = publisher.store
+    project, version = store.config.project, store.config.entity_key_serialization_version
+    views = {name: _cached_view(store, name) for name in read_views}
+    first = next(iter(views.values()))
+    key = entity_keys(first.entity_columns[0].name, first.entity_columns[0].dtype.to_value_type(), np.array([entity_value], dtype=object), version)[0] + project.encode("utf-8")
+    ttl = int(store.config.online_store.key_ttl_seconds or 0)
+
+    def attempt(pipe) -> Any:
+        current: dict[str, OnlineEntity | None] = {}
+        for name, view in views.items():
+            vname = publisher.view_name(view)
+            got = pipe.hmget(key, [_mmh3(f"{vname}:{f.name}") for f in view.features] + [f"_ts:{vname}".encode()])
+            if all(v is None for v in got[:-1]):
+                current[name] = None
+                continue
+            when = None
+            if got[-1] is not None:
+                stamp = Timestamp()
+                stamp.ParseFromString(got[-1])
+                when = pd.Timestamp(stamp.ToDatetime()).tz_localize("UTC")
+            current[name] = OnlineEntity({f.name: python_value(v) for f, v in zip(view.features, got)}, when)
+        frames, result = compute(current)
+        mappings: dict[bytes, dict[bytes, bytes]] = {}
+        for name, frame in frames.items():
+            view = views.get(name) or _cached_view(store, name)
+            keys, fields, values = publisher.encode(view, frame)
+            for i, k in enumerate(keys):
+                mappings.setdefault(k, {}).update(zip(fields, values[i * len(fields) : (i + 1) * len(fields)]))
+        pipe.multi()
+        for k, mapping in mappings.items():
+            pipe.hset(k, mapping=mapping)
+            if ttl:
+                pipe.expire(k, ttl)
+        return result
+
+    client = publisher.client()
+    try:
+        return client.transaction(attempt, key, value_from_callable=True)
+    finally:
+        client.close()
+
+
 # Online store type (feature_store.yaml `online_store.type`) -> fast publisher.
 PUBLISHERS = {
     "sqlite": SqlitePublisher,
@@ -165,13 +295,35 @@ def online_publisher(store) -> OnlinePublisher:
     return FeastWritePublisher(store)
 
 
+def _cached_view(store, name: str):
+    """A feature view from Feast's cached registry (refreshed every cache_ttl_seconds): per-person
+    updates run per request, and an uncached lookup re-reads the whole registry."""
+    return store.get_feature_view(name, allow_registry_cache=True)
+
+
 # --- encoding: Feast's serialization, once per distinct value ----------------------------------
+def python_value(blob: bytes | None):
+    """The Python value of a stored Feast ValueProto (None for no value)."""
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+    from feast.type_map import feast_value_type_to_python_type
+
+    return None if blob is None else feast_value_type_to_python_type(ValueProto.FromString(blob))
+
+
+def _sqlite_time(value) -> pd.Timestamp | None:
+    """An event_ts of Feast's SQLite table (epoch seconds, or an ISO text) as a UTC timestamp."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return pd.Timestamp(value, unit="s", tz="UTC")
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def entity_keys(join_key: str, value_type, values: np.ndarray, version: int) -> list[bytes]:
     """`serialize_entity_key` of each value of a single join key (bytes, one per value)."""
     from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-    retry_policy: "RetryPolicy | None" = None  # None: personaops.retry's environment defaults
-    retries: "RetryLog | None" = None  # attempts and seconds of the last replace()
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
 
@@ -185,14 +337,21 @@ def entity_keys(join_key: str, value_type, values: np.ndarray, version: int) -> 
         # v3 layout: key names (Feast's prefix helper), then value type, value length, UTF-8 bytes.
         head = serialize_entity_key_prefix([join_key], version) + struct.pack("<I", ValueType.STRING.value)
         pack = struct.Struct("<I").pack
-        keys = [head + pack(len(b)) + b for b in (str(v).encode("utf8") for v in values)]
+        texts = values.tolist()
+        try:
+            encoded = list(map(str.encode, texts))
+        except TypeError:  # not all strings: Feast's proto conversion takes str() of each
+            encoded = [str(v).encode("utf8") for v in texts]
+        keys = list(map(b"".join, zip(itertools.repeat(head), map(pack, map(len, encoded)), encoded)))
         if keys[0] == feast_key(values[0]) and keys[-1] == feast_key(values[-1]):
             return keys
     return [feast_key(v) for v in values]
 
 
-def feature_values(values: np.ndarray, value_type) -> tuple[list[bytes], list[str | None]]:
-    """(serialized ValueProto, value_text) of each value, as Feast's SQLite store writes them."""
+def feature_value_table(values: np.ndarray, value_type) -> tuple[np.ndarray | None, list[bytes], list[str | None]]:
+    """(codes, serialized ValueProtos, value_texts) of `values` as Feast's SQLite store writes them:
+    one ValueProto per distinct value and each value's index into them (codes), or, for many
+    distinct numbers, one ValueProto per value (codes None)."""
     from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
     from feast.type_map import python_values_to_proto_values
@@ -203,11 +362,17 @@ def feature_values(values: np.ndarray, value_type) -> tuple[list[bytes], list[st
     if len(uniques) > _DISTINCT_VALUES_VIA_PROTO and value_type in fixed and values.dtype.kind in "fiu":
         encoded = _fixed_width_values(values, *fixed[value_type], ValueProto, python_values_to_proto_values, value_type)
         if encoded is not None:
-            return encoded
+            return None, *encoded
     protos = python_values_to_proto_values(np.asarray(uniques, dtype=values.dtype if values.dtype.kind in "fiub" else object), value_type)
-    blobs = np.array([p.SerializeToString() for p in protos], dtype=object)
-    texts = np.array([extract_text_and_num(p, False)[0] for p in protos], dtype=object)
-    return blobs[codes].tolist(), texts[codes].tolist()
+    return codes, [p.SerializeToString() for p in protos], [extract_text_and_num(p, False)[0] for p in protos]
+
+
+def feature_values(values: np.ndarray, value_type) -> tuple[list[bytes], list[str | None]]:
+    """(serialized ValueProto, value_text) of each value, as Feast's SQLite store writes them."""
+    codes, blobs, texts = feature_value_table(values, value_type)
+    if codes is None:
+        return blobs, texts
+    return np.array(blobs, dtype=object)[codes].tolist(), np.array(texts, dtype=object)[codes].tolist()
 
 
 def _fixed_width_values(values, field, dtype, cast, ValueProto, to_protos, value_type):
@@ -242,9 +407,39 @@ def _epoch_seconds(stamps: pd.Series) -> list[int]:
     return seconds[codes].tolist()
 
 
-def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version: int) -> list[tuple]:
-    """The rows of a SQLite online table for `rows` of a feature view, sorted by primary key
-    (entity_key, feature_name); later duplicates of an entity stay after earlier ones."""
+@dataclass
+class SqliteRows:
+    """The rows of a Feast SQLite online table for a batch of entity rows, held column-wise: one
+    entry per entity row (sorted by serialized entity key; duplicates keep their order) and per
+    feature (sorted by name), so a writer binds one row per person, not one per feature value.
+
+    A feature's values are either one ValueProto per entity row (`codes[j]` None) or one per
+    distinct value with each row's index into them (`codes[j]`)."""
+
+    keys: list[bytes]
+    features: list[str]
+    values: list[list[bytes]]
+    texts: list[list[str | None]]
+    codes: list[list[int] | None]
+    event_ts: list[int]
+    created_ts: list[int | None]
+
+    def __len__(self) -> int:
+        return len(self.keys) * len(self.features)
+
+    def tuples(self) -> Iterator[tuple]:
+        """(entity_key, feature_name, value, value_text, event_ts, created_ts) in primary key order."""
+        per_feature = []
+        for name, values, texts, codes in zip(self.features, self.values, self.texts, self.codes):
+            if codes is not None:
+                values, texts = [values[c] for c in codes], [texts[c] for c in codes]
+            per_feature.append(zip(self.keys, itertools.repeat(name), values, texts, self.event_ts, self.created_ts))
+        return itertools.chain.from_iterable(zip(*per_feature))
+
+
+def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version: int) -> SqliteRows:
+    """The rows of a SQLite online table for `rows` of a feature view (byte for byte what Feast's
+    online_write_batch writes), column-wise and sorted by primary key (entity_key, feature_name)."""
     import pyarrow as pa
 
     join = [(c.name, c.dtype.to_value_type()) for c in view.entity_columns]
@@ -262,20 +457,75 @@ def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_versio
     created_col = view.batch_source.created_timestamp_column
     created_ts = _epoch_seconds(rows[created_col].reset_index(drop=True)) if created_col and created_col in rows.columns else [None] * len(rows)
     order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: duplicates keep their order
-    pick = lambda seq: [seq[i] for i in order]  # noqa: E731
-    keys, event_ts, created_ts = pick(keys), pick(event_ts), pick(created_ts)
-    per_feature = []
+    pick = lambda seq: list(map(seq.__getitem__, order))  # noqa: E731
+    out = SqliteRows(pick(keys), [name for name, _ in features], [], [], [], pick(event_ts), pick(created_ts))
     for name, value_type in features:
-        blobs, texts = feature_values(column(name), value_type)
-        per_feature.append(zip(keys, itertools.repeat(name), pick(blobs), pick(texts), event_ts, created_ts))
-    return list(itertools.chain.from_iterable(zip(*per_feature)))
+        codes, blobs, texts = feature_value_table(column(name), value_type)
+        # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
+        if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(keys) and sum(c is not None for c in out.codes) < _CODED_MAX_FEATURES:
+            out.values.append(blobs), out.texts.append(texts), out.codes.append(codes[order].tolist())
+        else:
+            if codes is not None:
+                blobs, texts = np.array(blobs, dtype=object)[codes].tolist(), np.array(texts, dtype=object)[codes].tolist()
+            out.values.append(pick(blobs)), out.texts.append(pick(texts)), out.codes.append(None)
+    return out
 
 
-def write_sqlite_table(db_path: Path, table: str, rows: list[tuple], busy_timeout_s: float = 30.0) -> None:
-    """Replace every row of a Feast SQLite online table with `rows`, in one transaction."""
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _insert_sqlite_rows(conn: sqlite3.Connection, quoted_table: str, rows: SqliteRows) -> None:
+    """INSERT OR REPLACE `rows` into a table: one staging row per entity row (key, timestamps,
+    each feature's code or ValueProto), expanded to one row per feature value by SQLite itself,
+    in primary key order. Python's per-row cost (about 2 us) is paid per person, not per value."""
+    nf = len(rows.features)
+    if not rows.keys or not nf:
+        return
+    coded = [j for j in range(nf) if rows.codes[j] is not None]
+    staging, bind = ["k", "e", "cr"], [rows.keys, rows.event_ts, rows.created_ts]
+    for j in range(nf):
+        if rows.codes[j] is not None:
+            staging.append(f"c{j}"), bind.append(rows.codes[j])
+        else:
+            staging += [f"v{j}", f"t{j}"]
+            bind += [rows.values[j], rows.texts[j]]
+    conn.execute(f"CREATE TEMP TABLE personaops_staged ({', '.join(staging)})")
+    conn.execute("CREATE TEMP TABLE personaops_values (j INTEGER, code INTEGER, value BLOB, text TEXT, PRIMARY KEY (j, code)) WITHOUT ROWID")
+    conn.execute("CREATE TEMP TABLE personaops_features (j INTEGER PRIMARY KEY, name TEXT)")
+    try:
+        conn.executemany(f"INSERT INTO temp.personaops_staged VALUES ({', '.join('?' * len(staging))})", zip(*bind))
+        conn.executemany(
+            "INSERT INTO temp.personaops_values VALUES (?, ?, ?, ?)",
+            ((j, code, blob, text) for j in coded for code, (blob, text) in enumerate(zip(rows.values[j], rows.texts[j]))),
+        )
+        conn.executemany("INSERT INTO temp.personaops_features VALUES (?, ?)", enumerate(rows.features))
+        value = " ".join(f"WHEN {j} THEN {f'd{j}.value' if j in coded else f's.v{j}'}" for j in range(nf))
+        text = " ".join(f"WHEN {j} THEN {f'd{j}.text' if j in coded else f's.t{j}'}" for j in range(nf))
+        lookups = "".join(f" CROSS JOIN temp.personaops_values AS d{j} ON d{j}.j = {j} AND d{j}.code = s.c{j}" for j in coded)
+        # CROSS JOIN fixes the loop order (staged rows outside, features inside): the output is
+        # already in primary key order, so the ORDER BY costs no sort and duplicates keep their order.
+        conn.execute(
+            f"INSERT OR REPLACE INTO {quoted_table} ({', '.join(_SQLITE_COLUMNS)}) "
+            f"SELECT s.k, f.name, CASE f.j {value} END, CASE f.j {text} END, s.e, s.cr "
+            f"FROM temp.personaops_staged AS s{lookups} CROSS JOIN temp.personaops_features AS f ORDER BY s.rowid, f.j"
+        )
+    finally:
+        for name in ("personaops_staged", "personaops_values", "personaops_features"):
+            conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout_s: float = 30.0) -> None:
+    """Replace a Feast SQLite online table by one holding exactly `rows`, in one transaction.
+
+    The new contents go into a fresh table — Feast's columns and primary key, WITHOUT ROWID, so the
+    primary key b-tree is the table — which then takes the old table's name (DROP + ALTER TABLE
+    RENAME) before the commit: readers see the previous table or this one, never a mix. Feast's
+    extra `<table>_ek` index on entity_key is not rebuilt: the primary key already orders by
+    entity_key, and Feast's reads use it (`feast apply` re-creates the index, harmlessly)."""
     if not Path(db_path).exists():
         raise PipelineStateError(f"Online store {db_path} does not exist; apply the Feast repo (`personas run`) before publishing.")
-    quoted = '"' + table.replace('"', '""') + '"'
+    quoted, building = _quote(table), _quote(table + _BUILD_SUFFIX)
     conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None)
     try:
         columns = {r[1] for r in conn.execute(f"PRAGMA table_info({quoted})")}
@@ -283,14 +533,18 @@ def write_sqlite_table(db_path: Path, table: str, rows: list[tuple], busy_timeou
             raise PipelineStateError(f"Online store {db_path} has no table {table}; apply the Feast repo (`personas run`) before publishing.")
         if columns != _SQLITE_TABLE_COLUMNS:
             raise PipelineStateError(f"Online table {table} in {db_path} has columns {sorted(columns)}, not Feast's plain SQLite layout; publish it with Feast's write_to_online_store.")
-        conn.execute("PRAGMA cache_size=-131072")  # 128 MiB: the table's b-trees stay in memory while loading
+        # Keep the whole new table in the page cache until the commit: a page spilled to the file
+        # earlier would take the exclusive lock and block readers for the rest of the build.
+        key_bytes = len(rows.keys[0]) if rows.keys else 0
+        conn.execute(f"PRAGMA cache_size=-{max(131_072, len(rows) * (key_bytes + 64) * 2 // 1024)}")
+        conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(f"DELETE FROM {quoted}")
-            conn.executemany(
-                f"INSERT OR REPLACE INTO {quoted} ({', '.join(_SQLITE_COLUMNS)}) VALUES ({', '.join('?' * len(_SQLITE_COLUMNS))})",
-                rows,
-            )
+            conn.execute(f"DROP TABLE IF EXISTS {building}")
+            conn.execute(f"CREATE TABLE {building} ({_SQLITE_TABLE_SQL}) WITHOUT ROWID")
+            _insert_sqlite_rows(conn, building, rows)
+            conn.execute(f"DROP TABLE {quoted}")
+            conn.execute(f"ALTER TABLE {building} RENAME TO {quoted}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -300,6 +554,32 @@ def write_sqlite_table(db_path: Path, table: str, rows: list[tuple], busy_timeou
 
 
 # --- Redis --------------------------------------------------------------------------------------
+def redis_client(connection_string: str, **overrides):
+    """A redis-py client from Feast's Redis `connection_string` (host:port,key=value,...)."""
+    import json
+
+    from redis import Redis
+
+    parts = connection_string.split(",")
+    host, _, port = parts[0].partition(":")
+    params = {}
+    for part in parts[1:]:
+        key, _, raw = part.partition("=")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return Redis(host=host, port=int(port or 6379), **{**params, **overrides})
+
+
+def no_client_retries() -> dict:
+    """redis-py client arguments that turn its own retries off (personaops.retry does them)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"retry": Retry(NoBackoff(), 0)}
+
+
 def _timestamp_protos(stamps: pd.Series) -> list[bytes]:
     """Event times as Feast's Redis store stores them: a protobuf Timestamp of the tz-aware time."""
     import pyarrow as pa
@@ -486,29 +766,3 @@ def delete_persons(store, person_ids: list[str]) -> dict[str, int]:
             client.close()
         return out
     raise PipelineStateError(f"Online store type '{kind}' has no per-person delete in PersonaOps; delete the persons' rows with the store's own tools (or republish without them).")
-def redis_client(connection_string: str, **overrides):
-    """A redis-py client from Feast's Redis `connection_string` (host:port,key=value,...)."""
-    import json
-
-    from redis import Redis
-
-    parts = connection_string.split(",")
-    host, _, port = parts[0].partition(":")
-    params = {}
-    for part in parts[1:]:
-        key, _, raw = part.partition("=")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return Redis(host=host, port=int(port or 6379), **{**params, **overrides})
-
-
-def no_client_retries() -> dict:
-    """redis-py client arguments that turn its own retries off (personaops.retry does them)."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return {"retry": Retry(NoBackoff(), 0)}
-
-

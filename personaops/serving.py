@@ -3,9 +3,10 @@ persona's profile traits published online, and living personas (pushed events re
 person online at once, without a batch run).
 
 Feature services over these views are declared in feature_repo/feature_services.py and
-documented in docs/serving.md. Publishing goes through personaops.online_publish (one
-transaction per view); a pushed event writes the person's behaviour, assignment and traits rows
-in one SQLite transaction, so readers never see the new assignment with the old model version.
+documented in docs/serving.md. Every online write goes through personaops.online_publish: a
+batch publish replaces each view atomically; a pushed event reads and writes the person's
+behaviour, assignment and traits rows in one step (one SQLite transaction, or one Redis hash
+update), so readers never see the new assignment with the old model version.
 """
 
 from __future__ import annotations
@@ -187,13 +188,6 @@ def event_frame(events: list[dict], now: datetime | None = None) -> pd.DataFrame
     return frame
 
 
-def _decode(blob: bytes | None):
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-    from feast.type_map import feast_value_type_to_python_type
-
-    return None if blob is None else feast_value_type_to_python_type(ValueProto.FromString(blob))
-
-
 @dataclass
 class LivingPersonas:
     """Applies pushed events: the person's behaviour features update online and the champion
@@ -216,6 +210,7 @@ class LivingPersonas:
     _frame: pd.DataFrame | None = None
     _as_of: pd.Timestamp | None = None
     _views: dict[str, Any] = field(default_factory=dict)
+    _publisher: Any = None
 
     def _feast(self):
         if self._store is None:
@@ -277,10 +272,7 @@ class LivingPersonas:
             base = self._base_frame()
             if person_id not in base.index:
                 raise NotFoundError(f"Person {person_id!r} is not a resolved person in {self.ws.root}; check the id (see `personas assignments`).")
-            if store.config.online_store.type in ("sqlite", "feast.infra.online_stores.sqlite.SqliteOnlineStore"):
-                result = self._push_sqlite(store, person_id, frame_events, base, version, model, profiles)
-            else:
-                result = self._push_feast(store, person_id, frame_events, base, version, model, profiles)
+            result = self._push_online(store, person_id, frame_events, base, version, model, profiles)
         self._record(person_id, frame_events, result)
         result["took_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
@@ -318,58 +310,29 @@ class LivingPersonas:
             "as_of": pd.Timestamp(a["event_timestamp"]).isoformat(),
         }
 
-    def _push_sqlite(self, store, person_id, events, base, version, model, profiles) -> dict:
-        """Read the person's behaviour and write behaviour, assignment and traits in one transaction."""
-        from feast.infra.online_stores.helpers import compute_table_id
+    def _push_online(self, store, person_id, events, base, version, model, profiles) -> dict:
+        """Read the person's behaviour and assignment and write behaviour, traits and assignment
+        through the online store's publisher (personaops.online_publish, the batch publish's own
+        encoding): one transaction on SQLite, one WATCH/MULTI hash update on Redis."""
+        from personaops.online_publish import online_publisher
 
-        from feast.value_type import ValueType
-
-        from personaops.online_publish import SqlitePublisher, encode_sqlite_rows, entity_keys
-
-        publisher = SqlitePublisher(store)
-        db = publisher.db_path()
-        ekv = store.config.entity_key_serialization_version
-        tables = {name: compute_table_id(store.config.project, view, store.config.registry.enable_online_feature_view_versioning) for name, view in self._views.items()}
-        quoted = {name: '"' + t.replace('"', '""') + '"' for name, t in tables.items()}
+        if self._publisher is None:
+            self._publisher = online_publisher(store)
         behaviour_features = [f.name for f in self._views[BEHAVIOUR_VIEW].features]
-        conn = sqlite3.connect(db, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                key = entity_keys("person_id", ValueType.STRING, np.array([person_id], dtype=object), ekv)[0]
-                current_rows = conn.execute(f"SELECT feature_name, value, event_ts FROM {quoted[BEHAVIOUR_VIEW]} WHERE entity_key = ?", (key,)).fetchall()
-                current = {name: _decode(blob) for name, blob, _ in current_rows}
-                reference = pd.Timestamp(current_rows[0][2], unit="s", tz="UTC") if current_rows else None
-                before_rows = conn.execute(f"SELECT feature_name, value FROM {quoted[ASSIGNMENT_VIEW]} WHERE entity_key = ?", (key,)).fetchall()
-                before = {name: _decode(blob) for name, blob in before_rows} or None
-                behaviour, as_of = updated_behaviour(current, reference, events, behaviour_features)
-                rows = self._assign(person_id, behaviour, base, model, version, profiles, as_of)
-                for name, frame in rows.items():
-                    encoded = encode_sqlite_rows(self._views[name], frame, ekv)
-                    conn.execute(f"DELETE FROM {quoted[name]} WHERE entity_key = ?", (key,))
-                    conn.executemany(f"INSERT INTO {quoted[name]} (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?)", encoded)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        return self._result(person_id, rows, before)
 
-    def _push_feast(self, store, person_id, events, base, version, model, profiles) -> dict:
-        """Any other online store: read and write through Feast (per-view upserts, assignment last)."""
-        behaviour_features = [f.name for f in self._views[BEHAVIOUR_VIEW].features]
-        current = store.get_online_features(features=[f"{BEHAVIOUR_VIEW}:{f}" for f in behaviour_features], entity_rows=[{"person_id": person_id}]).to_dict()
-        current = {f: current[f][0] for f in behaviour_features}
-        known = current.get("n_events") is not None
-        before = store.get_online_features(features=[f"{ASSIGNMENT_VIEW}:{f}" for f in ("persona_id", "persona_name", "confidence", "model_version")], entity_rows=[{"person_id": person_id}]).to_dict()
-        before = {k: v[0] for k, v in before.items() if k != "person_id"} if before["model_version"][0] is not None else None
-        # Feast's read returns no timestamps: take the batch's as-of (the offline table's).
-        reference = self._as_of if known else None
-        behaviour, as_of = updated_behaviour(current if known else {}, reference, events, behaviour_features)
-        rows = self._assign(person_id, behaviour, base, model, version, profiles, as_of)
-        for name in (BEHAVIOUR_VIEW, TRAITS_VIEW, ASSIGNMENT_VIEW):
-            store.write_to_online_store(name, rows[name])
+        def update(current):
+            held, assigned = current[BEHAVIOUR_VIEW], current[ASSIGNMENT_VIEW]
+            reference = None
+            if held is not None:
+                # A store that returns no event times (Feast's read): the batch's as-of time.
+                reference = held.event_time if held.event_time is not None else self._as_of
+            behaviour, as_of = updated_behaviour(held.values if held else {}, reference, events, behaviour_features)
+            rows = self._assign(person_id, behaviour, base, model, version, profiles, as_of)
+            # The assignment last: a store that writes view after view shows it only with its traits.
+            writes = {BEHAVIOUR_VIEW: rows[BEHAVIOUR_VIEW], TRAITS_VIEW: rows[TRAITS_VIEW], ASSIGNMENT_VIEW: rows[ASSIGNMENT_VIEW]}
+            return writes, (rows, assigned.values if assigned else None)
+
+        rows, before = self._publisher.update_entity(person_id, [BEHAVIOUR_VIEW, ASSIGNMENT_VIEW], update)
         return self._result(person_id, rows, before)
 
     def _record(self, person_id: str, events: pd.DataFrame, result: dict) -> None:

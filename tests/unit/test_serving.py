@@ -52,3 +52,34 @@ def test_traits_rows_denormalise_the_profile_of_each_person_s_persona():
     assert b["persona_description"] == "" and b["persona_size"] == 0  # unassigned: no profile
     assert rows["persona_size"].dtype == "int64" and (rows["event_timestamp"] == at).all()
     assert trait_values(None, 1)["profile_model_version"] == 1
+
+
+def test_staged_rows_expand_to_one_row_per_feature_in_key_order_and_the_last_duplicate_wins():
+    """The SQLite publish's expansion (personaops.online_publish): coded and per-person features,
+    NULL texts and created times kept, duplicates of an entity replaced by the later row."""
+    import sqlite3
+
+    from personaops.online_publish import _SQLITE_TABLE_SQL, SqliteRows, _insert_sqlite_rows
+
+    rows = SqliteRows(
+        keys=[b"a", b"b", b"b"],
+        features=["name", "score"],
+        values=[[b"N0", b"N1"], [b"s1", b"s2", b"s3"]],  # name: coded; score: one value per row
+        texts=[["x", None], ["1", "2", None]],
+        codes=[[0, 1, 0], None],
+        event_ts=[10, 20, 30],
+        created_ts=[None, 5, 6],
+    )
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute(f"CREATE TABLE t ({_SQLITE_TABLE_SQL}) WITHOUT ROWID")
+    _insert_sqlite_rows(conn, "t", rows)
+    stored = conn.execute("SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts FROM t").fetchall()
+    assert stored == [
+        (b"a", "name", b"N0", "x", None, 10, None),
+        (b"a", "score", b"s1", "1", None, 10, None),
+        (b"b", "name", b"N0", "x", None, 30, 6),
+        (b"b", "score", b"s3", None, None, 30, 6),
+    ]
+    assert list(rows.tuples())[2:4] == [(b"b", "name", b"N1", None, 20, 5), (b"b", "score", b"s2", "2", 20, 5)]
+    assert len(rows) == 6
+    assert conn.execute("SELECT count(*) FROM sqlite_temp_master").fetchone()[0] == 0  # staging tables dropped
