@@ -194,7 +194,8 @@ def service_failure(exc: BaseException, environ: dict[str, str] | None = None) -
         mlflow_uri = environ.get("PERSONAS_MLFLOW_TRACKING_URI") or environ.get("MLFLOW_TRACKING_URI", "")
         if name.startswith("mlflow.") and ("API request to" in text or "Max retries exceeded" in text or "Connection refused" in text):
             return f"The MLflow server at {where(mlflow_uri)} stopped answering during the run (after MLflow's retries: {_short(e)}); no model version was promoted by this run — restart the server (`infra/services.sh up mlflow`) and run again."
-        if name.startswith(("requests.", "urllib3.")) and mlflow_uri.startswith("http") and where(mlflow_uri) in text:
+        port = urlsplit(mlflow_uri).port if mlflow_uri.startswith("http") else None
+        if name.startswith(("requests.", "urllib3.")) and port and (where(mlflow_uri) in text or f"port={port}" in text):
             return f"The MLflow server at {where(mlflow_uri)} stopped answering during the run ({_short(e)}); no model version was promoted by this run — restart the server (`infra/services.sh up mlflow`) and run again."
         if name.startswith(("psycopg.", "sqlalchemy.exc.")) and "OperationalError" in type(e).__name__:
             url = environ.get("PERSONAS_FEAST_REGISTRY_URL", "")

@@ -77,3 +77,13 @@ def test_service_lost_mid_run_is_translated_bugs_are_not():
         line = service_failure(exc, env)
     assert line.startswith("The MLflow server at 127.0.0.1:5005 stopped answering") and "infra/services.sh up mlflow" in line
     assert service_failure(ValueError("a bug"), env) is None
+
+
+def test_mlflow_artifact_upload_lost_is_translated_too():
+    import requests
+
+    env = {"PERSONAS_MLFLOW_TRACKING_URI": "http://127.0.0.1:5005"}
+    lost = requests.exceptions.ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5005): Max retries exceeded with url: /api/2.0/mlflow-artifacts/artifacts/m")
+    assert service_failure(lost, env).startswith("The MLflow server at 127.0.0.1:5005 stopped answering")
+    other = requests.exceptions.ConnectionError("HTTPConnectionPool(host='example.org', port=443): Max retries exceeded")
+    assert service_failure(other, env) is None
