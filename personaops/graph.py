@@ -170,8 +170,11 @@ def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 1
     support = signals.groupby("signal")["person_id"].nunique()
     keep = support[(support >= min_persons) & (support <= max_share * len(persons))].index
     kept = signals[signals["signal"].isin(keep) & signals["person_id"].isin(persons)]
-    m = pd.crosstab(kept["person_id"], kept["signal"]).clip(upper=1).astype("uint8")
-    return m.reindex(index=persons, fill_value=0)
+    # Filled by position (a crosstab pivots through a dense unstack: minutes at 100k persons).
+    columns = pd.Index(np.sort(kept["signal"].unique()), name="signal")
+    m = np.zeros((len(persons), len(columns)), dtype="uint8")
+    m[persons.get_indexer(kept["person_id"]), columns.get_indexer(kept["signal"])] = 1
+    return pd.DataFrame(m, index=persons, columns=columns)
 
 
 def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series | None, as_of: pd.Timestamp) -> pd.DataFrame:
