@@ -4,8 +4,9 @@ usage: python bench/run.py [--users 10000 100000] [--no-rerun] [--quick] [--json
 (`BENCH_RUN_USERS="10000 100000"` sets the sizes from the environment; --quick = 2,000 people.)
 Each size runs in a fresh temporary workspace and a fresh process (so peak RSS is per run), with
 Prefect's ephemeral API: `personas generate` data, then the whole flow cold, then (unless
---no-rerun) the flow again on the same sources in the same workspace -- an incremental re-run
-with 0% new data, which must embed no text. Peak RSS per stage is the process's peak at the end
+--no-rerun) the flow again in the same workspace on the same people plus 1% new people (every
+earlier source row byte-identical: `personas generate --join-rate 0.01`) -- the incremental re-run,
+which must embed only the new texts. Peak RSS per stage is the process's peak at the end
 of that stage (monotone within a run). Growth = wall-time ratio between the largest and the
 smallest size, against the people ratio.
 """
@@ -39,9 +40,12 @@ record["total_seconds"] = time.perf_counter() - t
 record["generate_seconds"] = generate_seconds
 record["counts"] = counts
 if rerun:
+    # The incremental re-run: the same people (every source row byte-identical) plus 1% new people.
+    grown = generate(users, 7, out + "-grown", join_rate=0.01)
     t = time.perf_counter()
-    again = build_personas(sources=out + "/sources.yaml", home=home)
-    record["rerun"] = {"total_seconds": time.perf_counter() - t, "timings": again.get("timings"), "features": again.get("features")}
+    again = build_personas(sources=out + "-grown/sources.yaml", home=home)
+    record["rerun"] = {"total_seconds": time.perf_counter() - t, "timings": again.get("timings"), "features": again.get("features"),
+                       "new_rows": sum(grown.values()) - sum(counts.values()), "persons": again["resolve"]["persons"]}
 print("RESULT" + json.dumps(record, default=str))
 """
 
@@ -69,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_users = [int(u) for u in os.environ.get("BENCH_RUN_USERS", "10000 100000").split()]
     parser.add_argument("--users", type=int, nargs="+", default=default_users)
-    parser.add_argument("--no-rerun", action="store_true", help="skip the unchanged re-run")
+    parser.add_argument("--no-rerun", action="store_true", help="skip the incremental re-run (+1% people)")
     parser.add_argument("--quick", action="store_true", help="2,000 people only")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
@@ -102,14 +106,15 @@ def main() -> None:
             rerun = record["rerun"]
             result["rerun"] = {"total_seconds": round(rerun["total_seconds"], 2),
                                "stages": {s: (rerun.get("timings") or {}).get(s) for s in _stage_names(timings)},
-                               "embedding": (rerun.get("features") or {}).get("embedding")}
+                               "embedding": (rerun.get("features") or {}).get("embedding"),
+                               "texts": (rerun.get("features") or {}).get("texts"), "new_rows": rerun.get("new_rows"), "persons": rerun.get("persons")}
         peak = max((v["peak_rss_mib"] or 0) for v in result["stages"].values())
         result["peak_rss_mib"] = peak
         results.append(result)
         print(f"\n{users:,} people: {rows:,} source rows -> {result['persons']:,} persons, {result['texts']:,} texts "
               f"({result['distinct_texts']:,} distinct) in {result['total_seconds']} s; load {load_before} -> {result['load_after']}", flush=True)
         table += [f"{users:,} people ({rows:,} source rows, {result['texts']:,} texts), load {load_before} -> {result['load_after']}:", "",
-                  "| stage | seconds | peak RSS MiB | re-run seconds |", "|---|---:|---:|---:|"]
+                  "| stage | seconds | peak RSS MiB | incremental re-run seconds |", "|---|---:|---:|---:|"]
         for stage, v in result["stages"].items():
             again = (result.get("rerun", {}).get("stages") or {}).get(stage) or {}
             print(f"  {stage:<10}{v['seconds'] if v['seconds'] is not None else '-':>10}{v['peak_rss_mib'] or '-':>12}  re-run {again.get('seconds', '-')}", flush=True)
@@ -122,10 +127,11 @@ def main() -> None:
         figures.append(figure(f"peak RSS, {users:,} people", peak, "MiB", higher_is_better=False, target=4096.0 if users >= 100_000 else None))
         if "rerun" in result:
             emb = result["rerun"].get("embedding") or {}
-            figures.append(figure(f"re-run unchanged, {users:,} people", result["rerun"]["total_seconds"], "s", higher_is_better=False,
+            figures.append(figure(f"incremental re-run, {users:,} people + 1% new", result["rerun"]["total_seconds"], "s", higher_is_better=False,
                                   target=180.0 if users >= 100_000 else None, baseline="cold run", baseline_value=result["total_seconds"],
-                                  note="0% new data (the issue's target is for 1% new)"))
-            figures.append(figure(f"re-run unchanged, {users:,} people: texts embedded", emb.get("encoded"), "texts", higher_is_better=False, target=0))
+                                  note=f"{result['rerun']['new_rows']:,} new source rows"))
+            figures.append(figure(f"incremental re-run, {users:,} people + 1% new: texts embedded", emb.get("encoded"), "texts", higher_is_better=False,
+                                  note=f"of {(result['rerun'].get('texts') or 0):,} texts; the cold run embedded {((result.get('embedding') or {}).get('encoded') or 0):,}"))
     growth = None
     if len(results) > 1:
         a, b = results[0], results[-1]
