@@ -198,11 +198,15 @@ def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series |
         y = churned.reindex(persons)
         known = y.notna().to_numpy()
         yv = np.nan_to_num(y.to_numpy(dtype=float))
-        x = matrix.to_numpy(dtype=float)
+        # Sparse: a dense float copy is persons x signals x 8 bytes (GBs at 100k persons). The
+        # products sum integers, so they are exactly what the dense ones were.
+        from scipy import sparse
+
+        x = sparse.csr_matrix(matrix.to_numpy(dtype=np.uint8), dtype=np.float64)
         churners = x[known].T @ yv[known]  # per signal: churners showing it
-        members = x[known].sum(axis=0)
+        members = np.asarray(x[known].sum(axis=0)).ravel()
         # leave-one-out: remove the person's own label from every signal they show
-        shown = x.sum(axis=1)
+        shown = np.asarray(x.sum(axis=1)).ravel()
         num = x @ churners - shown * np.where(known, yv, 0.0)
         den = x @ members - shown * known
         out["neighbourhood_churn_rate"] = np.where(den > 0, num / np.maximum(den, 1), np.nan)
