@@ -455,21 +455,24 @@ def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_versio
     table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
     column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
     keys = entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)
-    event_ts = _epoch_seconds(rows[view.batch_source.timestamp_field].reset_index(drop=True))
-    created_col = view.batch_source.created_timestamp_column
-    created_ts = _epoch_seconds(rows[created_col].reset_index(drop=True)) if created_col and created_col in rows.columns else [None] * len(rows)
     order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: duplicates keep their order
-    pick = lambda seq: list(map(seq.__getitem__, order))  # noqa: E731
-    out = SqliteRows(pick(keys), [name for name, _ in features], [], [], [], pick(event_ts), pick(created_ts))
+    # Every column in primary key order before encoding (Arrow's and pandas' take, in C).
+    taken = np.asarray(order, dtype=np.int64)
+    table = table.take(pa.array(taken))
+    ordered = rows.reset_index(drop=True).iloc[taken].reset_index(drop=True)
+    event_ts = _epoch_seconds(ordered[view.batch_source.timestamp_field])
+    created_col = view.batch_source.created_timestamp_column
+    created_ts = _epoch_seconds(ordered[created_col]) if created_col and created_col in rows.columns else [None] * len(rows)
+    out = SqliteRows(list(map(keys.__getitem__, order)), [name for name, _ in features], [], [], [], event_ts, created_ts)
     for name, value_type in features:
         codes, blobs, texts = feature_value_table(column(name), value_type)
         # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
         if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(keys) and sum(c is not None for c in out.codes) < _CODED_MAX_FEATURES:
-            out.values.append(blobs), out.texts.append(texts), out.codes.append(codes[order].tolist())
+            out.values.append(blobs), out.texts.append(texts), out.codes.append(codes.tolist())
         else:
             if codes is not None:
                 blobs, texts = np.array(blobs, dtype=object)[codes].tolist(), np.array(texts, dtype=object)[codes].tolist()
-            out.values.append(pick(blobs)), out.texts.append(pick(texts)), out.codes.append(None)
+            out.values.append(blobs), out.texts.append(texts), out.codes.append(None)
     return out
 
 
