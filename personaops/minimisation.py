@@ -226,7 +226,6 @@ def check(ws: Workspace) -> dict:
     ids, sensitive = lake_identifiers(ws)
     zones = allowed_zones(ws)
     paths = sorted(p for p in ws.root.rglob("*") if p.is_file() and not any(p.is_relative_to(z) for z in zones))
-    paths = [p for p in paths if p.name not in ("workspace.lock",)]
     findings, scanned = scan_identifiers(paths, ids, ws.root)
     sensitive_found, checked = sensitive_findings(ws, sensitive)
     return {
