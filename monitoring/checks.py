@@ -73,9 +73,20 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, see
 
 def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], ingest: list[dict], previous_ingest: list[dict] | None, profile: pd.DataFrame | None) -> dict:
     """Missing-value shares (model features, training vs now), new categories of CRM attributes,
-    quarantine share and accepted-row change per source vs the previous run."""
-    missing_ref = reference[columns].isna().mean()
-    missing_cur = current.reindex(columns=columns).isna().mean()
+    quarantine share and accepted-row change per source vs the previous run.
+
+    Missing shares are measured over the people with any activity (a non-zero value in some feature
+    that does not come from the CRM profile): people who left, or joined with nothing yet, are silent,
+    and their empty features are population turnover, not a pipeline fault. The silent shares are
+    reported beside (`silent_share`); a source that stops delivering shows in `sources`."""
+    profile_columns = set(profile.columns) if profile is not None else set()
+    activity = [c for c in columns if c not in profile_columns and c.split("__", 1)[0] not in profile_columns]
+    silent_ref, silent_cur = (_silent(frame, activity) for frame in (reference, current))
+    # fewer than 20 active people on a side (everything silent): measure over everyone
+    ref_rows = reference.loc[~silent_ref] if (~silent_ref).sum() >= 20 else reference
+    cur_rows = current.loc[~silent_cur] if (~silent_cur).sum() >= 20 else current
+    missing_ref = ref_rows[columns].isna().mean()
+    missing_cur = cur_rows.reindex(columns=columns).isna().mean()
     increase = (missing_cur - missing_ref).clip(lower=0)
     known = {tuple(c.split("__", 1)) for c in columns if "__" in c}  # (attribute, value slug) seen in training
     new_categories: dict[str, list[str]] = {}
@@ -102,11 +113,22 @@ def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
     return {
         "missing_increase": {c: round(float(v), 4) for c, v in increase[increase > 0.01].items()},
         "max_missing_increase": float(increase.max()) if len(increase) else 0.0,
+        "silent_share": {"reference": round(float(silent_ref.mean()), 4) if len(silent_ref) else 0.0,
+                         "current": round(float(silent_cur.mean()), 4) if len(silent_cur) else 0.0},  # fmt: skip
         "new_categories": new_categories,
         "sources": sources,
         "max_quarantine_share": max((v["quarantine_share"] for v in sources.values()), default=0.0),
         "max_accepted_change": max((abs(v["accepted_change"]) for v in sources.values() if v["accepted_change"] is not None), default=0.0),
     }
+
+
+def _silent(frame: pd.DataFrame, activity: list[str]) -> pd.Series:
+    """People with nothing but missing values and zeros in the activity features (no events,
+    tickets or surveys: counts are 0, recencies and means missing)."""
+    if not activity:
+        return pd.Series(False, index=frame.index)
+    values = frame.reindex(columns=activity).apply(pd.to_numeric, errors="coerce")
+    return (values.isna() | (values == 0)).all(axis=1)
 
 
 def group_representation(before: pd.DataFrame, now: pd.DataFrame, groups: pd.DataFrame, z_alert: float = 3.5, min_rows: int = 100) -> dict:

@@ -1,4 +1,5 @@
-"""No false alarm across 5 seeds, and the planted behaviour and vocabulary drifts flagged with the
+"""No false alarm across 5 seeds (with the generator's default population turnover: people join
+and leave between the periods), and the planted behaviour and vocabulary drifts flagged with the
 policy's action (mix and broken: test_monitoring.py), and planted biased sampling (80% of one
 region's telemetry missing) caught by the group-representation check.
 
@@ -53,7 +54,7 @@ def _period(tmp: Path, seed: int, period: int, drift: str, embedder) -> dict:
     from personaops.workspace import Workspace
 
     data = tmp / f"data-{seed}"
-    generate(USERS, seed, data, period=period, drift=drift)
+    counts = generate(USERS, seed, data, period=period, drift=drift)  # later periods: the default joiners and leavers
     cfg = load_config()
     cfg.home = tmp / f"ws-{seed}-{period}-{drift}"
     ws = Workspace.from_config(cfg)
@@ -83,7 +84,7 @@ def _period(tmp: Path, seed: int, period: int, drift: str, embedder) -> dict:
     return {
         "frame": frame, "columns": columns, "profile": tables["person_profile"], "ingest": [r.to_dict() for r in reports],
         "sensitive": F.sensitive_table(frames).set_index("person_id"), "labels": labels,
-        "rows": pd.concat([f[["source", "person_id"]] for f in frames.values() if len(f)], ignore_index=True),
+        "rows": pd.concat([f[["source", "person_id"]] for f in frames.values() if len(f)], ignore_index=True), "counts": counts,
     }  # fmt: skip
 
 
@@ -126,6 +127,14 @@ def test_a_period_without_change_flags_nothing(periods, scorer, seed):
     tmp, frames = periods
     results, decision = _check(tmp, scorer, frames[(seed, 0, "none")], frames[(seed, 1, "none")], f"seed{seed}-none")
     summary = {k: results[k] for k in ("features", "persona_mix", "centroids", "embeddings")}
+    counts = frames[(seed, 1, "none")]["counts"]
+    assert counts["joined"] >= 10 and counts["left"] >= 3  # population turnover is on: people joined and left
+    quality, rep = results["quality"], results["representation"]
+    print(f"seed {seed}: joined {counts['joined']} left {counts['left']} | drifted_share {results['features']['drifted_share']:.3f} "
+          f"tv {results['persona_mix']['total_variation']:.3f} centroid {results['centroids']['max_shift']:.3f} "
+          f"text_auc {results['embeddings']['score']:.3f} missing+ {quality['max_missing_increase']:.3f} "
+          f"accepted_change {quality['max_accepted_change']:.3f} rep_largest_z {rep['largest_z']:.2f} "
+          f"dp+ {results['bias']['max_dp_difference_increase']:.3f}")  # fmt: skip
     assert decision.action == "none", (decision.fired, summary)
     assert results["features"]["drifted_share"] <= 0.30 and results["persona_mix"]["total_variation"] <= 0.08
     assert results["representation"]["cells"] >= 20 and results["representation"]["max_shift"] == 0.0
@@ -143,6 +152,7 @@ def test_each_planted_drift_is_flagged_with_the_policy_action(periods, scorer, d
     tmp, frames = periods
     results, decision = _check(tmp, scorer, frames[(1, 0, "none")], frames[(1, 1, drift)], f"seed1-{drift}")
     fired = {f["rule"] for f in decision.fired}
+    print(f"{drift}: {decision.action} {[(f['rule'], round(f['value'], 3)) for f in decision.fired]}")
     assert decision.action == action, decision.fired
     assert fired & rules, fired
 
@@ -151,5 +161,6 @@ def test_biased_sampling_names_the_group_and_source(periods, scorer):
     tmp, frames = periods
     results, _ = _check(tmp, scorer, frames[(1, 0, "none")], frames[(1, 1, "bias")], "seed1-bias-groups")
     top = results["representation"]["shifts"][0]
+    print(f"bias: top shift {top}")
     assert (top["source"], top["attribute"], top["group"]) == ("events", "region", "north")
     assert top["shift"] < -0.05 and top["z"] <= -3.5
