@@ -8,7 +8,9 @@ sources, a `sources.yaml` describing them, and `truth/records.parquet` (source, 
 true_person) + `truth/persons.parquet` (true_person, true_persona, churned, ...).
 
 `period` > 0 re-observes the same population 30 days later per period (new events, tickets,
-surveys and campaigns); `drift` plants a change: `mix` (half the casual browsers become deal
+surveys and campaigns), with turnover: some people join (new ids and CRM rows, active from their
+sign-up) and some leave (CRM row kept, no more activity; people who churn more often); `drift`
+plants a change: `mix` (half the casual browsers become deal
 seekers), `behaviour` (activity halves within every persona), `vocabulary` (half the texts use
 new words), `broken` (40% of events lose their event type, 30% of survey scores are text) or
 `bias` (80% of one region's telemetry goes missing).
