@@ -273,7 +273,7 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
 
     version, model = registry.load_champion(ws, cfg.model.registered_name)
     _, frame, _ = F.current_model_frame(ws)
-    predicted = model.predict(frame.reset_index(drop=True))
+    predicted = registry.score(model, frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
     rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
     # The rest of the serving contract (docs/serving.md): input views and persona traits online.

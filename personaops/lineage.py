@@ -347,7 +347,7 @@ def replay(cfg, ws: Workspace, run_id: str) -> dict:
     model = mlflow.pyfunc.load_model(f"models:/{cfg.model.registered_name}/{version}")
     persons = pd.Index(published["person_id"].tolist(), name="person_id")
     frame, _ = F.model_frame(tables, persons)
-    predicted = model.predict(frame.reset_index(drop=True))
+    predicted = registry.score(model, frame.reset_index(drop=True))
     replayed = pd.concat([pd.Series(frame.index, name="person_id"), predicted.reset_index(drop=True)], axis=1)
     # Erased persons cannot be reproduced (their inputs are gone, by design); everyone else must be.
     return {"run_id": run_id, "snapshot_id": snapshot["id"], "model_version": version, **compare(published, replayed),
