@@ -72,10 +72,11 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     if x.empty or len(np.unique(y)) < 2:
         raise NotFoundError("Churn signals need people with a churn label of both values; the sources carry no usable `churned` label.")
     rows = []
-    for signal in x.columns:
+    counts = _strata_counts(x, y, strata)
+    for j, signal in enumerate(x.columns):
         s = x[signal].to_numpy().astype(bool)
         # Haldane-Anscombe correction for empty cells: the pooled odds ratio and its interval stay finite
-        tables = [t + 0.5 * (t == 0).any() for t in _strata_tables(s, y, strata)]
+        tables = [t + 0.5 * (t == 0).any() for t in counts[j] if _informative(t)]
         if not tables:
             continue
         st = StratifiedTable(tables)
@@ -104,6 +105,31 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     return table.drop(columns="log_or").reset_index(drop=True)
 
 
+def _informative(t: np.ndarray) -> bool:
+    """A 2x2 table where both the signal and the label vary (others carry no information)."""
+    return bool(t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0)
+
+
+def _strata_counts(x: pd.DataFrame, y: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """(signals, strata, 2, 2) float: every signal's 2x2 table (signal yes/no x churned yes/no) in
+    each stratum, the same cells `_strata_tables` counts, for all signals at once (sparse products
+    instead of one pass over the people per signal and stratum)."""
+    from scipy import sparse
+
+    m = sparse.csr_matrix(x.to_numpy(dtype=np.uint8), dtype=np.float64)
+    levels = np.unique(strata)
+    out = np.zeros((m.shape[1], len(levels), 2, 2))
+    for k, level in enumerate(levels):
+        sel = strata == level
+        ms, ys = m[sel], y[sel].astype(np.float64)
+        churned, stayed = ys.sum(), len(ys) - ys.sum()
+        with_churn = ms.T @ ys
+        with_signal = np.asarray(ms.sum(axis=0)).ravel()
+        out[:, k, 0, 0], out[:, k, 0, 1] = with_churn, with_signal - with_churn
+        out[:, k, 1, 0], out[:, k, 1, 1] = churned - with_churn, stayed - (with_signal - with_churn)
+    return out
+
+
 def _strata_tables(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> list[np.ndarray]:
     """One 2x2 table (signal yes/no x churned yes/no) per stratum where both the signal and the
     label vary; strata without that carry no information for a Mantel-Haenszel test."""
@@ -112,7 +138,7 @@ def _strata_tables(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> list[np.
         sel = strata == level
         t = np.array([[np.sum(s[sel] & (y[sel] == 1)), np.sum(s[sel] & (y[sel] == 0))],
                       [np.sum(~s[sel] & (y[sel] == 1)), np.sum(~s[sel] & (y[sel] == 0))]], dtype=float)  # fmt: skip
-        if t[0].sum() > 0 and t[1].sum() > 0 and t[:, 0].sum() > 0 and t[:, 1].sum() > 0:
+        if _informative(t):
             tables.append(t)
     return tables
 
@@ -154,23 +180,28 @@ def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: n
 
 def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
     """Report signals shown by nearly the same people once (the better ranked), the rest as `same_as`."""
-    kept, same_as, members = [], [], []
-    for row in table.itertuples(index=False):
-        s = matrix[row.signal].to_numpy().astype(bool)
-        home = None
-        for k, m in enumerate(members):
-            union = np.sum(s | m)
-            if union and np.sum(s & m) / union >= SAME_PEOPLE_JACCARD:
-                home = k
-                break
-        if home is None:
-            kept.append(row.signal)
-            members.append(s)
-            same_as.append([])
+    from scipy import sparse
+
+    signals = table["signal"].tolist()
+    # Every pair's Jaccard index from one sparse product (a pass over the people per pair was
+    # hours at 100k persons and thousands of signals); integer counts, so the same values.
+    m = sparse.csc_matrix(matrix[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
+    inter = (m.T @ m).toarray()
+    size = np.diag(inter)
+    union = size[:, None] + size[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jaccard = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    kept: list[int] = []
+    same_as: dict[int, list[str]] = {}
+    for i, signal in enumerate(signals):
+        hits = np.flatnonzero(jaccard[i, kept] >= SAME_PEOPLE_JACCARD) if kept else []
+        if len(hits):
+            same_as[kept[hits[0]]].append(signal)
         else:
-            same_as[home].append(row.signal)
-    out = table[table["signal"].isin(kept)].copy()
-    out["same_as"] = ["; ".join(same_as[kept.index(s)]) for s in out["signal"]]
+            kept.append(i)
+            same_as[i] = []
+    out = table.iloc[kept].copy()
+    out["same_as"] = ["; ".join(same_as[i]) for i in kept]
     return out
 
 
