@@ -74,7 +74,7 @@ def support_features(tickets: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
     out = pd.DataFrame({"n_tickets": grouped.size().astype("int64")})
     if "event_time" in tickets.columns:  # a source without timestamps has no recency
         out["days_since_last_ticket"] = (as_of - grouped["event_time"].max()).dt.total_seconds() / 86400.0
-    out["mean_ticket_chars"] = grouped["text"].apply(lambda s: s.fillna("").str.len().mean())
+    out["mean_ticket_chars"] = tickets["text"].fillna("").str.len().groupby(tickets["person_id"]).mean()
     return _stamp(out.rename_axis("person_id"), as_of)
 
 
