@@ -171,11 +171,11 @@ def run(sources: Path = typer.Option(..., "--sources", help="sources.yaml descri
     cfg, ws = _workspace()
     for spec in load_sources(sources):  # fail fast, before any service starts
         spec.check_columns()
-    record = _run_pipeline(sources, ws)
-    _print_run(record)
     from personaops.retry import check_services
 
     check_services(cfg)  # production profile: PostgreSQL, Redis, MLflow answer (bounded retries), or one line
+    record = _run_pipeline(sources, ws)
+    _print_run(record)
     version, profiles = _catalogue(cfg, ws)
     _print_catalogue(version, profiles)
 
@@ -962,14 +962,14 @@ def main() -> None:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Exception as exc:  # a bug, not a user error: one line here, the traceback in a log file
-        log = _crash_log(exc)
-        err.print(f"error: internal error ({exc.__class__.__name__}: {str(exc)[:200]}); the traceback is in {log} — please report it.", highlight=False, soft_wrap=True)
         from personaops.retry import service_failure
 
         lost = service_failure(exc)  # a production service went away mid-run: say which, and what to do
         if lost:
             err.print(f"error: {lost}", highlight=False, soft_wrap=True)
             sys.exit(1)
+        log = _crash_log(exc)
+        err.print(f"error: internal error ({exc.__class__.__name__}: {str(exc)[:200]}); the traceback is in {log} — please report it.", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
