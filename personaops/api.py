@@ -350,11 +350,17 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
     @app.get("/health", response_model=Health, tags=["operations"], responses={503: {"model": Health}})
     def health(response: Response) -> dict:
         """Readiness: 200 when there is an online store and a champion to serve, else 503."""
-        online = (ws.feast / "registry.db").exists() and (ws.feast / "online_store.db").exists()
+        if cfg.profile == "local":
+            online = (ws.feast / "registry.db").exists() and (ws.feast / "online_store.db").exists()
+            tracked = (ws.mlflow / "mlflow.db").exists()  # never create an MLflow store as a side effect of a probe
+        else:  # production: the registry is in PostgreSQL and the online store in Redis; ask them
+            try:
+                online, tracked = service.personas_of(["health-probe"]) is not None, True
+            except Exception:  # noqa: BLE001 - any failure to reach the stores is "not ready", never a 500
+                online, tracked = False, False
         try:
-            # Never create an MLflow store as a side effect of a probe.
-            version = service.champion()[0] if online and (ws.mlflow / "mlflow.db").exists() else None
-        except PersonaOpsError:
+            version = service.champion()[0] if online and tracked else None
+        except Exception:  # noqa: BLE001 - a tracking server that does not answer is "not ready" too
             version = None
         ready = online and version is not None
         response.status_code = 200 if ready else 503

@@ -117,3 +117,32 @@ def test_prefect_server_lists_the_flow_run(production_run):
     assert flow["name"] == "build_personas"
     listed = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=30).json()
     assert [r["id"] for r in listed] == [flow_run_id]
+
+
+def test_personas_serve_answers_from_redis_on_the_production_profile(production_run, tmp_path):
+    """`personas serve` on the production profile: ready (/health 200 with the champion, read from
+    Redis, PostgreSQL and the MLflow server, no local files) and serving the published personas."""
+    import httpx
+
+    from tests.helpers import free_port, wait_healthy
+
+    run_env, home, _, _ = production_run
+    published = pd.read_parquet(Path(home) / "features" / "persona_assignment.parquet")
+    champion = published[published["model_version"] == published["model_version"].max()].sample(20, random_state=1)
+    port = free_port()
+    env = dict(run_env, PERSONAS_API_TOKENS="prod-reader-token:reader")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "personas"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, 300, 10, "personas serve (production profile)", lambda: log.read_text()[-2000:])
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        assert health["online_store"] is True and health["champion_version"] == int(champion["model_version"].iloc[0])
+        headers = {"Authorization": "Bearer prod-reader-token"}
+        for row in champion.itertuples(index=False):
+            got = httpx.get(f"http://127.0.0.1:{port}/persons/{row.person_id}/persona", headers=headers, timeout=10)
+            assert got.status_code == 200, got.text
+            assert (got.json()["persona_id"], got.json()["model_version"]) == (int(row.persona_id), int(row.model_version))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
