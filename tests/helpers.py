@@ -100,3 +100,22 @@ def wait_healthy(url: str, proc, timeout_s: float, request_timeout_s: float, wha
             proc.kill()
             pytest.fail(f"{what} {'exited' if exited else f'did not answer {url} within {timeout_s:.0f} s'}: {output()[-2000:]}")
         time.sleep(0.5)
+
+
+def run_cli(monkeypatch, capsys, *args: str, home=None) -> tuple[int, str, str]:
+    """`personas ARGS` through the console entry (its one-line error mapping) in this process:
+    (exit code, stdout, stderr). `home` sets PERSONAS_HOME for the call."""
+    import sys
+
+    from personaops import cli
+
+    if home is not None:
+        monkeypatch.setenv("PERSONAS_HOME", str(home))
+    monkeypatch.setattr(sys, "argv", ["personas", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

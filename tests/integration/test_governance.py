@@ -5,28 +5,20 @@ any work, so no pipeline is needed."""
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 from personaops import audit
 from personaops.workspace import Workspace
 
+from tests.helpers import run_cli
+
 pytestmark = pytest.mark.integration
 TOKENS = "r-tok:reader,a-tok:analyst,m-tok:ml-engineer,ad-tok:admin"
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from personaops import cli
-
-    monkeypatch.setattr(sys, "argv", ["personas", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(monkeypatch, capsys, *args)
 
 
 # (command, token given, role it has, role the command needs)

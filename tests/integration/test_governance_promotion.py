@@ -7,7 +7,6 @@ champion later, audited). Also the gate's review verdicts on plain metrics."""
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pandas as pd
 import pytest
@@ -19,6 +18,8 @@ from personaops import audit
 from personaops.config import ModelConfig, load_config
 from personaops.feature_store import read_persona
 from personaops.workspace import Workspace
+
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 NAME = "persona-model"
@@ -41,16 +42,7 @@ def test_gate_verdicts_promote_review_block():
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from personaops import cli
-
-    monkeypatch.setattr(sys, "argv", ["personas", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(monkeypatch, capsys, *args)
 
 
 def _train_candidate(monkeypatch, home, k: int, run_id: str) -> dict:

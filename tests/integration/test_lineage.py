@@ -5,7 +5,6 @@ assignments bit for bit; unknown persons and runs are one-sentence errors (CLI e
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,8 @@ from personaops.config import load_config
 from personaops.errors import NotFoundError
 from personaops.workspace import Workspace
 
+from tests.helpers import run_cli
+
 pytestmark = pytest.mark.integration
 ANALYST = {"Authorization": "Bearer analyst-tok"}
 
@@ -29,18 +30,7 @@ def _cfg(home):
 
 
 def _cli(monkeypatch, capsys, home, *args) -> tuple[int, str, str]:
-    """`personas ARGS` through the console entry (its one-line error mapping), in this process."""
-    from personaops import cli
-
-    monkeypatch.setenv("PERSONAS_HOME", str(home))
-    monkeypatch.setattr(sys, "argv", ["personas", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(monkeypatch, capsys, *args, home=home)
 
 
 @pytest.fixture(scope="module")
