@@ -56,7 +56,8 @@ def churn_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFram
     if len(mix):
         frame = frame.join(mix.set_index("person_id").filter(like="intent_").add_prefix("mix_"))
     if len(signals.columns):
-        frame = frame.join(signals.add_prefix("sig_").astype(float))
+        # 0/1 signals stay uint8: thousands of them x 100k people are GBs per float64 copy.
+        frame = frame.join(signals.add_prefix("sig_").astype(np.uint8))
     frame.columns = [str(c) for c in frame.columns]
     return frame.fillna({c: 0.0 for c in frame.columns if c.startswith(("mix_", "sig_", "persona_"))})
 
@@ -68,10 +69,17 @@ def select_columns(x: pd.DataFrame, y: pd.Series, max_signals: int) -> list[str]
     others = [c for c in x.columns if not c.startswith("sig_")]
     if len(signals) <= max_signals:
         return others + signals
-    s = x[signals].to_numpy(dtype=float)
+    from scipy import sparse
+
+    # For a 0/1 column with share p of n people: sum((s - p)^2) = n p (1 - p) and
+    # sum((s - p) * yc) = s . yc - p sum(yc): no dense centred float copy of people x signals.
+    s = sparse.csc_matrix(x[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
     yc = y.to_numpy(dtype=float) - y.mean()
-    sc = s - s.mean(axis=0)
-    corr = np.abs(sc.T @ yc) / np.maximum(np.sqrt((sc**2).sum(axis=0) * (yc**2).sum()), 1e-12)
+    n = s.shape[0]
+    share = np.asarray(s.sum(axis=0)).ravel() / n
+    covariance = s.T @ yc - share * yc.sum()
+    spread = n * share * (1 - share)
+    corr = np.abs(covariance) / np.maximum(np.sqrt(spread * (yc**2).sum()), 1e-12)
     keep = [signals[j] for j in np.argsort(-corr)[:max_signals]]
     return others + keep
 
