@@ -212,7 +212,9 @@ def _run_load(env: dict[str, str], tmp: Path) -> dict:
         plan = [[PUBLISH_AT, 2, str(tmp / "v2.parquet")], [ROLLBACK_AT, 1, str(tmp / "v1.parquet")]]
         publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(ws.root), str(start_file), json.dumps(plan)], cwd=ROOT, env={**env, "PERSONAS_HOME": str(ws.root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert publisher.stdout.readline().strip() == "READY", publisher.stderr.read()[-2000:]  # imported, store open
-        start_file.write_text(str(time.time()))
+        # Atomically: the publisher polls for the file and must never read it empty (a race seen once).
+        start_file.with_suffix(".tmp").write_text(str(time.time()))
+        start_file.with_suffix(".tmp").replace(start_file)
         summary, responses = _wrk(base, ids, tmp, _latency_ms(base))
         out, err = publisher.communicate(timeout=300)
         assert publisher.returncode == 0, err[-2000:]
