@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -150,8 +151,7 @@ class SqlitePublisher:
         version = self.store.config.entity_key_serialization_version
         conn = sqlite3.connect(self.db_path(), timeout=self.busy_timeout_s, isolation_level=None)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 current: dict[str, OnlineEntity | None] = {}
                 for name, view in views.items():
                     key = entity_keys(view.entity_columns[0].name, view.entity_columns[0].dtype.to_value_type(), np.array([entity_value], dtype=object), version)[0]
@@ -164,10 +164,6 @@ class SqlitePublisher:
                     encoded = self.encode(view, frame)
                     conn.executemany(f"DELETE FROM {table} WHERE entity_key = ?", [(k,) for k in dict.fromkeys(encoded.keys)])
                     conn.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(_SQLITE_COLUMNS)}) VALUES ({', '.join('?' * len(_SQLITE_COLUMNS))})", encoded.tuples())
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             conn.close()
         return result
@@ -528,6 +524,20 @@ def _insert_sqlite_rows(conn: sqlite3.Connection, quoted_table: str, rows: Sqlit
             conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (BEGIN IMMEDIATE: writers queue, readers read on), committed at the
+    end of the block and rolled back on any error, so readers never see part of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout_s: float = 30.0) -> None:
     """Replace a Feast SQLite online table by one holding exactly `rows`, in one transaction.
 
@@ -551,17 +561,12 @@ def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout
         key_bytes = len(rows.keys[0]) if rows.keys else 0
         conn.execute(f"PRAGMA cache_size=-{max(131_072, len(rows) * (key_bytes + 64) * 2 // 1024)}")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             conn.execute(f"DROP TABLE IF EXISTS {building}")
             conn.execute(f"CREATE TABLE {building} ({_SQLITE_TABLE_SQL}) WITHOUT ROWID")
             _insert_sqlite_rows(conn, building, rows)
             conn.execute(f"DROP TABLE {quoted}")
             conn.execute(f"ALTER TABLE {building} RENAME TO {quoted}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     finally:
         conn.close()
 
@@ -743,20 +748,14 @@ def delete_persons(store, person_ids: list[str]) -> dict[str, int]:
         conn = sqlite3.connect(db, timeout=pub.busy_timeout_s, isolation_level=None)
         try:
             existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            conn.execute("BEGIN IMMEDIATE")
-            for view in views:
-                table = pub.table_name(view)
-                if table not in existing:
-                    continue
-                keys = entity_keys("person_id", view.entity_columns[0].dtype.to_value_type(), np.array(ids, dtype=object), version)
-                quoted = '"' + table.replace('"', '""') + '"'
-                cur = conn.executemany(f"DELETE FROM {quoted} WHERE entity_key = ?", [(k,) for k in keys])
-                out[view.name] = max(cur.rowcount, 0)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            with _immediate(conn):
+                for view in views:
+                    table = pub.table_name(view)
+                    if table not in existing:
+                        continue
+                    keys = entity_keys("person_id", view.entity_columns[0].dtype.to_value_type(), np.array(ids, dtype=object), version)
+                    cur = conn.executemany(f"DELETE FROM {_quote(table)} WHERE entity_key = ?", [(k,) for k in keys])
+                    out[view.name] = max(cur.rowcount, 0)
         finally:
             conn.close()
         return out
