@@ -119,3 +119,20 @@ def run_cli(monkeypatch, capsys, *args: str, home=None) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def production_assignment_store(home, first_rows):
+    """(cfg, ws, store): a production-profile workspace at `home` (the services' PERSONAS_* variables
+    must be set) with only the persona_assignment view applied, its offline table holding `first_rows`."""
+    from personaops.config import load_config
+    from personaops.feature_store import ASSIGNMENT_VIEW, feature_store, repo_objects, write_table
+    from personaops.workspace import Workspace
+
+    cfg = load_config(environ={"PERSONAS_PROFILE": "production"})
+    cfg.home = home
+    ws = Workspace(cfg.home)
+    write_table(ws, ASSIGNMENT_VIEW, first_rows)
+    store = feature_store(ws, cfg)
+    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW}
+    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
+    return cfg, ws, store

@@ -28,12 +28,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from personaops.config import load_config
 from personaops.errors import PersonaOpsError
-from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feature_store, repo_objects, write_table
+from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feature_store
 from personaops.retry import RetryPolicy, ServiceUnavailableError
-from personaops.workspace import Workspace
-from tests.helpers import assignment_rows
+from tests.helpers import assignment_rows, production_assignment_store
 from tests.services import ROOT, own_services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -55,14 +53,7 @@ def prod(own, tmp_path, monkeypatch):
     for name in ("PERSONAS_FEAST_REGISTRY_URL", "PERSONAS_FEAST_REDIS", "PERSONAS_REDIS_URL"):
         monkeypatch.setenv(name, own.env[name])
     monkeypatch.setenv("PERSONAS_PROFILE", "production")
-    cfg = load_config(environ={"PERSONAS_PROFILE": "production"})
-    cfg.home = tmp_path / "ws"
-    ws = Workspace(cfg.home)
-    write_table(ws, ASSIGNMENT_VIEW, _assignments(["p0"], 1, 0))
-    store = feature_store(ws, cfg)
-    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW}
-    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
-    return cfg, ws, store
+    return production_assignment_store(tmp_path / "ws", _assignments(["p0"], 1, 0))
 
 
 def _assignments(ids: list[str], version: int, seed: int) -> pd.DataFrame:

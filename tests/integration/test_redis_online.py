@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from personaops.config import load_config
-from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feast_yaml, feature_store, publish_assignments, read_persona, repo_objects, write_table
+from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feast_yaml, feature_store, publish_assignments, read_persona
 from personaops.online_publish import RedisPublisher, online_publisher
-from personaops.workspace import Workspace
 from tests.services import isolated_backends, service_environment, stop_services
 
-from tests.helpers import assignment_rows
+from tests.helpers import assignment_rows, production_assignment_store
 
 pytestmark = pytest.mark.integration
 AT = pd.Timestamp("2026-03-01T12:00:00Z")
@@ -48,14 +46,7 @@ def _assignments(ids: list[str], version: int, seed: int) -> pd.DataFrame:
 @pytest.fixture
 def prod(production_env, tmp_path):
     """(cfg, ws, store): a workspace on the production profile with the assignment view applied."""
-    cfg = load_config(environ={"PERSONAS_PROFILE": "production"})
-    cfg.home = tmp_path / "ws"
-    ws = Workspace(cfg.home)
-    write_table(ws, ASSIGNMENT_VIEW, _assignments(["p0"], 1, 0))
-    store = feature_store(ws, cfg)
-    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW}
-    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
-    return cfg, ws, store
+    return production_assignment_store(tmp_path / "ws", _assignments(["p0"], 1, 0))
 
 
 def _online(store, ids: list[str]) -> pd.DataFrame:
