@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from personaops.config import IdentityConfig
+from personaops.generate import _typo  # the generator's own one-edit typo
 from personaops.identity import resolve_identities
 from tests.helpers import lake_records
 
@@ -21,17 +22,6 @@ FIRST = ["ana", "ben", "chloe", "dan", "elena", "farid", "grace", "hugo", "ines"
 LAST = ["berg", "chen", "garcia", "haddad", "ivanova", "jensen", "kim", "kowalski", "moreau", "muller", "novak",
         "nguyen", "okafor", "patel", "rossi", "santos", "silva", "tanaka", "cohen", "smith"]  # fmt: skip
 DOMAINS = ["example.com", "mail.test", "inbox.test", "corp.example"]
-
-
-def _typo(rng: np.random.Generator, text: str) -> str:
-    """One edit (delete, swap with the next, insert) inside `text`, never its first character."""
-    i = int(rng.integers(1, len(text) - 1))
-    op = rng.integers(3)
-    if op == 0:
-        return text[:i] + text[i + 1 :]
-    if op == 1:
-        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
-    return text[:i] + "q" + text[i:]
 
 
 def _population(people: int, seed: int = 3):
