@@ -25,7 +25,7 @@ from personaops.workspace import Workspace
 # reader < analyst < ml-engineer < admin, one order for the API and the CLI (personaops/roles.py).
 # WRITER pushes events (living personas) and reads like a reader; admin may push too. Not in the
 # order: an event producer needs no sensitive attributes.
-from personaops.roles import ROLES, WRITER  # noqa: E402
+from personaops.roles import ROLES, WRITER, allows  # noqa: E402
 
 TOKENS_ENV = "PERSONAS_API_TOKENS"
 # Person ids are opaque, printable and short; anything else is malformed input (422).
@@ -284,7 +284,7 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
 
     def require(minimum: str):
         async def check(role: Annotated[str, Depends(caller_role)]) -> str:
-            if (ROLES.index(role) if role in ROLES else 0) < ROLES.index(minimum):
+            if not allows(role, minimum):
                 raise HTTPException(403, f"This endpoint needs the '{minimum}' role; your token has '{role}'.")
             return role
 
@@ -355,9 +355,10 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             tracked = (ws.mlflow / "mlflow.db").exists()  # never create an MLflow store as a side effect of a probe
         else:  # production: the registry is in PostgreSQL and the online store in Redis; ask them
             try:
-                online, tracked = service.personas_of(["health-probe"]) is not None, True
+                service.personas_of(["health-probe"])  # reaches the registry and the online store
+                online = tracked = True
             except Exception:  # noqa: BLE001 - any failure to reach the stores is "not ready", never a 500
-                online, tracked = False, False
+                online = tracked = False
         try:
             version = service.champion()[0] if online and tracked else None
         except Exception:  # noqa: BLE001 - a tracking server that does not answer is "not ready" too

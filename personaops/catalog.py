@@ -23,13 +23,13 @@ from typing import Any
 
 from personaops.config import PersonasConfig
 from personaops.errors import NotFoundError
+from personaops.roles import allows
 from personaops.workspace import Workspace
 
 STATIC_NAME = "catalog.html"
 MAP_POINTS = 1500  # people drawn on the 2-D map (a seeded sample)
 TREND_VERSIONS = 12  # newest model versions shown in the size trend
 MLFLOW_UI_ENV = "PERSONAS_MLFLOW_UI_URL"
-SENSITIVE_ROLES = ("analyst", "ml-engineer", "admin")  # analyst and above (personaops/roles.py)
 # Colour-blind-friendly palette (Okabe-Ito, then Tableau); unassigned people are grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948")
 UNASSIGNED_COLOUR = "#B8B8B8"
@@ -416,7 +416,7 @@ def render_catalog(catalog: Catalog, role: str = "reader", static: bool = False,
     for p in catalog.profiles:
         for key, k in p["kpis"].items():
             scales[key] = max(scales.get(key, 0.0), float(k["ci95"][1]) if k["ci95"][1] == k["ci95"][1] else float(k["value"]))
-    show_sensitive = role in SENSITIVE_ROLES and not static
+    show_sensitive = allows(role, "analyst") and not static
     cards = []
     for p in catalog.profiles:
         pid = p["persona_id"]
