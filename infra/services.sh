@@ -2,22 +2,26 @@
 # Local services of the production profile, on loopback, for development and CI.
 #
 #   infra/services.sh install                 Debian packages (redis-server, postgresql, Java 17, wrk) when absent
-#   infra/services.sh start [--with mlflow] [--with prefect]
+#   infra/services.sh start [--with mlflow] [--with prefect] [--with worker]
 #                                             Redis and PostgreSQL as plain processes (no systemd),
 #                                             a `personas` role and databases; optionally a real
-#                                             `mlflow server` and `prefect server start` on PostgreSQL
+#                                             `mlflow server` and `prefect server start` on PostgreSQL;
+#                                             `--with worker` (implies prefect) registers the work pool
+#                                             and the deployments of flows/prefect.yaml (`personas deploy`,
+#                                             when PERSONAS_SOURCES names a sources.yaml) and starts a
+#                                             `prefect worker` on pool $PERSONAS_WORK_POOL (default personas)
 #   infra/services.sh env                     the connection variables, for `eval "$(infra/services.sh env)"`
 #   infra/services.sh status                  health checks (redis-cli ping, pg_isready, HTTP health)
 #   infra/services.sh stop                    stops what `start` started (by the pid files it wrote)
-#   infra/services.sh down|up|restart NAME    one service (redis, postgres, mlflow, prefect): for
+#   infra/services.sh down|up|restart NAME    one service (redis, postgres, mlflow, prefect, worker): for
 #                                             maintenance and the fault-injection tests; `down` kills
 #                                             it at once (SIGKILL for redis/mlflow/prefect, pg_ctl -m
 #                                             immediate for postgres), as a crash would
 #
 # Every command is idempotent. State lives under $PERSONAS_INFRA_DIR (default /tmp/personas-infra):
 # data directories, logs and pid files. Ports: PERSONAS_REDIS_PORT (6390), PERSONAS_PG_PORT (5440),
-# PERSONAS_MLFLOW_PORT (5005), PERSONAS_PREFECT_PORT (4210) — off the defaults so a developer's own
-# services are left alone. The PostgreSQL password comes from PERSONAS_PG_PASSWORD (default: a
+# PERSONAS_MLFLOW_PORT (5005), PERSONAS_PREFECT_PORT (4210), PERSONAS_WORKER_PORT (8210, the worker's
+# health endpoint) — off the defaults so a developer's own services are left alone. The PostgreSQL password comes from PERSONAS_PG_PASSWORD (default: a
 # random one generated at first start and kept in the infra dir, mode 600); nothing is committed.
 # `start` and `env` print `export NAME=value` lines on stdout; progress goes to stderr.
 set -euo pipefail
@@ -30,6 +34,8 @@ REDIS_PORT="${PERSONAS_REDIS_PORT:-6390}"
 PG_PORT="${PERSONAS_PG_PORT:-5440}"
 MLFLOW_PORT="${PERSONAS_MLFLOW_PORT:-5005}"
 PREFECT_PORT="${PERSONAS_PREFECT_PORT:-4210}"
+WORKER_PORT="${PERSONAS_WORKER_PORT:-8210}"
+WORK_POOL="${PERSONAS_WORK_POOL:-personas}"
 PG_USER=personas
 VENV_BIN="${PERSONAS_VENV_BIN:-$ROOT/.venv/bin}"
 
@@ -176,6 +182,33 @@ start_prefect() {
     "$VENV_BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 }
 
+start_worker() {
+  [[ -x "$VENV_BIN/prefect" && -x "$VENV_BIN/personas" ]] || die "prefect/personas are not in $VENV_BIN; run 'make install' first."
+  # The worker's flow runs take every service from its environment (nothing secret is stored in a
+  # deployment): the caller's variables where set, otherwise these services' (as `env` prints them).
+  local line name
+  while IFS= read -r line; do
+    name="${line#export }"; name="${name%%=*}"
+    [[ -n "${!name:-}" ]] || eval "$line"
+  done < <(cmd_env)
+  [[ -n "${PREFECT_API_URL:-}" ]] || die "the worker needs a Prefect server: start it with --with prefect, or set PREFECT_API_URL."
+  export PERSONAS_PROFILE="${PERSONAS_PROFILE:-production}" PERSONAS_HOME="${PERSONAS_HOME:-$INFRA_DIR/workspace}"
+  export PREFECT_SERVER_ANALYTICS_ENABLED=false
+  if [[ -n "${PERSONAS_SOURCES:-}" ]]; then
+    log "registering the deployments of flows/prefect.yaml on pool $WORK_POOL (sources $PERSONAS_SOURCES, workspace $PERSONAS_HOME)"
+    "$VENV_BIN/personas" deploy --sources "$PERSONAS_SOURCES" --pool "$WORK_POOL" >&2 || die "personas deploy failed (the line above says why)."
+  else
+    log "PERSONAS_SOURCES is unset: no deployments registered; run 'personas deploy --sources FILE --pool $WORK_POOL'."
+  fi
+  mkdir -p "$INFRA_DIR/worker-home"
+  # --with-healthcheck serves /health on $WORKER_PORT: the check below and `status` use it.
+  start_bg worker "http://$HOST:$WORKER_PORT/health" \
+    env PREFECT_HOME="$INFRA_DIR/worker-home" PREFECT_WORKER_WEBSERVER_HOST="$HOST" PREFECT_WORKER_WEBSERVER_PORT="$WORKER_PORT" \
+    PREFECT_WORKER_QUERY_SECONDS="${PERSONAS_WORKER_QUERY_SECONDS:-10}" \
+    "$VENV_BIN/prefect" worker start --pool "$WORK_POOL" --type process --with-healthcheck --name "personas-$(hostname)-$WORKER_PORT"
+  log "worker on pool $WORK_POOL (flow runs: PERSONAS_PROFILE=$PERSONAS_PROFILE, PERSONAS_HOME=$PERSONAS_HOME)"
+}
+
 cmd_env() {
   cat <<EOF
 export PERSONAS_INFRA_DIR='$INFRA_DIR'
@@ -200,22 +233,22 @@ cmd_start() {
   local with=()
   while (($#)); do
     case "$1" in
-      --with) with+=("${2:?--with needs mlflow or prefect}"); shift 2 ;;
+      --with) with+=("${2:?--with needs mlflow, prefect or worker}"); shift 2 ;;
       --with=*) with+=("${1#--with=}"); shift ;;
-      *) die "unknown option '$1' for start; use --with mlflow and/or --with prefect." ;;
+      *) die "unknown option '$1' for start; use --with mlflow, --with prefect and/or --with worker." ;;
     esac
+  done
+  local w
+  for w in "${with[@]}"; do
+    [[ "$w" =~ ^(mlflow|prefect|worker)$ ]] || die "unknown service '$w' after --with; use mlflow, prefect or worker."
   done
   mkdir -p "$INFRA_DIR"
   start_redis
   start_postgres
-  local w
-  for w in "${with[@]}"; do
-    case "$w" in
-      mlflow) start_mlflow ;;
-      prefect) start_prefect ;;
-      *) die "unknown service '$w' after --with; use mlflow or prefect." ;;
-    esac
-  done
+  # in dependency order: the worker needs the Prefect server (and uses MLflow when it runs)
+  [[ " ${with[*]} " == *" mlflow "* ]] && start_mlflow
+  [[ " ${with[*]} " == *" prefect "* || " ${with[*]} " == *" worker "* ]] && start_prefect
+  [[ " ${with[*]} " == *" worker "* ]] && start_worker
   cmd_env
 }
 
@@ -224,8 +257,12 @@ cmd_status() {
   if redis_up; then echo "redis      up    redis://$HOST:$REDIS_PORT"; else echo "redis      DOWN  redis://$HOST:$REDIS_PORT"; ok=1; fi
   if pg_bin >/dev/null 2>&1 && pg_up; then echo "postgresql up    $HOST:$PG_PORT"; else echo "postgresql DOWN  $HOST:$PG_PORT"; ok=1; fi
   local name url
-  for name in mlflow prefect; do
-    [[ $name == mlflow ]] && url="http://$HOST:$MLFLOW_PORT/health" || url="http://$HOST:$PREFECT_PORT/api/health"
+  for name in mlflow prefect worker; do
+    case $name in
+      mlflow) url="http://$HOST:$MLFLOW_PORT/health" ;;
+      prefect) url="http://$HOST:$PREFECT_PORT/api/health" ;;
+      worker) url="http://$HOST:$WORKER_PORT/health" ;;
+    esac
     if http_up "$url"; then echo "$(printf '%-10s' $name) up    $url"
     elif [[ -f "$INFRA_DIR/$name.pid" ]]; then echo "$(printf '%-10s' $name) DOWN  $url"; ok=1
     else echo "$(printf '%-10s' $name) off   (start with --with $name)"; fi
@@ -248,6 +285,7 @@ stop_pidfile() { # $1 = name
 }
 
 cmd_stop() {
+  stop_pidfile worker  # first: its flow runs (same process group) end with it
   stop_pidfile prefect
   stop_pidfile mlflow
   if [[ -f "$INFRA_DIR/redis.pid" ]]; then
@@ -271,11 +309,11 @@ down_one() { # $1 = service; as abrupt as a crash: no clean shutdown, no final s
         as_pg "$(pg_bin)/pg_ctl" -D "$INFRA_DIR/postgres" -m immediate -w stop >&2 || true
       fi
       log "postgresql down" ;;
-    mlflow|prefect)
+    mlflow|prefect|worker)
       local f="$INFRA_DIR/$1.pid"
       if [[ -f "$f" ]]; then kill -KILL -- "-$(cat "$f")" 2>/dev/null || kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
       log "$1 down" ;;
-    *) die "unknown service '$1'; use redis, postgres, mlflow or prefect." ;;
+    *) die "unknown service '$1'; use redis, postgres, mlflow, prefect or worker." ;;
   esac
 }
 
@@ -286,7 +324,8 @@ up_one() { # $1 = service
     postgres|postgresql) start_postgres ;;
     mlflow) start_mlflow ;;
     prefect) start_prefect ;;
-    *) die "unknown service '$1'; use redis, postgres, mlflow or prefect." ;;
+    worker) start_worker ;;
+    *) die "unknown service '$1'; use redis, postgres, mlflow, prefect or worker." ;;
   esac
 }
 
@@ -296,8 +335,8 @@ case "${1:-}" in
   stop) shift; cmd_stop ;;
   status) shift; cmd_status ;;
   env) shift; cmd_env ;;
-  down) shift; down_one "${1:?down needs a service: redis, postgres, mlflow or prefect}" ;;
-  up) shift; up_one "${1:?up needs a service: redis, postgres, mlflow or prefect}" ;;
-  restart) shift; down_one "${1:?restart needs a service: redis, postgres, mlflow or prefect}"; up_one "$1" ;;
-  *) echo "usage: infra/services.sh install|start [--with mlflow] [--with prefect]|env|status|stop|down NAME|up NAME|restart NAME" >&2; exit 2 ;;
+  down) shift; down_one "${1:?down needs a service: redis, postgres, mlflow, prefect or worker}" ;;
+  up) shift; up_one "${1:?up needs a service: redis, postgres, mlflow, prefect or worker}" ;;
+  restart) shift; down_one "${1:?restart needs a service: redis, postgres, mlflow, prefect or worker}"; up_one "$1" ;;
+  *) echo "usage: infra/services.sh install|start [--with mlflow] [--with prefect] [--with worker]|env|status|stop|down NAME|up NAME|restart NAME" >&2; exit 2 ;;
 esac
