@@ -72,6 +72,26 @@ class IdentityResult:
     edges: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EDGE_COLUMNS))  # the identity graph's evidence
     events: list[dict] = field(default_factory=list)  # merge / split events against the previous run
     review: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REVIEW_COLUMNS))  # undecided grey-band pairs
+    index: "IdentityIndex | None" = None  # what the next run needs to link only its new records
+    upgrades: pd.DataFrame | None = None  # incremental runs: earlier records (record, by) whose evidence a new link improves
+
+
+@dataclass
+class IdentityIndex:
+    """The state an incremental run links new records against (`resolve_incremental`).
+
+    keys: one row per (link key, rule cluster) of the records: node_hash (uint64 hash of
+    'kind:normalised value'), kind, entity (the rule cluster), person_id, first_record (the key's
+    first record, the far end of a new record's rule edge). devices: the distinct (device,
+    customer id) pairs as hashes, to tell when a new record makes a device shared. entities: one
+    row per rule cluster with its size, person and the attribute values Splink compares. model:
+    the trained Splink model (None when no probabilistic pass ran).
+    """
+
+    keys: pd.DataFrame
+    devices: pd.DataFrame
+    entities: pd.DataFrame
+    model: dict | None
 
 
 def person_id_for(anchor: str) -> str:
@@ -117,6 +137,29 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         identified = set(cust["record_idx"])
         keys = keys[~((keys.kind == "device_id") & keys.key.isin(shared) & keys.record_idx.isin(identified))]
     return keys.reset_index(drop=True), shared_devices
+
+
+def _hash(values) -> np.ndarray:
+    """Stable 64-bit hashes of strings (pandas' hash_array with its fixed key): the identity
+    index keeps key values only as hashes."""
+    return pd.util.hash_array(np.asarray(values, dtype=object))
+
+
+def _device_pairs(records: pd.DataFrame, cfg: IdentityConfig) -> pd.DataFrame:
+    """Distinct (device, customer id) pairs seen on one record, as hashes (dev, cust)."""
+    if "device_id" not in records.columns or "customer_id" not in records.columns or "device_id" not in cfg.link_keys or "customer_id" not in cfg.link_keys:
+        return pd.DataFrame({"dev": np.array([], np.uint64), "cust": np.array([], np.uint64)})
+    junk = {j.strip().lower() for j in cfg.junk_values}
+    dev = normalise_id(records["device_id"].dropna().astype(str))
+    cust = normalise_id(records["customer_id"].dropna().astype(str))
+    if cfg.source_link_keys:
+        src = records["source"]
+        dev = dev[[cfg.source_may_link_on(s, "device_id") for s in src.loc[dev.index]]] if len(dev) else dev
+        cust = cust[[cfg.source_may_link_on(s, "customer_id") for s in src.loc[cust.index]]] if len(cust) else cust
+    dev, cust = dev[~dev.isin(junk) & (dev != "")], cust[~cust.isin(junk) & (cust != "")]
+    both = pd.DataFrame({"d": dev}).join(pd.DataFrame({"c": cust}), how="inner")
+    out = pd.DataFrame({"dev": _hash(("device_id:" + both["d"]).to_numpy()), "cust": _hash(("customer_id:" + both["c"]).to_numpy())})
+    return out.drop_duplicates().reset_index(drop=True)
 
 
 class _GuardedUnion:
@@ -313,13 +356,14 @@ def resolve_identities(
     keys, shared_devices = _keys(records, cfg)
     keys["node"] = keys["kind"] + ":" + keys["key"]
     labels, rule_edges, refused = _deterministic(n, keys, cfg, cannot)
+    rule_labels = labels.copy()  # the rule clusters (Splink's entities), kept in the index
 
     # --- pass 2: Splink over one representative row per cluster ---------------------------------
     entities, representative, training = _entities(records, labels, cfg)
     sizes = pd.Series(labels).value_counts()
     prob_edges = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed", "method"])
     review = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed"])
-    trained = False
+    trained, model = False, None
     if cfg.probabilistic:
         from personaops.matching import score_entities
 
@@ -329,7 +373,7 @@ def resolve_identities(
             backend=cfg.backend, spark_master=cfg.spark_master, spark_driver_memory=cfg.spark_driver_memory,
             spark_shuffle_partitions=cfg.spark_shuffle_partitions, em_max_iterations=cfg.em_max_iterations,
         )  # fmt: skip
-        trained = scored.trained
+        trained, model = scored.trained, scored.model
         pairs = scored.pairs
         # Splink attaches what the rules left alone: a pair needs a single-record cluster on one side.
         single = pairs["entity_l"].map(sizes).eq(1) | pairs["entity_r"].map(sizes).eq(1)
@@ -444,4 +488,270 @@ def resolve_identities(
         "merges": sum(e["event"] == "merge" for e in events),
         "splits": sum(e["event"] == "split" for e in events),
     }
-    return IdentityResult(records=out, stats=stats, edges=edges, events=events, review=review_out)
+    index = _build_index(records, cfg, keys, rule_labels, entities, representative, person, rids, model)
+    return IdentityResult(records=out, stats=stats, edges=edges, events=events, review=review_out, index=index)
+
+
+def _build_index(records, cfg, keys, rule_labels, entities, representative, person, rids, model) -> IdentityIndex:
+    """The identity index of a full pass (see IdentityIndex)."""
+    idx = keys["record_idx"].to_numpy(dtype=np.int64)
+    k = pd.DataFrame({"node_hash": _hash(keys["node"].to_numpy()), "kind": keys["kind"].to_numpy(), "entity": rule_labels[idx].astype(np.int64),
+                      "person_id": person[idx], "record_idx": idx})  # fmt: skip
+    k = k.sort_values(["node_hash", "entity", "record_idx"]).drop_duplicates(["node_hash", "entity"])
+    k["first_record"] = rids.to_numpy()[k["record_idx"].to_numpy()]
+    sizes = pd.Series(rule_labels).value_counts()
+    person_of = pd.Series(person, index=rule_labels)
+    person_of = person_of[~person_of.index.duplicated()]
+    ents = entities.copy()
+    ents["entity"] = ents["entity"].astype(np.int64)
+    ents["size"] = ents["entity"].map(sizes).fillna(0).astype(np.int64).to_numpy()
+    ents["person_id"] = ents["entity"].map(person_of).to_numpy()
+    ents["record"] = rids.to_numpy()[ents["entity"].map(representative).to_numpy(dtype=np.int64)]
+    return IdentityIndex(keys=k.drop(columns=["record_idx"]).reset_index(drop=True), devices=_device_pairs(records, cfg), entities=ents.reset_index(drop=True), model=model)
+
+
+# --- incremental runs ---------------------------------------------------------------------------
+LINEAGE = ["source", "source_key", "_batch_id", "_row_number", "_row_hash"]
+
+
+def resolve_incremental(
+    new_records: pd.DataFrame,
+    previous_ids: set[str],
+    index: IdentityIndex,
+    cfg: IdentityConfig,
+    decisions: pd.DataFrame | None = None,
+) -> tuple[IdentityResult | None, str]:
+    """Link only the records added since the last run; every earlier record keeps its person.
+
+    `new_records` holds the added records (LINEAGE plus identifier and attribute columns),
+    `previous_ids` the last run's person ids, `index` the last run's IdentityIndex. The result's
+    `records` and `edges` hold only the new records' rows and the new evidence, `upgrades` the
+    earlier records whose evidence a new link improves (identity_store.finish_incremental
+    combines them with the last run's map and edges). The rules link new records to each other and, through
+    the index's key hashes, to earlier persons; Splink scores the new entities against the new
+    and the earlier ones with the last full pass's model. Returns (None, reason) when the new
+    records would change an earlier person (join two persons, break a cap, make a device shared,
+    or meet a review decision): the full resolve handles those.
+    """
+    new_records = new_records.reset_index(drop=True)
+    n = len(new_records)
+    if n == 0:
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in RECORD_COLUMNS})
+        stats = {"records": 0, "new_records": 0, "persons": 0, "new_persons": 0, "unlinked_records": 0, "shared_devices_ignored": int((index.devices.groupby("dev").size() > cfg.max_persons_per_device).sum()),
+                 "entities_matched": 0, "probabilistic_links": 0, "review_links": 0, "refused_links": 0, "review_queue": 0, "merges": 0, "splits": 0}  # fmt: skip
+        return IdentityResult(records=empty, stats=stats, edges=pd.DataFrame(columns=EDGE_COLUMNS), index=index, upgrades=pd.DataFrame(columns=["record", "by"])), ""
+    rids = record_ids(new_records)
+    if decisions is not None and len(decisions) and (decisions["record_l"].isin(set(rids)).any() or decisions["record_r"].isin(set(rids)).any()):
+        return None, "a review decision names a new record"
+    keys, _ = _keys(new_records, cfg)
+    keys["node"] = keys["kind"] + ":" + keys["key"]
+    # devices: a new (device, customer) pair must not make a device shared that was not
+    pairs_new = _device_pairs(new_records, cfg)
+    shared_devices = 0
+    if len(pairs_new):
+        before = index.devices.groupby("dev").size()
+        after = pd.concat([index.devices, pairs_new]).drop_duplicates().groupby("dev").size()
+        shared_now = set(after[after > cfg.max_persons_per_device].index)
+        if shared_now - set(before[before > cfg.max_persons_per_device].index):
+            return None, "a new record makes a device shared"
+        shared_devices = len(shared_now)
+        dev_hash = pd.Series(_hash(keys["node"].to_numpy()), index=keys.index)
+        identified = set(keys.loc[keys["kind"] == "customer_id", "record_idx"])
+        keys = keys[~((keys["kind"] == "device_id") & dev_hash.isin(shared_now) & keys["record_idx"].isin(identified))].reset_index(drop=True)
+    else:
+        before = index.devices.groupby("dev").size()
+        shared_devices = int((before > cfg.max_persons_per_device).sum())
+    keys["node_hash"] = _hash(keys["node"].to_numpy())
+    labels, rule_edges, refused = _deterministic(n, keys, cfg, {})
+    keys["label"] = labels[keys["record_idx"].to_numpy()] if n else np.array([], np.int64)
+
+    # rules against the earlier persons: a new cluster sharing a key joins that key's person
+    hits = keys.merge(index.keys[["node_hash", "entity", "person_id", "first_record"]], on="node_hash", how="inner")
+    per_label = hits.groupby("label")["person_id"].nunique()
+    if (per_label > 1).any():
+        return None, "new records join two earlier persons"
+    refused_labels = {labels[r["record_l"]] for r in refused} | {labels[r["record_r"]] for r in refused}
+    if refused_labels & set(per_label.index):
+        return None, "a capped link among new records touches an earlier person"
+    label_person = hits.drop_duplicates("label").set_index("label")["person_id"]
+    person_values = _person_values(index, set(label_person))
+    for lab, pid in label_person.items():
+        mine = keys[keys["label"] == lab]
+        for kind, group in mine.groupby("kind"):
+            cap = cfg.max_values_per_person.get(kind)
+            if cap is not None and len(person_values.get((pid, kind), set()) | set(group["node_hash"])) > cap:
+                return None, f"new records would give an earlier person more than {cap} {kind} value(s)"
+
+    # Splink: the new clusters no rule attached, against each other and the earlier entities
+    entities, representative, _ = _entities(new_records, labels, cfg)
+    sizes = pd.Series(labels).value_counts()
+    free = entities[~entities["entity"].isin(label_person.index)]
+    offset = int(index.entities["entity"].max()) + 1 if len(index.entities) else 0
+    prob_edges = pd.DataFrame(columns=["l", "r", "p", "match_probability", "match_weight", "agreed"])
+    review = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed", "entity_l", "entity_r"])
+    total_entities = len(index.entities) + len(entities) - len(label_person)
+    if cfg.probabilistic and len(free):
+        if index.model is None:
+            if total_entities >= max(cfg.min_entities_for_matching, 2):
+                return None, "enough entities for a first probabilistic pass"
+        else:
+            from personaops.matching import link_new_entities
+
+            low = min(cfg.review_probability_min, cfg.match_probability_threshold)
+            pairs = link_new_entities(free.assign(entity=free["entity"] + offset), index.entities, index.model, low, total_entities)
+            pairs["entity_l"] -= offset  # always a new cluster's label
+            new_r = pairs["entity_r"] >= offset
+            size_old = index.entities.set_index("entity")["size"]
+            size_r = np.where(new_r, pairs["entity_r"].map(lambda e: sizes.get(e - offset, 0)), pairs["entity_r"].map(size_old).fillna(0))
+            single = pairs["entity_l"].map(sizes).eq(1).to_numpy() | (size_r == 1)
+            pairs = pairs[single].assign(new_r=new_r[single])
+            pairs = pairs.sort_values(["match_probability", "entity_l", "entity_r"], ascending=[False, True, True])
+            strong = pairs["match_probability"] >= cfg.match_probability_threshold
+            prob_edges, review = pairs[strong], pairs[~strong]
+
+    # guarded union of new clusters and the earlier persons they match
+    person_ids = sorted(set(label_person) | set(index.entities.loc[index.entities["entity"].isin(prob_edges.loc[~prob_edges["new_r"], "entity_r"]) if len(prob_edges) else [], "person_id"]))
+    n_labels = int(labels.max()) + 1 if n else 0
+    node_of_person = {pid: n_labels + i for i, pid in enumerate(person_ids)}
+    values: dict[int, dict[str, set]] = {}
+    for lab, kind, h in zip(keys["label"], keys["kind"], keys["node_hash"]):
+        values.setdefault(int(lab), {}).setdefault(kind, set()).add(h)
+    person_vals = _person_values(index, set(person_ids))
+    for (pid, kind), vals in person_vals.items():
+        values.setdefault(node_of_person[pid], {}).setdefault(kind, set()).update(vals)
+    uf = _GuardedUnion(n_labels + len(person_ids), cfg.max_values_per_person, values, {})
+    for lab, pid in label_person.items():
+        uf.union(node_of_person[pid], int(lab), force=True)  # checked above
+    old_entity_person = index.entities.set_index("entity")["person_id"]
+    merges = []
+    for row in prob_edges.itertuples(index=False):
+        a = int(row.entity_l)
+        b = int(row.entity_r) - offset if row.new_r else node_of_person[old_entity_person[row.entity_r]]
+        ra, rb = uf.find(a), uf.find(b)
+        if ra != rb and ra >= n_labels and rb >= n_labels:
+            return None, "new records join two earlier persons"
+        if ra != rb and (_holds_person(uf, ra, n_labels) and _holds_person(uf, rb, n_labels)):
+            return None, "new records join two earlier persons"
+        reason = uf.union(b, a) if b >= n_labels else uf.union(a, b)
+        left = int(representative[a])
+        right = int(representative[b]) if b < n_labels else None
+        far = rids.iloc[left]
+        other = rids.iloc[right] if right is not None else index.entities.set_index("entity").loc[row.entity_r, "record"]
+        if reason is None:
+            merges.append({"record_l": other, "record_r": far, "method": "splink", "match_probability": float(row.match_probability),
+                           "match_weight": float(row.match_weight), "agreed": row.agreed})  # fmt: skip
+        else:
+            refused.append({"record_l": other, "record_r": far, "rule": "splink", "reason": reason})
+
+    # person ids: the earlier person's, else the cluster's anchor key (as a full run would give)
+    roots = np.array([uf.find(int(x)) for x in labels]) if n else np.array([], np.int64)
+    person_of_root = {uf.find(node): pid for pid, node in node_of_person.items()}
+    priority = {kind: i for i, kind in enumerate(cfg.link_keys)}
+    keyed = keys.assign(component=roots[keys["record_idx"].to_numpy()] if n else [], priority=keys["kind"].map(priority))
+    anchors = keyed.sort_values(["component", "priority", "key"]).drop_duplicates("component").set_index("component")["node"]
+    own = pd.DataFrame({"label": roots, "own": ("record:" + rids).to_numpy()}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
+    joined = own.to_frame("own").join(anchors)
+    anchors = joined["node"].where(joined["node"].notna(), joined["own"])
+    taken = set(previous_ids)
+    for root in pd.unique(roots):
+        if root in person_of_root:
+            continue
+        pid, k = person_id_for(anchors[root]), 0
+        while pid in taken:
+            k += 1
+            pid = person_id_for(f"{anchors[root]}#{k}")
+        person_of_root[root], _ = pid, taken.add(pid)
+    person = np.array([person_of_root[r] for r in roots], dtype=object)
+
+    # edges: rule edges among the new records, a new record to the earlier record holding its key, Splink merges
+    rid = rids.to_numpy()
+    hit_edges = hits.sort_values(["node_hash", "record_idx"]).drop_duplicates("node_hash")
+    edges = pd.concat(
+        [
+            pd.DataFrame({"record_l": rid[rule_edges["l"].to_numpy(dtype=np.int64)], "record_r": rid[rule_edges["r"].to_numpy(dtype=np.int64)],
+                          "method": "rule", "rule": rule_edges["rule"].to_numpy(), "key": rule_edges["key"].to_numpy(),
+                          "match_probability": 1.0, "match_weight": np.nan, "agreed": rule_edges["rule"].to_numpy()}),
+            pd.DataFrame({"record_l": hit_edges["first_record"].to_numpy(), "record_r": rid[hit_edges["record_idx"].to_numpy(dtype=np.int64)],
+                          "method": "rule", "rule": hit_edges["kind"].to_numpy(), "key": hit_edges["key"].to_numpy(),
+                          "match_probability": 1.0, "match_weight": np.nan, "agreed": hit_edges["kind"].to_numpy()}),
+            pd.DataFrame(merges, columns=["record_l", "record_r", "method", "match_probability", "match_weight", "agreed"]).assign(rule="", key=""),
+        ],
+        ignore_index=True,
+    )[EDGE_COLUMNS]  # fmt: skip
+    rank = {**priority, "review": len(priority), "splink": len(priority) + 1, "unlinked": len(priority) + 2}
+    touch = pd.concat([edges[["record_l", "method", "rule"]].rename(columns={"record_l": "record"}), edges[["record_r", "method", "rule"]].rename(columns={"record_r": "record"})])
+    touch["by"] = touch["rule"].where(touch["method"] == "rule", touch["method"])
+    touch["rank"] = touch["by"].map(rank)
+    best = touch.sort_values(["record", "rank"]).drop_duplicates("record").set_index("record")["by"]
+
+    # the new records' rows; earlier records a new link touches may gain better evidence
+    out = new_records[LINEAGE].copy()
+    out["person_id"] = person
+    out["linked_by"] = pd.Series(rid).map(best).fillna("unlinked").to_numpy()
+    upgrades = best[~best.index.isin(set(rid))].rename("by").rename_axis("record").reset_index()
+
+    review_out = pd.DataFrame(columns=REVIEW_COLUMNS)
+    pid_of = dict(zip(rid, person))
+    if len(review):
+        attrs = [c for c in entities.columns if c != "entity"]
+        new_vals = entities.set_index("entity")[attrs]
+        old_vals = index.entities.set_index("entity")
+        rows = []
+        for row in review.itertuples(index=False):
+            a = rid[int(representative[int(row.entity_l)])]
+            if row.new_r:
+                b, vb = rid[int(representative[int(row.entity_r) - offset])], new_vals.loc[int(row.entity_r) - offset]
+                pb = pid_of[b]
+            else:
+                b, vb = old_vals.loc[row.entity_r, "record"], old_vals.loc[row.entity_r, [c for c in attrs if c in old_vals.columns]]
+                pb = old_vals.loc[row.entity_r, "person_id"]
+            if pid_of[a] == pb:
+                continue
+            rows.append([pair_id_for(a, b), a, b, float(row.match_probability), float(row.match_weight), row.agreed, pid_of[a], pb,
+                         str(new_vals.loc[int(row.entity_l)].dropna().to_dict()), str(vb.dropna().to_dict())])  # fmt: skip
+        review_out = pd.DataFrame(rows, columns=REVIEW_COLUMNS)
+
+    # the index grows by the new keys, device pairs and clusters
+    new_keys = keys.assign(person_id=person[keys["record_idx"].to_numpy()] if n else [], first_record=rid[keys["record_idx"].to_numpy()] if n else [])
+    new_keys["entity"] = np.where(keys["label"].isin(label_person.index), -1, keys["label"] + offset)
+    attached = hits.drop_duplicates("label").set_index("label")["entity"]
+    new_keys.loc[new_keys["entity"] == -1, "entity"] = new_keys.loc[new_keys["entity"] == -1, "label"].map(attached)
+    new_keys = new_keys.sort_values(["node_hash", "entity", "record_idx"]).drop_duplicates(["node_hash", "entity"])
+    index_keys = pd.concat([index.keys, new_keys[["node_hash", "kind", "entity", "person_id", "first_record"]]], ignore_index=True)
+    index_keys = index_keys.drop_duplicates(["node_hash", "entity"]).reset_index(drop=True)
+    grown = index.entities.copy()
+    added_to = pd.Series(labels).map(attached).dropna().astype(np.int64).value_counts()
+    grown["size"] = grown["size"] + grown["entity"].map(added_to).fillna(0).astype(np.int64)
+    fresh = free.assign(entity=free["entity"].astype(np.int64) + offset, size=free["entity"].map(sizes).to_numpy(),
+                        person_id=[person[int(representative[e])] for e in free["entity"]],
+                        record=[rid[int(representative[e])] for e in free["entity"]])  # fmt: skip
+    index_out = IdentityIndex(keys=index_keys, devices=pd.concat([index.devices, pairs_new]).drop_duplicates().reset_index(drop=True),
+                              entities=pd.concat([grown, fresh], ignore_index=True), model=index.model)  # fmt: skip
+    stats = {
+        "records": n,
+        "new_records": n,
+        "persons": int(len(set(person) - set(previous_ids))),
+        "new_persons": int(len(set(person) - set(previous_ids))),
+        "unlinked_records": int((out["linked_by"] == "unlinked").sum()),
+        "shared_devices_ignored": shared_devices,
+        "entities_matched": int(len(free)),
+        "probabilistic_links": int(len(merges)),
+        "review_links": 0,
+        "refused_links": len(refused),
+        "review_queue": int(len(review_out)),
+        "merges": 0,
+        "splits": 0,
+    }
+    return IdentityResult(records=out[RECORD_COLUMNS], stats=stats, edges=edges, events=[], review=review_out, index=index_out, upgrades=upgrades), ""
+
+
+def _person_values(index: IdentityIndex, persons: set[str]) -> dict[tuple[str, str], set]:
+    """(person, kind) -> the key hashes the person holds, for the caps."""
+    if not persons:
+        return {}
+    k = index.keys[index.keys["person_id"].isin(persons)]
+    return {(p, kind): set(g) for (p, kind), g in k.groupby(["person_id", "kind"])["node_hash"]}
+
+
+def _holds_person(uf: _GuardedUnion, root: int, n_labels: int) -> bool:
+    return root >= n_labels or any(uf.find(x) == root for x in range(n_labels, len(uf.parent)))

@@ -10,21 +10,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 
 import pandas as pd
 
 from personaops.errors import NotFoundError, PipelineStateError
-from personaops.identity import IdentityResult
+from personaops.identity import LINEAGE, IdentityIndex, IdentityResult
 from personaops.workspace import Workspace
 
 DECISIONS = ("accept", "reject")
 
 
-def _write_parquet(frame: pd.DataFrame, path) -> None:
+def _write_parquet(frame, path) -> None:
+    """Atomic write of a DataFrame or an Arrow table."""
+    import pyarrow.parquet as pq
+
     tmp = Workspace.ensure(path).with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
+    if isinstance(frame, pd.DataFrame):
+        frame.to_parquet(tmp, index=False)
+    else:
+        pq.write_table(frame, tmp)
     tmp.replace(path)
 
 
@@ -34,8 +41,9 @@ def previous_map(ws: Workspace) -> pd.DataFrame | None:
     return pd.read_parquet(path, columns=["source", "source_key", "person_id"]) if path.is_file() else None
 
 
-def write_identity(ws: Workspace, result: IdentityResult, run_id: str) -> dict[str, str]:
-    """Persist the record -> person map, the graph's edges, the review queue; append history."""
+def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_fingerprint: str = "") -> dict[str, str]:
+    """Persist the record -> person map, the graph's edges, the review queue, the index the next
+    incremental run needs (`cfg_fingerprint`: `index_fingerprint` of this run); append history."""
     paths = {
         "record_person": ws.identity / "record_person.parquet",
         "edges": ws.identity / "edges.parquet",
@@ -44,7 +52,13 @@ def write_identity(ws: Workspace, result: IdentityResult, run_id: str) -> dict[s
     }
     _write_parquet(result.records, paths["record_person"])
     _write_parquet(result.edges, paths["edges"])
-    _write_parquet(result.review.assign(run_id=run_id), paths["review_queue"])
+    review = result.review.assign(run_id=run_id)
+    if result.upgrades is not None and paths["review_queue"].is_file():  # incremental: the open pairs stay queued
+        earlier = pd.read_parquet(paths["review_queue"]).assign(run_id=run_id)
+        review = pd.concat([earlier, review], ignore_index=True).drop_duplicates("pair_id") if len(earlier) else review
+    _write_parquet(review, paths["review_queue"])
+    if result.index is not None:
+        write_index(ws, result.index, cfg_fingerprint)
     at = datetime.now(timezone.utc).isoformat()
     with Workspace.ensure(paths["history"]).open("a", encoding="utf-8") as fh:
         for event in result.events:
@@ -130,3 +144,137 @@ def decide(ws: Workspace, pair_id: str, decision: str) -> dict:
         fh.write(json.dumps(entry) + "\n")
     ws.audit("review_decision", pair_id=pair_id, decision=decision)
     return entry
+
+
+# --- the incremental index -----------------------------------------------------------------------
+# cache/identity/: keys, device pairs and entities of the last run plus the Splink model and the
+# fingerprint of what the index is valid for. Deleting it only makes the next resolve a full one.
+# Key values are kept as 64-bit hashes; the entity table's attribute values (what Splink compares)
+# sit in rows named by person_id, which an erasure's sweep of derived tables removes.
+
+
+def index_dir(ws: Workspace):
+    return ws.root / "cache" / "identity"
+
+
+def index_fingerprint(ws: Workspace, identity_cfg) -> str:
+    """What an index is valid for: the identity settings (but `incremental`), the review
+    decisions and the erasure tombstones. Any change makes the next resolve a full one."""
+    from personaops.erasure import tombstone_path
+
+    h = hashlib.sha256(identity_cfg.model_dump_json(exclude={"incremental"}).encode())
+    for path in (ws.identity / "review_decisions.jsonl", tombstone_path(ws)):
+        h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
+    return h.hexdigest()[:24]
+
+
+def write_index(ws: Workspace, index: IdentityIndex, fingerprint: str) -> None:
+    folder = index_dir(ws)
+    state = folder / "state.json"
+    state.unlink(missing_ok=True)  # written last: a half-written index is never used
+    _write_parquet(index.keys, folder / "keys.parquet")
+    _write_parquet(index.devices, folder / "devices.parquet")
+    _write_parquet(index.entities, folder / "entities.parquet")
+    Workspace.ensure(state).write_text(json.dumps({"fingerprint": fingerprint, "model": index.model}), encoding="utf-8")
+
+
+def load_index(ws: Workspace, identity_cfg) -> tuple[IdentityIndex | None, str]:
+    """The last run's index, or None and why it cannot be used."""
+    folder = index_dir(ws)
+    if not (folder / "state.json").is_file() or not (ws.identity / "record_person.parquet").is_file():
+        return None, "no identity index from an earlier run"
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if state.get("fingerprint") != index_fingerprint(ws, identity_cfg):
+        return None, "identity settings, review decisions or erasures changed since the last run"
+    return IdentityIndex(
+        keys=pd.read_parquet(folder / "keys.parquet"),
+        devices=pd.read_parquet(folder / "devices.parquet"),
+        entities=pd.read_parquet(folder / "entities.parquet"),
+        model=state.get("model"),
+    ), ""
+
+
+def read_records(ws: Workspace, batches: dict[str, list[str]], columns: list[str] | None = None, keep=None) -> pd.DataFrame:
+    """Lake rows of the given batches with only `columns` (those a source has) plus `source`;
+    `keep(source, frame)` -> boolean mask filters each batch as it is read."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for source, ids in batches.items():
+        for b in ids:
+            path = ws.lake / source / f"batch={b}" / "part-0.parquet"
+            names = pq.read_schema(path).names
+            frame = pd.read_parquet(path, columns=[c for c in columns if c in names] if columns else None)
+            frame["source"] = source
+            if keep is not None:
+                frame = frame[keep(source, frame)]
+            if len(frame):
+                parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=LINEAGE)
+
+
+def split_known(ws: Workspace, batches: dict[str, list[str]]):
+    """(the last run's map restricted to this run's records, with this run's lineage, as an Arrow
+    table; the keys (source, source_key) of the records added since; the last run's person ids;
+    "") — or (None, None, None, why) when a record of the last run changed or is gone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from personaops.identity import RECORD_COLUMNS
+
+    prev = pq.read_table(ws.identity / "record_person.parquet", columns=RECORD_COLUMNS)
+    parts = []
+    for source, ids in batches.items():
+        for b in ids:
+            t = pq.read_table(ws.lake / source / f"batch={b}" / "part-0.parquet", columns=["source_key", "_batch_id", "_row_number", "_row_hash"])
+            parts.append(t.append_column("source", pa.array([source] * t.num_rows, pa.string())).cast(
+                pa.schema([("source_key", pa.string()), ("_batch_id", pa.string()), ("_row_number", prev.schema.field("_row_number").type),
+                           ("_row_hash", pa.string()), ("source", pa.string())])))  # fmt: skip
+    cur = pa.concat_tables(parts) if parts else None
+    if cur is None:
+        return None, None, None, "no records"
+    earlier = prev.select(["source", "source_key", "_row_hash", "person_id", "linked_by"]).rename_columns(["source", "source_key", "_prev_hash", "person_id", "linked_by"])
+    earlier = earlier.cast(pa.schema([("source", pa.string()), ("source_key", pa.string()), ("_prev_hash", pa.string()), ("person_id", pa.string()), ("linked_by", pa.string())]))
+    joined = cur.join(earlier, keys=["source", "source_key"], join_type="left outer")
+    known = pc.is_valid(joined["_prev_hash"])
+    n_known = pc.sum(known).as_py() or 0
+    if joined.num_rows != cur.num_rows or n_known != prev.num_rows:
+        return None, None, None, f"{prev.num_rows - n_known:,} records of the previous run are gone or repeated"
+    changed = pc.sum(pc.and_(known, pc.not_equal(joined["_row_hash"], joined["_prev_hash"]))).as_py() or 0
+    if changed:
+        return None, None, None, f"{changed:,} records changed since the previous run"
+    new = joined.filter(pc.invert(known)).select(["source", "source_key"]).to_pandas()
+    kept = joined.filter(known).select(RECORD_COLUMNS)
+    return kept, new, set(pc.unique(prev["person_id"]).to_pylist()), ""
+
+
+def finish_incremental(ws: Workspace, kept, result: IdentityResult, link_keys: list[str]) -> IdentityResult:
+    """The whole map and graph of an incremental run: the earlier records (`kept`, Arrow) with any
+    evidence upgrades, then the new records; the earlier edges, then the new ones; totals in stats."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from personaops.identity import EDGE_COLUMNS, RECORD_COLUMNS
+
+    if result.upgrades is not None and len(result.upgrades):
+        rank = {**{k: i for i, k in enumerate(link_keys)}, "review": len(link_keys), "splink": len(link_keys) + 1, "unlinked": len(link_keys) + 2}
+        up = result.upgrades.assign(source=result.upgrades["record"].str.split(":", n=1).str[0], source_key=result.upgrades["record"].str.split(":", n=1).str[1])
+        mask = pc.is_in(kept["source_key"], value_set=pa.array(up["source_key"].astype(str).unique(), pa.string()))
+        hit = kept.filter(mask).to_pandas().merge(up[["source", "source_key", "by"]], on=["source", "source_key"], how="left")
+        better = hit["by"].notna() & (hit["by"].map(rank) < hit["linked_by"].map(rank).fillna(len(rank)))
+        hit.loc[better, "linked_by"] = hit.loc[better, "by"]
+        kept = pa.concat_tables([kept.filter(pc.invert(mask)), pa.Table.from_pandas(hit[RECORD_COLUMNS], schema=kept.schema, preserve_index=False)])
+    new = pa.Table.from_pandas(result.records[RECORD_COLUMNS].astype({"source_key": str}), schema=kept.schema, preserve_index=False)
+    records = pa.concat_tables([kept, new])
+    edges = result.edges
+    path = ws.identity / "edges.parquet"
+    if path.is_file():
+        old = pq.read_table(path)
+        added = pa.Table.from_pandas(edges[EDGE_COLUMNS].astype({"match_probability": float, "match_weight": float}), preserve_index=False)
+        edges = pa.concat_tables([old.select(EDGE_COLUMNS), added.select(EDGE_COLUMNS).cast(old.select(EDGE_COLUMNS).schema)])
+    result.records, result.edges = records, edges
+    result.stats.update(records=records.num_rows, persons=pc.count_distinct(records["person_id"]).as_py(),
+                        unlinked_records=pc.sum(pc.equal(records["linked_by"], "unlinked")).as_py() or 0)  # fmt: skip
+    return result

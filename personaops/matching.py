@@ -34,6 +34,7 @@ class ProbabilisticMatches:
     trained: bool  # False when the data was too small to train and no pass ran
     entities: int
     em_sessions: int
+    model: dict | None = None  # the trained Splink model (JSON settings), kept for incremental runs
 
 
 def _string_levels(col: str):
@@ -324,10 +325,14 @@ def score_entities(
     if backend == "spark":
         db.spark.catalog.clearCache()  # the persisted intermediate tables of this run
     if scored.empty:
-        return ProbabilisticMatches(empty, True, len(entities), sessions)
+        return ProbabilisticMatches(empty, True, len(entities), sessions, model)
+    return ProbabilisticMatches(_pairs(scored, model), True, len(entities), sessions, model)
+
+
+def _pairs(scored: pd.DataFrame, model: dict) -> pd.DataFrame:
     gammas = [c for c in scored.columns if c.startswith("gamma_")]
     agreed = _agreement(scored, gammas, {c["output_column_name"]: len(c["comparison_levels"]) for c in model["comparisons"]})
-    pairs = pd.DataFrame(
+    return pd.DataFrame(
         {
             "entity_l": scored["unique_id_l"].astype("int64"),
             "entity_r": scored["unique_id_r"].astype("int64"),
@@ -336,4 +341,52 @@ def score_entities(
             "agreed": agreed,
         }
     )
-    return ProbabilisticMatches(pairs, True, len(entities), sessions)
+
+
+def model_columns(model: dict) -> list[str]:
+    """The attribute columns a saved model compares (its comparisons' output columns)."""
+    return [c["output_column_name"] for c in model["comparisons"]]
+
+
+def link_new_entities(new: pd.DataFrame, existing: pd.DataFrame, model: dict, min_probability: float, total_entities: int) -> pd.DataFrame:
+    """Score the `new` entities against each other and against the `existing` ones with a model
+    `score_entities` trained earlier (no u sampling, no EM): an incremental run's Splink pass.
+
+    One link-only prediction of `new` against `new` + `existing` (the same blocking rules and
+    comparisons as the full pass); self pairs and the mirrored copy of each new-new pair are
+    dropped. The prior is 1 / `total_entities`, as a full pass over all entities would use.
+    Returns entity_l (always a new entity), entity_r, match_probability, match_weight, agreed.
+    """
+    empty = pd.DataFrame(columns=["entity_l", "entity_r", "match_probability", "match_weight", "agreed"])
+    if new.empty:
+        return empty
+    from splink import DuckDBAPI, Linker
+
+    logging.getLogger("splink").setLevel(logging.ERROR)
+    columns = model_columns(model)
+
+    def as_table(frame: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame({"unique_id": frame["entity"].astype("int64").to_numpy()})
+        for col in columns:
+            out[col] = (frame[col] if col in frame.columns else pd.Series(pd.NA, index=frame.index)).astype("string").to_numpy()
+        if "email" in columns:
+            out = out.join(email_parts(out["email"]))
+        return out
+
+    settings = dict(model, link_type="link_only", probability_two_random_records_match=1.0 / max(total_entities, 2), linker_uid=None)
+    db = DuckDBAPI()
+    left = db.register(as_table(new), table_name="identity_new")
+    right = db.register(as_table(pd.concat([new, existing], ignore_index=True)), table_name="identity_all")
+    linker = Linker([left, right], settings, log_level=None)
+    scored = linker.inference.predict(threshold_match_probability=min_probability, warning_mode="never").as_pandas_dataframe()
+    if scored.empty:
+        return empty
+    # which side is the new table: Splink orders the two inputs by their names
+    if "source_dataset_l" in scored.columns and (scored["source_dataset_l"].astype(str) != "identity_new").all():
+        swap = {c: c[:-2] + "_r" for c in scored.columns if c.endswith("_l")} | {c: c[:-2] + "_l" for c in scored.columns if c.endswith("_r")}
+        scored = scored.rename(columns=swap)
+    pairs = _pairs(scored, model)
+    new_ids = set(new["entity"].astype("int64"))
+    both_new = pairs["entity_r"].isin(new_ids)
+    keep = (pairs["entity_l"] != pairs["entity_r"]) & (~both_new | (pairs["entity_l"] < pairs["entity_r"]))
+    return pairs[keep].reset_index(drop=True)
