@@ -11,7 +11,8 @@ For each seed: `personas generate` data with planted campaign uplift and churn d
               a temporary workspace; discovered personas are named by their majority true persona
 Reports per seed: the top-uplift persona per campaign vs the planted one, the rank of each planted
 churn driver among the churn signals (found = in the top five), held-out ROC AUC, Brier and ECE of
-the churn probability. --quick = 600 people, seeds 1 2 3. With --json, one JSON object last.
+the churn probability, and the opportunity model's held-out ROC AUC and ECE with the persona of
+highest mean propensity vs the planted top-uplift persona of the expansion offer. --quick = 600 people, seeds 1 2 3. With --json, one JSON object last.
 """
 
 from __future__ import annotations
@@ -107,6 +108,15 @@ def truth_seed(seed: int, users: int, work: Path) -> dict:
     behaviour = F.behaviour_features(frames["events"], as_of).set_index("person_id").drop(columns=["event_timestamp", "created"]).reindex(index)
     inputs = churn.churn_inputs(behaviour.fillna({"n_events": 0, "n_sessions": 0}), persona, intent_mix(mined.text_intents, mined.table), matrix)
     out["churn_model"] = churn.train_churn_model(inputs, churned).metrics
+    # the opportunity flag: conversion on the expansion offer among the people offered it
+    from models import propensity
+
+    campaign = InsightsConfig().opportunity_campaign
+    converted = propensity.conversion_labels(frames["exposures"], campaign).reindex(index)
+    opportunity = propensity.train_opportunity_model(inputs, converted)
+    out["opportunity_model"] = opportunity.metrics
+    mean_p = opportunity.probability(inputs).groupby(assignments.set_index("person_id")["persona_name"]).mean()
+    out["opportunity_top"] = {"top": mean_p.idxmax(), "planted": planted["campaigns"][campaign]["top_persona"]}
     return out
 
 
@@ -138,6 +148,11 @@ def pipeline_seed(seed: int, users: int, work: Path) -> dict:
     out["drivers"] = driver_ranks(ranked, planted)
     out["top5"] = ranked["signal"].head(5).tolist()
     out["churn_model"] = record["flags"].get("metrics")
+    out["opportunity_model"] = record["flags"].get("opportunity_metrics")
+    if out["opportunity_model"]:
+        top = insights.ask_opportunities(ws, top=1)["personas"][0]["persona_id"]
+        campaign = out["opportunity_model"]["campaign"]
+        out["opportunity_top"] = {"top": names.get(int(top)), "planted": planted["campaigns"][campaign]["top_persona"]}
     out["stage_seconds"] = {k: v["seconds"] for k, v in record["timings"].items() if k in ("intents", "graph", "flags")}
     return out
 
@@ -186,6 +201,9 @@ def main() -> None:
         "roc_auc": [round(r["churn_model"]["roc_auc"], 3) for r in ok if r.get("churn_model")],
         "ece": [round(r["churn_model"]["ece"], 3) for r in ok if r.get("churn_model")],
         "brier": [round(r["churn_model"]["brier"], 3) for r in ok if r.get("churn_model")],
+        "opportunity_roc_auc": [round(r["opportunity_model"]["roc_auc"], 3) for r in ok if r.get("opportunity_model")],
+        "opportunity_ece": [round(r["opportunity_model"]["ece"], 3) for r in ok if r.get("opportunity_model")],
+        "opportunity_top_correct": sum(r["opportunity_top"]["top"] == r["opportunity_top"]["planted"] for r in ok if r.get("opportunity_top")),
         "per_seed": results, "seconds": round(time.perf_counter() - started, 1), "load_average": list(os.getloadavg()),
     }  # fmt: skip
     print(json.dumps(summary, default=str) if args.json else json.dumps({k: v for k, v in summary.items() if k != "per_seed"}, default=str))

@@ -12,6 +12,18 @@ FEATURES_DIR = os.path.join(os.path.abspath(os.environ.get("PERSONAS_HOME", ".pe
 
 
 def _table(name: str, description: str) -> FileSource:
+    if os.environ.get("PERSONAS_FEAST_OFFLINE_STORE") == "spark":
+        # compute.engine: spark: Feast's Spark offline store reads the same Parquet tables (docs/scaling.md).
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(
+            name=f"{name}_source",
+            path=os.path.join(FEATURES_DIR, f"{name}.parquet"),
+            file_format="parquet",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description=description,
+        )
     return FileSource(
         name=f"{name}_source",
         path=os.path.join(FEATURES_DIR, f"{name}.parquet"),
@@ -32,3 +44,4 @@ persona_assignment_source = _table("persona_assignment", "Persona assignments pu
 persona_traits_source = _table("persona_traits", "Profile traits of each person's assigned persona, published with the assignments.")
 person_graph_source = _table("person_graph", "Per-person features of the persona graph (intents, sequences, neighbourhood).")
 person_flags_source = _table("person_flags", "Amber flags per person: churn risk and engagement, with reasons.")
+person_opportunity_source = _table("person_opportunity", "Opportunity amber flag per person: expansion propensity, with reasons.")

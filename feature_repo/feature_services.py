@@ -53,3 +53,12 @@ persona_flags_v1 = FeatureService(
     features=[person_flags, person_graph],
     description="Amber flags (churn probability, risk and engagement flags, reasons) and graph features per person.",
 )
+
+# persona_flags_v1 plus the opportunity flag (a new field set, so a new name).
+from feature_views import person_opportunity  # noqa: E402
+
+persona_flags_v2 = FeatureService(
+    name="persona_flags_v2",
+    features=[person_flags, person_opportunity, person_graph],
+    description="persona_flags_v1 plus the opportunity flag: expansion propensity (0-1), opportunity flag and its reasons.",
+)

@@ -117,3 +117,20 @@ person_flags = FeatureView(
     ],
     description="Amber flags: calibrated churn probability (0-1) and risk flag ('amber'/'none'), engagement trend (recent/baseline activity ratio) and flag, reasons ('; '-separated top signals).",
 )  # fmt: skip
+
+# --- the opportunity amber flag (models/propensity.py); its own view so persona_flags_v1 keeps its fields
+from data_sources import person_opportunity_source  # noqa: E402
+
+person_opportunity = FeatureView(
+    name="person_opportunity",
+    entities=[person],
+    ttl=TTL,
+    source=person_opportunity_source,
+    online=True,
+    schema=[
+        Field(name="opportunity_probability", dtype=Float64),
+        Field(name="opportunity_flag", dtype=String),
+        Field(name="opportunity_reasons", dtype=String),
+    ],
+    description="Opportunity amber flag: calibrated probability (0-1) of converting on the expansion offer (insights.opportunity_campaign) if offered, flag ('amber'/'none'), reasons ('; '-separated converting traits the person shows).",
+)  # fmt: skip

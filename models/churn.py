@@ -87,17 +87,24 @@ def select_columns(x: pd.DataFrame, y: pd.Series, max_signals: int) -> list[str]
 def train_churn_model(inputs: pd.DataFrame, churned: pd.Series, test_size: float = 0.3, seed: int = 42, max_signals: int = 60) -> ChurnModel:
     """Fit the calibrated classifier on a stratified (1 - test_size) share of labelled people and
     measure it on the held-out rest (ROC AUC, Brier, ECE, base rate)."""
+    return train_calibrated(inputs, churned, test_size, seed, max_signals, what="churn labels", outcomes=("churned", "retained"))
+
+
+def train_calibrated(inputs: pd.DataFrame, label: pd.Series, test_size: float = 0.3, seed: int = 42, max_signals: int = 60,
+                     what: str = "labels", outcomes: tuple[str, str] = ("positive", "negative")) -> ChurnModel:  # fmt: skip
+    """The calibrated classifier of any 0/1 `label` (NaN = unlabelled, not trained on): fitted on a
+    stratified (1 - test_size) share of labelled people, measured on the held-out rest."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import brier_score_loss, roc_auc_score
     from sklearn.model_selection import train_test_split
     from threadpoolctl import threadpool_limits
 
-    y = churned.reindex(inputs.index)
+    y = label.reindex(inputs.index)
     labelled = y.notna()
     x, y = inputs[labelled], y[labelled].astype(int)
     if y.nunique() < 2 or y.value_counts().min() < 10:
-        raise ValueError("churn labels need at least 10 churned and 10 retained people to train the risk model")
+        raise ValueError(f"{what} need at least 10 {outcomes[0]} and 10 {outcomes[1]} people to train the model")
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
     # Hundreds of graph signals: keep the ones most associated with churn among training people only.
     columns = select_columns(x_tr, y_tr, max_signals)

@@ -339,6 +339,7 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         features: dict[str, Any] = Field(default_factory=dict, description="the person's row in each feature table")
         source_rows: list[dict[str, Any]] = Field(default_factory=list, description="source, batch, row number, row hash of each record; in_lake checked")
         identity: dict[str, Any] = Field(default_factory=dict, description="identity-graph evidence (linked_by, edges) that tied the records to this person")
+        flags: dict[str, Any] | None = Field(None, description="amber flags served online (persona_flags_v2): risk, engagement and opportunity with probabilities and reasons; None before the flags stage ran")
 
     def one(person_id: str) -> dict:
         found = service.personas_of([person_id])[0]
@@ -416,7 +417,21 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             raise NotFoundError(f"Model version {persona['model_version']} that published {person_id!r}'s persona is not in the registry of {ws.root}; re-publish with `personas run`.") from None
         from personaops.lineage import explain as lineage_explain
 
-        return {**lineage_explain(cfg, ws, person_id, persona=persona), "run_id": run_id}
+        return {**lineage_explain(cfg, ws, person_id, persona=persona), "run_id": run_id, "flags": person_flags(person_id)}
+
+    def person_flags(person_id: str) -> dict | None:
+        from personaops.insights import online_flags
+
+        with service._lock:  # one SQLite connection inside Feast's online store
+            return online_flags(service._feast(), person_id)
+
+    @app.get("/persons/{person_id}/flags", tags=["analyst"], dependencies=[Depends(require("analyst"))])
+    def amber_flags_of(person_id: PersonId) -> dict:
+        """A person's amber flags as served online: risk (churn probability), engagement and opportunity (expansion propensity), each with its reasons (analyst role)."""
+        found = person_flags(person_id)
+        if found is None:
+            raise NotFoundError(f"Person {person_id!r} has no amber flags in the online store; check the id, or run `personas run` so the flags stage publishes them.")
+        return {"person_id": person_id, **found}
 
     # --- living personas: pushed events re-assign a person online (docs/serving.md) ----------
     from datetime import datetime as _datetime
@@ -484,6 +499,14 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
     def insight_changes(persona: Annotated[str, PathParam(max_length=200)]) -> dict:
         """What changed for a persona since the previous run (size, churn, conversion, flags, intents, signals)."""
         return insights.ask_changes(ws, persona)
+
+    from fastapi import Query
+
+    @app.get("/insights/opportunities", tags=["insights"], dependencies=[Depends(require("analyst"))])
+    def insight_opportunities(persona: Annotated[str | None, Query(max_length=200)] = None, top: int = 20) -> dict:
+        """Who is likely to take the expansion offer (insights.opportunity_campaign): personas ranked by
+        mean calibrated propensity with their amber share, and the top people (of `persona`) with reasons."""
+        return insights.ask_opportunities(ws, persona, max(1, min(top, 500)))
 
     from personaops.catalog import add_catalog_routes
 

@@ -432,6 +432,8 @@ def render_catalog(catalog: Catalog, role: str = "reader", static: bool = False,
                 "amber": amber,
                 "amber_total": None if amber is None else sum(amber.values()),  # flags (a person may carry several)
                 "amber_people": None if amber is None or catalog.amber_people is None else catalog.amber_people.get(pid, 0),
+                # share of the persona amber for opportunity (likely to take the expansion offer)
+                "opportunity_share": amber["opportunity"] / p["size"] if amber and "opportunity" in amber and p["size"] else None,
                 "drift": drift_status(catalog, pid),
                 "bias": bias_status(catalog, pid),
                 "sensitive": sensitive_breakdown(catalog, pid) if show_sensitive else None,

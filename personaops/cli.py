@@ -856,6 +856,30 @@ def ask_changes(persona: str = typer.Argument(..., metavar="PERSONA"), as_json: 
     _emit_json(result)  # nested deltas read best as JSON; --json is accepted for symmetry
 
 
+@ask_app.command("opportunities")
+def ask_opportunities(
+    persona: str = typer.Option(None, "--persona", help="only this persona's people (id or name)"),
+    top: int = typer.Option(15, "--top", help="people to list"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Who is likely to take the expansion offer: personas by mean propensity, then the top people with their reasons."""
+    from personaops import insights
+
+    _, ws = _workspace()
+    result = insights.ask_opportunities(ws, persona, top)
+    if as_json:
+        _emit_json(result)
+        return
+    import pandas as pd
+
+    m = result["metrics"]
+    _print_frame(f"Opportunity: propensity to convert on {result['campaign']} if offered (amber at >= {result['threshold']}; "
+                 f"held-out ROC AUC {m.get('roc_auc', float('nan')):.3f}, ECE {m.get('ece', float('nan')):.3f})",
+                 pd.DataFrame(result["personas"])[["persona_id", "persona_name", "persons", "exposed", "conversion_rate", "mean_probability", "amber", "amber_share"]],
+                 {"conversion_rate": "{:.1%}", "mean_probability": "{:.1%}", "amber_share": "{:.1%}"})  # fmt: skip
+    _print_frame("People most likely to convert", pd.DataFrame(result["people"]), {"opportunity_probability": "{:.1%}"})
+
+
 
 # --- consent and erasure (docs/governance.md) ---------------------------------------------------
 consent_app = typer.Typer(no_args_is_help=True, help="The consent registry: per person and purpose, granted / denied / revoked.")
@@ -947,6 +971,33 @@ def erase(
         return
     shown = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("erasure_id", "person_id"))
     out.print(f"erased {result['person_id']} (erasure {result['erasure_id']}): {shown}", highlight=False)
+
+
+@app.command()
+def deploy(
+    sources: Path = typer.Option(None, "--sources", envvar="PERSONAS_SOURCES", help="sources.yaml the deployed builds read (default $PERSONAS_SOURCES)"),
+    pool: str = typer.Option("personas", "--pool", envvar="PERSONAS_WORK_POOL", help="Prefect process work pool (created when absent)"),
+    suffix: str = typer.Option("", "--suffix", envvar="PERSONAS_DEPLOYMENT_SUFFIX", help="appended to every deployment name (e.g. -staging): another set on the same server"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Register the Prefect deployments of flows/prefect.yaml (nightly and on-demand builds, monitoring every 6 h, retrain on drift) and their work pool on the Prefect server (PREFECT_API_URL)."""
+    from flows.deploy import deploy as register
+    from flows.deploy import worker_command
+
+    if sources is None:
+        raise PersonaOpsError("Give the sources.yaml the deployed builds should read with --sources FILE (or PERSONAS_SOURCES).")
+    _, ws = _workspace()
+    result = register(sources, ws.root, pool=pool, suffix=suffix)
+    ws.audit("deployed", api_url=result["api_url"], work_pool=pool, deployments=[d["name"] for d in result["deployments"]])
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"work pool {pool} on {result['api_url']} ({'created' if result['work_pool_created'] else 'already there'}); workspace {result['home']}", highlight=False, soft_wrap=True)
+    for d in result["deployments"]:
+        out.print(f"  {d['name']:<48} {', '.join(d['schedules']) or 'on demand'}", highlight=False)
+    for a in result["automations"]:
+        out.print(f"  automation {a['name']} ({'enabled' if a['enabled'] else 'disabled'})", highlight=False)
+    out.print("start a worker with: prefect " + " ".join(worker_command(pool)[1:]) + "  (or infra/services.sh start --with worker)", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

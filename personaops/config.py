@@ -65,6 +65,7 @@ class IdentityConfig(_Section):
     spark_master: str = Field("local[*]", description="Spark master URL when backend is spark (local[*] = all cores of this machine)")
     spark_driver_memory: str = Field("1g", description="Spark driver memory when backend is spark (JVM size, e.g. 1g)")
     spark_shuffle_partitions: int = Field(4, description="spark.sql.shuffle.partitions when backend is spark (small for local mode)")
+    incremental: bool = Field(True, description="link only added records when the previous run's records are all unchanged (false = always a full resolve)")
 
     @model_validator(mode="after")
     def _source_keys_are_link_keys(self) -> "IdentityConfig":
@@ -119,6 +120,7 @@ class ModelConfig(_Section):
     # passes the gate is held for approval instead of promoted when either of these is exceeded.
     review_moved_share: float = Field(0.25, description="share of the champion's persons (0-1) a candidate would move to another persona above which the promotion waits for review")
     bias_review_increase: float = Field(0.02, description="increase of the max demographic-parity difference (0-1) over the champion's above which (up to bias_tolerance) the promotion waits for review")
+    retrain: Literal["auto", "always"] = Field("auto", description="auto = a run that only adds records scores them with the champion unless quality or monitoring calls for a retrain; always = every run with new inputs trains")
 
 
 class MonitoringConfig(_Section):
@@ -152,7 +154,19 @@ class InsightsConfig(_Section):
     risk_threshold: float = Field(0.5, description="churn probability (0-1) at or above which the risk flag is amber")
     engagement_threshold: float = Field(0.5, description="recent/baseline activity ratio below which the engagement flag is amber")
     test_size: float = Field(0.3, description="share of labelled people held out to measure the churn model (0-1)")
+    opportunity_campaign: str = Field("upgrade_offer", description="the expansion offer whose conversion (among exposed people) the opportunity flag predicts")
+    opportunity_threshold: float = Field(0.4, description="conversion probability (0-1) at or above which the opportunity flag is amber")
     seed: int = 42
+
+
+class ComputeConfig(_Section):
+    # Where the heavy stages (ingest, features, batch scoring, identity's Splink pass) run:
+    # pandas in this process, or Spark (local[*] here, a cluster URL in production); docs/scaling.md.
+    engine: Literal["pandas", "spark"] = "pandas"
+    spark_master: str = Field("local[*]", description="Spark master URL when engine is spark (local[*] = all cores of this machine; spark://host:7077 or k8s://... for a cluster)")
+    spark_driver_memory: str = Field("2g", description="Spark driver memory when engine is spark (JVM size, e.g. 2g)")
+    spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions when engine is spark (small for local mode; about 2-3x the cluster's cores)")
+    spark_rows_per_task: int = Field(200_000, ge=1_000, description="rows of one source a Spark validation or feature task handles at most")
 
 
 class PersonasConfig(_Section):
@@ -167,6 +181,7 @@ class PersonasConfig(_Section):
     api: ApiConfig = ApiConfig()
     insights: InsightsConfig = InsightsConfig()
     cli: CliConfig = CliConfig()
+    compute: ComputeConfig = ComputeConfig()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -244,6 +244,9 @@ def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intent
             f = flags.set_index("person_id").reindex(members)
             rec["risk_amber_share"] = float((f["risk_flag"] == "amber").mean())
             rec["mean_churn_probability"] = float(f["churn_probability"].mean())
+            if "opportunity_flag" in f.columns:
+                rec["opportunity_amber_share"] = float((f["opportunity_flag"] == "amber").mean())
+                rec["mean_opportunity_probability"] = float(f["opportunity_probability"].mean())
         ti = text_intents[text_intents["person_id"].isin(members)]
         rec["top_intents"] = json.dumps({label_of.get(i, str(i)): round(float(v), 3) for i, v in ti["intent_id"].value_counts(normalize=True).head(5).items()})
         sig = signals[signals["person_id"].isin(members)]["signal"].value_counts() / max(len(members), 1)
@@ -264,7 +267,7 @@ def persona_changes(previous: pd.DataFrame | None, current: pd.DataFrame, person
         out["note"] = "no earlier run has this persona; nothing to compare yet"
         return out
     prev = previous[previous["persona_id"] == persona_id].iloc[0]
-    for col in ("persons", "churned_rate", "converted_rate", "risk_amber_share", "mean_churn_probability", "model_version"):
+    for col in ("persons", "churned_rate", "converted_rate", "risk_amber_share", "mean_churn_probability", "opportunity_amber_share", "mean_opportunity_probability", "model_version"):
         if col in cur.index and col in prev.index and pd.notna(cur[col]) and pd.notna(prev[col]):
             out["changes"][col] = {"before": float(prev[col]), "after": float(cur[col]), "delta": float(cur[col]) - float(prev[col])}
     if prev["persona_name"] != cur["persona_name"]:
@@ -371,6 +374,70 @@ def ask_changes(ws: Workspace, persona: str) -> dict:
     out = persona_changes(previous, current, pid)
     out["run"], out["previous_run"] = runs[-1], runs[-2] if len(runs) > 1 else None
     return out
+
+
+def opportunity_table(flags: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame:
+    """Per persona: persons, exposed (offered the campaign), conversion_rate among them,
+    mean_probability and median of the opportunity probability, amber people and amber_share;
+    ranked by mean probability."""
+    f = flags.dropna(subset=["persona_id"]).copy()
+    if labels is not None and len(labels):
+        f = f.merge(labels[["person_id", "converted"]], on="person_id", how="left")
+    else:
+        f["converted"] = np.nan
+    f["amber"] = f["opportunity_flag"] == "amber"
+    table = f.groupby(["persona_id", "persona_name"]).agg(
+        persons=("person_id", "size"), exposed=("converted", "count"), conversion_rate=("converted", "mean"),
+        mean_probability=("opportunity_probability", "mean"), median_probability=("opportunity_probability", "median"), amber=("amber", "sum"),
+    ).reset_index()  # fmt: skip
+    table["persona_id"] = table["persona_id"].astype(int)
+    table["amber"] = table["amber"].astype(int)
+    table["amber_share"] = table["amber"] / table["persons"]
+    return table.sort_values("mean_probability", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def ask_opportunities(ws: Workspace, persona: str | None = None, top: int = 20) -> dict:
+    """Who is likely to take the expansion offer: personas ranked by mean opportunity probability,
+    and the `top` people (of one persona, if given) by probability with their reasons."""
+    flags = read_insight_table(ws, "amber_flags")
+    if "opportunity_probability" not in flags.columns or flags["opportunity_probability"].isna().all():
+        raise NotFoundError("The latest run has no opportunity flags (no exposures to insights.opportunity_campaign, or a run before they existed); run `personas run` on sources with that campaign.")
+    run = insight_runs(ws, "amber_flags")[-1]
+    meta_path = insights_dir(ws, run) / "opportunity.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    labels = read_insight_table(ws, "person_opportunity_labels", run) if (insights_dir(ws, run) / "person_opportunity_labels.parquet").exists() else None
+    personas = opportunity_table(flags, labels)
+    people = flags.dropna(subset=["opportunity_probability"])
+    out = {"campaign": meta.get("campaign"), "threshold": meta.get("threshold"), "metrics": meta.get("metrics", {}), "run": run}
+    if persona is not None:
+        pid = _persona_id(ws, persona)
+        people = people[people["persona_id"] == pid]
+        personas = personas[personas["persona_id"] == pid]
+        out["persona_id"] = pid
+    people = people.sort_values(["opportunity_probability", "person_id"], ascending=[False, True]).head(max(1, top))
+    cols = ["person_id", "persona_id", "persona_name", "opportunity_probability", "opportunity_flag", "opportunity_reasons"]
+    out["personas"] = frame_records(personas)
+    out["people"] = frame_records(people[cols])
+    return out
+
+
+FLAGS_SERVICE = "persona_flags_v2"  # persona_flags_v1 + the opportunity flag
+
+
+def online_flags(store, person_id: str) -> dict | None:
+    """A person's amber flags as served online through Feast (the `persona_flags_v2` service:
+    risk, engagement and opportunity flags with probabilities and reasons, graph features);
+    None when the online store has no flags for the person."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        service = store.get_feature_service(FLAGS_SERVICE)
+    except FeatureServiceNotFoundException:  # a workspace applied before the opportunity flag existed
+        service = store.get_feature_service("persona_flags_v1")
+    row = {k: v[0] for k, v in store.get_online_features(features=service, entity_rows=[{"person_id": person_id}]).to_dict().items() if k != "person_id"}
+    if all(v is None for v in row.values()):
+        return None
+    return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
 
 def frame_records(table: pd.DataFrame) -> list[dict]:
@@ -526,7 +593,12 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     previous = _reusable(ws, "flags", fingerprint)
     if previous:
         table = read_insight_table(ws, "amber_flags", previous)
-        return {"reused": True, "run_id": previous, "risk_amber": int((table["risk_flag"] == "amber").sum()), "engagement_amber": int((table["engagement_flag"] == "amber").sum())}
+        reused = {"reused": True, "run_id": previous, "risk_amber": int((table["risk_flag"] == "amber").sum()), "engagement_amber": int((table["engagement_flag"] == "amber").sum())}
+        if "opportunity_flag" in table.columns:
+            reused["opportunity_amber"] = int((table["opportunity_flag"] == "amber").sum())
+        return reused
+    from models import propensity
+
     run_id = insight_runs(ws, "person_signals")[-1]  # the graph these flags are built on
     assignments, version = _published_assignments(ws)
     persona = assignments.set_index("person_id")["persona_id"]
@@ -552,10 +624,38 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         ranked = churn_signals(matrix, churned, persona)
         reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
         out["metrics"] = model.metrics
-        out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics, len(inputs.columns))
+    # Opportunity: propensity to convert on the expansion offer, trained on the people it was offered to.
+    campaign = cfg.insights.opportunity_campaign
+    converted = propensity.conversion_labels(_lake_kind(ws, batches, kinds, "campaigns"), campaign).reindex(inputs.index)
+    write_insight_table(ws, run_id, "person_opportunity_labels", converted.rename("converted").rename_axis("person_id").reset_index())
+    try:
+        opportunity_model = propensity.train_opportunity_model(inputs, converted, cfg.insights.test_size, cfg.insights.seed) if converted.notna().any() else None
+    except ValueError as exc:  # too few exposed people of one outcome: no opportunity model this run
+        opportunity_model, out["skipped_opportunity"] = None, f"campaign {campaign!r}: {exc}"
+    if opportunity_model is None:
+        out.setdefault("skipped_opportunity", f"no exposures to campaign {campaign!r} (insights.opportunity_campaign) in the sources")
+        opportunity = propensity.opportunity_flags(pd.Series(np.nan, index=frame.index), pd.Series("", index=frame.index), cfg.insights.opportunity_threshold, stamp)
+    else:
+        effects = propensity.conversion_effects(inputs, converted)
+        intents = read_insight_table(ws, "intents", run_id)
+        reasons_of = propensity.opportunity_reasons(
+            inputs, effects, persona_names={str(k): v for k, v in assignments.drop_duplicates("persona_id").set_index("persona_id")["persona_name"].items()},
+            intent_labels={str(k): v for k, v in intents.set_index("intent_id")["label"].items()} if len(intents) else {},
+        )  # fmt: skip
+        opportunity = propensity.opportunity_flags(opportunity_model.probability(inputs), reasons_of, cfg.insights.opportunity_threshold, stamp)
+        out["opportunity_metrics"] = {**opportunity_model.metrics, "campaign": campaign}
+        (insights_dir(ws, run_id) / "opportunity.json").write_text(json.dumps({"campaign": campaign, "threshold": cfg.insights.opportunity_threshold,
+                                                                               "metrics": opportunity_model.metrics, "effects": frame_records(effects.head(20))}))  # fmt: skip
+    if model is not None or opportunity_model is not None:
+        out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics if model is not None else {}, len(inputs.columns),
+                                              opportunity_model.metrics if opportunity_model is not None else None)  # fmt: skip
     flags = churn.amber_flags(probability, trend, reasons, cfg.insights.risk_threshold, cfg.insights.engagement_threshold, stamp)
     write_table(ws, "person_flags", flags)
-    out["online_rows"] = int(online_publisher(feature_store(ws, cfg)).replace("person_flags", flags.reset_index(drop=True)))
+    write_table(ws, "person_opportunity", opportunity)
+    publisher = online_publisher(feature_store(ws, cfg))
+    out["online_rows"] = int(publisher.replace("person_flags", flags.reset_index(drop=True)))
+    out["opportunity_online_rows"] = int(publisher.replace("person_opportunity", opportunity.reset_index(drop=True)))
+    flags = flags.merge(opportunity.drop(columns=["event_timestamp", "created"]), on="person_id", how="left")
     table = flags.merge(assignments[["person_id", "persona_id", "persona_name"]], on="person_id", how="left").drop(columns=["created"])
     write_insight_table(ws, run_id, "amber_flags", table)
     labels_path = ws.feature_table("person_labels")
@@ -566,11 +666,13 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     out["run_id"] = run_id
     out["risk_amber"] = int((flags["risk_flag"] == "amber").sum())
     out["engagement_amber"] = int((flags["engagement_flag"] == "amber").sum())
+    out["opportunity_amber"] = int((flags["opportunity_flag"] == "amber").sum())
     return out
 
 
-def _log_flags_run(ws: Workspace, cfg, run_id: str, metrics: dict, n_features: int) -> str:
-    """Log the churn model's held-out metrics to MLflow (experiment `<model experiment>-flags`)."""
+def _log_flags_run(ws: Workspace, cfg, run_id: str, metrics: dict, n_features: int, opportunity: dict | None = None) -> str:
+    """Log the churn model's held-out metrics, and the opportunity model's as `opportunity_<metric>`,
+    to one MLflow run (experiment `<model experiment>-flags`)."""
     import mlflow
 
     from models import registry
@@ -579,5 +681,8 @@ def _log_flags_run(ws: Workspace, cfg, run_id: str, metrics: dict, n_features: i
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"flags-{run_id}") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_params({"risk_threshold": cfg.insights.risk_threshold, "test_size": cfg.insights.test_size, "n_features": n_features, "model": "HistGradientBoosting+isotonic"})
+        if opportunity is not None:
+            mlflow.log_metrics({f"opportunity_{k}": float(v) for k, v in opportunity.items()})
+            mlflow.log_params({"opportunity_campaign": cfg.insights.opportunity_campaign, "opportunity_threshold": cfg.insights.opportunity_threshold})
         mlflow.set_tags({"personas.run_id": run_id, "personas.feature_service": "persona_flags_v1"})
     return run.info.run_id

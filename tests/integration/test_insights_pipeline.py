@@ -42,6 +42,10 @@ def test_the_run_records_the_new_stages_and_a_churn_model_judged_on_held_out_peo
     assert metrics["roc_auc"] >= 0.8, metrics
     assert 0 <= metrics["ece"] < 0.1 and 0 < metrics["brier"] < 0.25 and metrics["n_test"] >= 300
     assert set(record["timings"]) >= {"intents", "graph", "flags"}
+    # the opportunity model (conversion on upgrade_offer among people offered it), judged the same way
+    opportunity = record["flags"]["opportunity_metrics"]
+    assert opportunity["campaign"] == "upgrade_offer" and opportunity["roc_auc"] >= 0.7, opportunity
+    assert 0 <= opportunity["ece"] < 0.15 and opportunity["n_test"] >= 100 and record["flags"]["opportunity_amber"] > 0
 
 
 def test_graph_tables_round_trip_through_duckdb_and_networkx(ws):
@@ -103,6 +107,27 @@ def test_flags_are_online_through_feast_and_match_the_run_table(ws, pipeline):
     assert online["reasons"].iloc[1] != "" and online["intent_centrality"].notna().all()
 
 
+def test_opportunity_flag_is_online_through_feast_and_its_question_ranks_the_upgrade_persona_first(ws, generated):
+    from personaops.feature_store import feature_store
+
+    cfg = load_config()
+    cfg.home = ws.root
+    flags = insights.read_insight_table(ws, "amber_flags")
+    sample = flags.sort_values("opportunity_probability").iloc[[0, -1]]
+    store = feature_store(ws, cfg)
+    online = store.get_online_features(
+        features=store.get_feature_service("persona_flags_v2"), entity_rows=[{"person_id": p} for p in sample["person_id"]]
+    ).to_df()
+    assert online["opportunity_probability"].tolist() == pytest.approx(sample["opportunity_probability"].tolist())
+    assert online["opportunity_flag"].tolist() == ["none", "amber"] and online["opportunity_reasons"].iloc[1] != ""
+    assert online["churn_probability"].notna().all()  # v2 still carries the risk flag
+    # the planted upgrade_offer persona (team_admin, +45 points) has the highest mean propensity
+    answer = insights.ask_opportunities(ws, top=5)
+    assert _names(ws, generated)[answer["personas"][0]["persona_id"]] == "team_admin", answer["personas"]
+    assert answer["metrics"]["roc_auc"] >= 0.7 and len(answer["people"]) == 5
+    assert answer["people"][0]["opportunity_probability"] >= answer["people"][-1]["opportunity_probability"]
+
+
 def test_insight_endpoints_need_the_analyst_role(ws):
     from fastapi.testclient import TestClient
 
@@ -120,6 +145,14 @@ def test_insight_endpoints_need_the_analyst_role(ws):
     persona = signals and insights.read_insight_table(ws, "persona_summary")["persona_id"].iloc[0]
     assert client.get(f"/insights/personas/{persona}/intents", headers={"Authorization": "Bearer a"}).json()["intents"]
     assert client.get(f"/insights/personas/{persona}/changes", headers={"Authorization": "Bearer a"}).status_code == 200
+    assert client.get("/insights/opportunities", headers={"Authorization": "Bearer r"}).status_code == 403
+    opportunities = client.get(f"/insights/opportunities?persona={persona}&top=2", headers={"Authorization": "Bearer a"}).json()
+    assert len(opportunities["people"]) == 2 and {p["persona_id"] for p in opportunities["people"]} == {int(persona)}
+    person = insights.read_insight_table(ws, "amber_flags").sort_values("opportunity_probability")["person_id"].iloc[-1]
+    served = client.get(f"/persons/{person}/flags", headers={"Authorization": "Bearer a"}).json()
+    assert served["opportunity_flag"] == "amber" and served["opportunity_reasons"] and "churn_probability" in served
+    assert client.get(f"/persons/{person}/flags", headers={"Authorization": "Bearer r"}).status_code == 403
+    assert client.get(f"/persons/{person}/explain", headers={"Authorization": "Bearer a"}).json()["flags"]["opportunity_flag"] == "amber"
 
 
 def test_ask_commands_answer_in_json_and_fail_in_one_sentence(ws):
