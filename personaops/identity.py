@@ -573,6 +573,13 @@ def resolve_incremental(
     refused_labels = {labels[r["record_l"]] for r in refused} | {labels[r["record_r"]] for r in refused}
     if refused_labels & set(per_label.index):
         return None, "a capped link among new records touches an earlier person"
+    # An earlier one-record cluster that Splink attached to a person stops being one record once a
+    # new record joins it by a rule, and a full pass would then no longer attach it (Splink only
+    # attaches one-record clusters): a full resolve decides.
+    ents = index.entities
+    joined_persons = ents.loc[ents["person_id"].duplicated(keep=False), ["entity", "size"]]
+    if len(hits) and hits["entity"].isin(set(joined_persons.loc[joined_persons["size"] == 1, "entity"])).any():
+        return None, "new records join a record Splink attached to an earlier person"
     label_person = hits.drop_duplicates("label").set_index("label")["person_id"]
     person_values = _person_values(index, set(label_person))
     for lab, pid in label_person.items():
@@ -666,8 +673,7 @@ def resolve_incremental(
     # edges: rule edges among the new records, a new record to the earlier record holding its key, Splink merges
     rid = rids.to_numpy()
     hit_edges = hits.sort_values(["node_hash", "record_idx"]).drop_duplicates("node_hash")
-    edges = pd.concat(
-        [
+    parts = [
             pd.DataFrame({"record_l": rid[rule_edges["l"].to_numpy(dtype=np.int64)], "record_r": rid[rule_edges["r"].to_numpy(dtype=np.int64)],
                           "method": "rule", "rule": rule_edges["rule"].to_numpy(), "key": rule_edges["key"].to_numpy(),
                           "match_probability": 1.0, "match_weight": np.nan, "agreed": rule_edges["rule"].to_numpy()}),
@@ -675,9 +681,9 @@ def resolve_incremental(
                           "method": "rule", "rule": hit_edges["kind"].to_numpy(), "key": hit_edges["key"].to_numpy(),
                           "match_probability": 1.0, "match_weight": np.nan, "agreed": hit_edges["kind"].to_numpy()}),
             pd.DataFrame(merges, columns=["record_l", "record_r", "method", "match_probability", "match_weight", "agreed"]).assign(rule="", key=""),
-        ],
-        ignore_index=True,
-    )[EDGE_COLUMNS]  # fmt: skip
+    ]  # fmt: skip
+    parts = [p[EDGE_COLUMNS] for p in parts if len(p)]
+    edges = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EDGE_COLUMNS)
     rank = {**priority, "review": len(priority), "splink": len(priority) + 1, "unlinked": len(priority) + 2}
     touch = pd.concat([edges[["record_l", "method", "rule"]].rename(columns={"record_l": "record"}), edges[["record_r", "method", "rule"]].rename(columns={"record_r": "record"})])
     touch["by"] = touch["rule"].where(touch["method"] == "rule", touch["method"])
@@ -713,9 +719,8 @@ def resolve_incremental(
 
     # the index grows by the new keys, device pairs and clusters
     new_keys = keys.assign(person_id=person[keys["record_idx"].to_numpy()] if n else [], first_record=rid[keys["record_idx"].to_numpy()] if n else [])
-    new_keys["entity"] = np.where(keys["label"].isin(label_person.index), -1, keys["label"] + offset)
-    attached = hits.drop_duplicates("label").set_index("label")["entity"]
-    new_keys.loc[new_keys["entity"] == -1, "entity"] = new_keys.loc[new_keys["entity"] == -1, "label"].map(attached)
+    attached = hits.drop_duplicates("label").set_index("label")["entity"].astype(np.int64)
+    new_keys["entity"] = keys["label"].map(attached).fillna(keys["label"] + offset).astype(np.int64).to_numpy()
     new_keys = new_keys.sort_values(["node_hash", "entity", "record_idx"]).drop_duplicates(["node_hash", "entity"])
     index_keys = pd.concat([index.keys, new_keys[["node_hash", "kind", "entity", "person_id", "first_record"]]], ignore_index=True)
     index_keys = index_keys.drop_duplicates(["node_hash", "entity"]).reset_index(drop=True)
