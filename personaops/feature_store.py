@@ -70,6 +70,12 @@ def feature_store(ws: Workspace, cfg: PersonasConfig):
     ws.feast.mkdir(parents=True, exist_ok=True)
     if cfg.profile == "production":
         _production_environment()
+    if cfg.compute.engine == "spark":  # Feast's Spark offline store over the same tables (docs/scaling.md)
+        from personaops.spark_engine import spark_feature_store
+
+        return spark_feature_store(ws, cfg, feast_yaml(cfg))
+    os.environ.pop("PERSONAS_FEAST_OFFLINE_STORE", None)  # the repo's sources are FileSources again
+    if cfg.profile == "production":
         return FeatureStore(repo_path=str(cfg.feature_repo), fs_yaml_file=feast_yaml(cfg))
     return FeatureStore(repo_path=str(cfg.feature_repo))
 
