@@ -62,6 +62,7 @@ class Catalog:
     persons: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     amber_people: dict[int, int] | None = None  # persona_id -> people with any amber flag (a person with two flags counts once)
+    business: dict[int, dict] | None = None  # persona_id -> business KPIs of the latest insights run (feature adoption, conversion lift, NPS)
 
     @property
     def order(self) -> list[int]:
@@ -133,6 +134,20 @@ def _amber_counts(ws: Workspace, assignments) -> dict[int, dict[str, int]] | Non
         for persona, n in flagged[flagged[kind]].groupby("persona_id").size().items():
             out.setdefault(int(persona), {})[kind] = int(n)
     return out
+
+
+def _business_kpis(ws: Workspace) -> dict[int, dict] | None:
+    """persona_id -> the latest insights run's business KPIs (insights.business_kpis); None before
+    the flags stage has run."""
+    import pandas as pd
+
+    runs = sorted((ws.lake / "insights").glob("run_id=*/persona_summary.parquet")) if (ws.lake / "insights").is_dir() else []
+    if not runs:
+        return None
+    summary = pd.read_parquet(runs[-1])
+    if "business_kpis" not in summary.columns:
+        return None
+    return {int(r.persona_id): json.loads(r.business_kpis) for r in summary.itertuples() if isinstance(r.business_kpis, str)}
 
 
 def _amber_people(ws: Workspace, assignments) -> dict[int, int] | None:
@@ -214,6 +229,7 @@ def collect_catalog(cfg: PersonasConfig, ws: Workspace, with_map: bool = True) -
         decision=_last_decision(ws),
         amber=_amber_counts(ws, assignments),
         amber_people=_amber_people(ws, assignments),
+        business=_business_kpis(ws),
         pipeline_run=latest.get("run_id") if latest else None,
         mlflow_ui=os.environ.get(MLFLOW_UI_ENV, "http://127.0.0.1:5000"),
         persons=sum(int(p["size"]) for p in profiles),
@@ -434,6 +450,7 @@ def render_catalog(catalog: Catalog, role: str = "reader", static: bool = False,
                 "amber_people": None if amber is None or catalog.amber_people is None else catalog.amber_people.get(pid, 0),
                 # share of the persona amber for opportunity (likely to take the expansion offer)
                 "opportunity_share": amber["opportunity"] / p["size"] if amber and "opportunity" in amber and p["size"] else None,
+                "business": None if catalog.business is None else catalog.business.get(pid),
                 "drift": drift_status(catalog, pid),
                 "bias": bias_status(catalog, pid),
                 "sensitive": sensitive_breakdown(catalog, pid) if show_sensitive else None,

@@ -255,6 +255,46 @@ def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intent
     return pd.DataFrame(rows)
 
 
+def business_kpis(assignments: pd.DataFrame, signals: pd.DataFrame, exposures: pd.DataFrame, surveys: pd.DataFrame) -> pd.DataFrame:
+    """Per persona, the business KPIs the sources allow (JSON column `business_kpis`):
+    feature_adoption (share of members who used each product event type, the 5 most adopted, with
+    the lift over everyone's share), conversion_lift per campaign (uplift vs the persona's holdout, 95% Newcombe
+    interval), nps (% promoters 9-10 minus % detractors 0-6 over the members' survey answers, with
+    n) and first_contact_resolution (None: the ticket sources carry no resolution status)."""
+    a = assignments.dropna(subset=["persona_id"])[["person_id", "persona_id", "persona_name"]].copy()
+    a["persona_id"] = a["persona_id"].astype(int)
+    everyone = max(len(a), 1)
+    did = signals[signals["signal"].str.startswith("did:")].merge(a[["person_id", "persona_id"]], on="person_id") if len(signals) else pd.DataFrame(columns=["signal", "persona_id"])
+    overall = did.groupby("signal")["person_id"].nunique() / everyone if len(did) else pd.Series(dtype=float)
+    lift = {}
+    if len(exposures) and {"campaign", "converted"} <= set(exposures.columns):
+        ex = exposures.copy()
+        arm = ex["cat__arm"].fillna("").astype(str).str.lower() if "cat__arm" in ex.columns else pd.Series("", index=ex.index)
+        ex["holdout"] = arm == "holdout"
+        ex["converted"] = pd.to_numeric(ex["converted"], errors="coerce").fillna(0.0)
+        outcomes = ex.groupby(["person_id", "campaign", "holdout"], as_index=False)["converted"].max()
+        for campaign in sorted(outcomes["campaign"].astype(str).unique()):
+            with np.errstate(divide="ignore", invalid="ignore"):  # a holdout without conversions: ratios statsmodels also computes
+                table = campaign_uplift(outcomes, a, campaign)
+            for r in table.itertuples():
+                if r.uplift == r.uplift:
+                    lift.setdefault(int(r.persona_id), {})[campaign] = {"uplift": round(float(r.uplift), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "exposed": int(r.exposed), "holdout": int(r.holdout)}
+    scores = pd.DataFrame(columns=["person_id", "score"])
+    if len(surveys) and "score" in surveys.columns:
+        scores = surveys[["person_id"]].assign(score=pd.to_numeric(surveys["score"], errors="coerce")).dropna(subset=["score"])
+    rows = []
+    for (pid, name), g in a.groupby(["persona_id", "persona_name"]):
+        members = max(len(g), 1)
+        mine = did[did["persona_id"] == pid].groupby("signal")["person_id"].nunique() / members if len(did) else pd.Series(dtype=float)
+        adoption = pd.DataFrame({"share": mine, "lift": mine / overall.reindex(mine.index)}).sort_values("share", ascending=False).head(5)
+        s = scores[scores["person_id"].isin(g["person_id"])]["score"]
+        nps = None if s.empty else {"value": round(float(100 * ((s >= 9).mean() - (s <= 6).mean())), 1), "n": int(len(s))}
+        rows.append({"persona_id": int(pid), "business_kpis": json.dumps({
+            "feature_adoption": {k.split(":", 1)[1]: {"share": round(float(v.share), 4), "lift": round(float(v.lift), 2)} for k, v in adoption.iterrows()},
+            "conversion_lift": lift.get(int(pid), {}), "nps": nps, "first_contact_resolution": None})})  # fmt: skip
+    return pd.DataFrame(rows, columns=["persona_id", "business_kpis"])
+
+
 def persona_changes(previous: pd.DataFrame | None, current: pd.DataFrame, persona_id: int) -> dict:
     """What changed for a persona between two summaries: numeric deltas and intent/signal shares
     that moved by at least 2 percentage points."""
@@ -661,6 +701,8 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     labels_path = ws.feature_table("person_labels")
     summary = persona_summary(assignments, pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(),
                               read_insight_table(ws, "text_intents", run_id), read_insight_table(ws, "intents", run_id), signals, flags, version)  # fmt: skip
+    kpis = business_kpis(assignments, signals, _lake_kind(ws, batches, kinds, "campaigns"), _lake_kind(ws, batches, kinds, "surveys"))
+    summary = summary.merge(kpis, on="persona_id", how="left")
     write_insight_table(ws, run_id, "persona_summary", summary)
     _mark(ws, run_id, "flags", fingerprint)
     out["run_id"] = run_id
