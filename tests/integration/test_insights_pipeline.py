@@ -128,6 +128,13 @@ def test_opportunity_flag_is_online_through_feast_and_its_question_ranks_the_upg
     assert answer["people"][0]["opportunity_probability"] >= answer["people"][-1]["opportunity_probability"]
 
 
+def test_business_kpis_per_persona(ws, generated):
+    kpis = insights.read_insight_table(ws, "persona_summary").set_index("persona_id")["business_kpis"].map(json.loads)
+    lift = {pid: k["conversion_lift"]["upgrade_offer"]["uplift"] for pid, k in kpis.items()}
+    assert _names(ws, generated)[max(lift, key=lift.get)] == "team_admin", lift
+    assert all(len(k["feature_adoption"]) == 5 and k["nps"]["n"] > 0 and -100 <= k["nps"]["value"] <= 100 for k in kpis)
+
+
 def test_insight_endpoints_need_the_analyst_role(ws):
     from fastapi.testclient import TestClient
 
