@@ -10,6 +10,11 @@ reference statistics (monitoring/drift.py `ReferenceProfile`) are computed once 
 and cached under `monitoring/reference/v<version>/`. Above `FULL_REPORT_ROWS` rows a side, the
 feature-drift decision comes from the profile check on every row and the Evidently report runs on
 a uniform sample without replacement of `FULL_REPORT_ROWS` rows per side (seeded by model.seed).
+
+Every check runs with OpenMP and BLAS limited to one thread (`ONE_THREAD`): Evidently's embedding
+drift report computes a t-SNE projection for its plot, and scikit-learn's t-SNE spreads its
+gradient over OpenMP threads that spin while they wait. On this 2-CPU machine under load that cost
+3-4x the CPU time and wall time of one thread (profile in docs/monitoring.md), for the same result.
 """
 
 from __future__ import annotations
@@ -111,12 +116,23 @@ class Champion:
     reference_built_now: bool = False
 
 
-def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, *,
-            person_profile: pd.DataFrame | None = None, ingest_report: list[dict] | None = None, previous_ingest: list[dict] | None = None,
-            sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
-            source_rows: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[dict, list, object]:
+ONE_THREAD = 1  # OpenMP / BLAS threads while the checks run (see the module docstring)
+
+
+def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, **kwargs) -> tuple[dict, list, object]:
     """Every check of `current` (model frame by person_id) against the champion; returns
-    (results, Evidently snapshots, DriftSummary) and writes the Evidently drift report."""  # fmt: skip
+    (results, Evidently snapshots, DriftSummary) and writes the Evidently drift report.
+    Keyword arguments: see `_compare`."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=ONE_THREAD):
+        return _compare(cfg, champion, current, columns, out_dir, run_id, **kwargs)
+
+
+def _compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, *,
+             person_profile: pd.DataFrame | None = None, ingest_report: list[dict] | None = None, previous_ingest: list[dict] | None = None,
+             sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
+             source_rows: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[dict, list, object]:  # fmt: skip
     from models.bias import label_gaps, persona_parity
 
     reference, profile, scorer, seed = champion.reference, champion.profile, champion.scorer, cfg.model.seed

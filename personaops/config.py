@@ -126,7 +126,8 @@ class ModelConfig(_Section):
 class MonitoringConfig(_Section):
     drift_share_alert: float = Field(0.3, description="share of drifted feature columns that counts as drift (0-1)")
     policy: Path | None = Field(None, description="monitoring policy file; empty = monitoring/policy.yaml")
-    embedding_sample: int = Field(3000, description="text vectors per side in the embedding drift check")
+    # 1000: Evidently's t-SNE plot of the sample was most of a 10k-person pass at 3000 (docs/monitoring.md#cost-of-a-monitoring-pass)
+    embedding_sample: int = Field(1000, description="text vectors per side in the embedding drift check")
 
 
 # "writer" (pushes events; reads like a reader) stands outside the reader < analyst < ml-engineer < admin order (personaops/roles.py).
