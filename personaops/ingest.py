@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import re
 import sys
@@ -19,6 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -89,67 +89,119 @@ class SourceReport:
 
 
 # --- reading ---------------------------------------------------------------------------------
-def _read_csv(spec: SourceSpec, path: Path, data: bytes) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
-    """Parse CSV bytes into (header, string frame, structural rejects). Row numbers start at 1."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SourceError(f"Source '{spec.name}': {path} is UTF-16 encoded; save it as UTF-8 (CSV UTF-8) and run again.")
-    text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    # strict: a quote left open (a file cut off inside a quoted field) is an error, not a value
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] = []
-    try:
-        while not any(h.strip() for h in header):  # blank lines before the header are not the header
-            header = next(reader)
-    except StopIteration:
-        return [], pd.DataFrame(), pd.DataFrame(columns=["_row_number", "reason", "raw"])
-    except csv.Error as exc:
-        raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
-    header = [h.strip() for h in header]
-    repeated = sorted({h for h in header if h and header.count(h) > 1})
-    if repeated:
-        raise SourceError(f"Source '{spec.name}': column '{repeated[0]}' appears {header.count(repeated[0])} times in the header of {path}; rename or remove the copies.")
-    rows: list[list[str]] = []
-    numbers: list[int] = []
-    rejects: list[tuple[int, str, str]] = []
-    n = 0
-    while True:
+# Rows validated at a time when no config says otherwise: memory follows a chunk, not the file.
+CHUNK_ROWS = 200_000
+_NO_REJECTS = ["_row_number", "reason", "raw"]
+
+
+def _csv_lines(fh) -> Iterator[str]:
+    """The decoded lines of a CSV file: NUL bytes become U+FFFD, a leading BOM is dropped."""
+    first = True
+    for line in fh:
+        line = line.replace("\x00", "\ufffd")
+        if first:
+            first = False
+            if line.startswith("\ufeff"):
+                line = line[1:]
+        yield line
+
+
+def _read_csv(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
+    """Parse a CSV file into chunks of (header, string frame, structural rejects), at most
+    `chunk_rows` parsed rows each. Row numbers start at 1 and run on across chunks. A file
+    without a header yields one chunk with an empty header; a header without rows, one empty chunk."""
+    with open(path, "rb") as fh:
+        if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise SourceError(f"Source '{spec.name}': {path} is UTF-16 encoded; save it as UTF-8 (CSV UTF-8) and run again.")
+    # errors="replace": undecodable bytes become U+FFFD (quarantined below), as a whole-file decode would
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        # strict: a quote left open (a file cut off inside a quoted field) is an error, not a value
+        reader = csv.reader(_csv_lines(fh), strict=True)
+        header: list[str] = []
         try:
-            record = next(reader)
+            while not any(h.strip() for h in header):  # blank lines before the header are not the header
+                header = next(reader)
         except StopIteration:
-            break
+            yield [], pd.DataFrame(), pd.DataFrame(columns=_NO_REJECTS)
+            return
         except csv.Error as exc:
+            raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
+        header = [h.strip() for h in header]
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            raise SourceError(f"Source '{spec.name}': column '{repeated[0]}' appears {header.count(repeated[0])} times in the header of {path}; rename or remove the copies.")
+        rows: list[list[str]] = []
+        numbers: list[int] = []
+        rejects: list[tuple[int, str, str]] = []
+        n = 0
+        emitted = False
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                n += 1
+                rejects.append((n, f"malformed CSV line ending at line {reader.line_num} ({exc}: an unclosed quote, or the file is cut off)", ""))
+                continue
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # blank (or whitespace-only) line: not a row
             n += 1
-            rejects.append((n, f"malformed CSV line ending at line {reader.line_num} ({exc}: an unclosed quote, or the file is cut off)", ""))
-            continue
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue  # blank (or whitespace-only) line: not a row
-        n += 1
-        if len(record) != len(header):
-            rejects.append((n, f"malformed line: {len(record)} fields where the header has {len(header)} (truncated or unquoted delimiter)", json.dumps(record)[:2000]))
-            continue
-        rows.append(record)
-        numbers.append(n)
+            if len(record) != len(header):
+                rejects.append((n, f"malformed line: {len(record)} fields where the header has {len(header)} (truncated or unquoted delimiter)", json.dumps(record)[:2000]))
+                continue
+            rows.append(record)
+            numbers.append(n)
+            if len(rows) >= chunk_rows:
+                yield header, _string_frame(rows, numbers, header), pd.DataFrame(rejects, columns=_NO_REJECTS)
+                rows, numbers, rejects, emitted = [], [], [], True
+        if rows or rejects or not emitted:
+            yield header, _string_frame(rows, numbers, header), pd.DataFrame(rejects, columns=_NO_REJECTS)
+
+
+def _string_frame(rows: list[list[str]], numbers: list[int], header: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=header, dtype=object)
-    frame.index = pd.Index(numbers, name="_row_number")
-    return header, frame, pd.DataFrame(rejects, columns=["_row_number", "reason", "raw"])
+    frame.index = pd.Index(numbers, name="_row_number", dtype="int64")
+    return frame
 
 
-def _read_parquet(spec: SourceSpec, path: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+def _read_parquet(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
+    """A Parquet file in chunks of (columns, string frame, no rejects); row numbers start at 1."""
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        # A (numpy) integer column holding nulls reads as floats ("1.0"): decided on the whole file, as one read would.
+        numpy_ints = [c for c, t in schema.empty_table().to_pandas().dtypes.items() if isinstance(t, np.dtype) and t.kind in "iu"]
+        with_nulls = {c for c in numpy_ints if pq.read_table(path, columns=[c]).column(0).null_count}
+        batches = file.iter_batches(batch_size=chunk_rows)
+        offset, emitted = 0, False
+        for batch in batches:
+            table = pa_arrow.Table.from_batches([batch])
+            for name in with_nulls:
+                table = table.set_column(table.schema.get_field_index(name), name, table.column(name).cast(pa_arrow.float64()))
+            frame = _as_strings(table)
+            frame.index = pd.Index(np.arange(offset + 1, offset + len(frame) + 1), name="_row_number")
+            offset += len(frame)
+            emitted = True
+            yield list(frame.columns), frame, pd.DataFrame(columns=_NO_REJECTS)
     except (pa_arrow.ArrowException, OSError) as exc:
         raise SourceError(f"Source '{spec.name}': {path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it or fix format.") from None
+    if not emitted:
+        frame = _as_strings(schema.empty_table())
+        frame.index = pd.Index(np.arange(1, 1), name="_row_number")
+        yield list(frame.columns), frame, pd.DataFrame(columns=_NO_REJECTS)
+
+
+def _as_strings(table: pa_arrow.Table) -> pd.DataFrame:
+    """Every column as str values (None where missing)."""
     frame = table.to_pandas()
     for col, arrow_field in zip(frame.columns, table.schema):
         values = frame[col]
         if pa_arrow.types.is_string(arrow_field.type) or pa_arrow.types.is_large_string(arrow_field.type):
             frame[col] = values.astype(object)  # already str or None: no per-value pass
             continue
-        frame[col] = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT else str(v)).astype(object)
-    frame.index = pd.Index(np.arange(1, len(frame) + 1), name="_row_number")
-    return list(frame.columns), frame, pd.DataFrame(columns=["_row_number", "reason", "raw"])
+        frame[col] = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT or v is pd.NA else str(v)).astype(object)
+    return frame
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -356,10 +408,78 @@ def _pandera_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame, spec: Sour
 
 
 def _row_hashes(raw: pd.DataFrame) -> pd.Series:
+    """Each row's 64-bit hash over its mapped columns (uint64); a row's hash depends on that row alone."""
     if raw.empty:
-        return pd.Series([], dtype=object, index=raw.index)
-    hashed = pd.util.hash_pandas_object(raw.fillna("\x00"), index=False)
-    return hashed.map(lambda h: f"{h:016x}")
+        return pd.Series([], dtype="uint64", index=raw.index)
+    return pd.util.hash_pandas_object(raw.fillna("\x00"), index=False)
+
+
+class _SeenRows:
+    """The row hashes of a file seen so far (sorted) with the number of each hash's first row,
+    so a repeated row is found across chunks: 16 bytes per distinct row, not a Python dict entry."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.rows = np.empty(0, dtype=np.int64)
+
+    def first_rows(self, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per row (in file order), the number of the first earlier row with the same hash (0 when
+        none); remembers the hashes seen for the first time."""
+        first = np.zeros(len(hashes), dtype=np.int64)
+        found = np.zeros(len(hashes), dtype=bool)
+        if len(self.hashes) and len(hashes):
+            pos = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+            found = self.hashes[pos] == hashes
+            first[found] = self.rows[pos[found]]
+        again = pd.Series(hashes).duplicated(keep="first").to_numpy()
+        new = ~found & ~again
+        within = again & ~found  # first seen earlier in this chunk
+        if within.any():
+            first[within] = pd.Series(rows[new], index=hashes[new]).reindex(hashes[within]).to_numpy()
+        if new.any():
+            merged_hashes, merged_rows = np.concatenate([self.hashes, hashes[new]]), np.concatenate([self.rows, rows[new]])
+            order = np.argsort(merged_hashes, kind="stable")
+            self.hashes, self.rows = merged_hashes[order], merged_rows[order]
+        return first
+
+
+class _ParquetBatch:
+    """One Parquet file written chunk by chunk (a row group per chunk) under a temporary name and
+    renamed into place by `close`, so readers see the old batch or the new one, never half."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_suffix(".tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.empty: pd.DataFrame | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append the frame's rows (an empty frame is kept only to give a file without rows its columns)."""
+        if not len(frame):
+            self.empty = frame
+            return
+        table = pa_arrow.Table.from_pandas(frame, preserve_index=False)
+        if self.writer is None:
+            # A text column with no value in the first chunk has Arrow type null; later chunks hold strings.
+            fields = [pa_arrow.field(f.name, pa_arrow.string()) if pa_arrow.types.is_null(f.type) else f for f in table.schema]
+            self.schema = pa_arrow.schema(fields, metadata=table.schema.metadata)
+            Workspace.ensure(self.path)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        if not table.schema.equals(self.schema, check_metadata=False):
+            table = table.cast(self.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is None:  # no rows at all: the columns of the last (empty) chunk
+            Workspace.ensure(self.path)
+            self.empty.to_parquet(self.tmp, index=False)
+        else:
+            self.writer.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -371,26 +491,68 @@ def ingest_file(
     `seen_keys` (record key -> where first seen) and `seen_files` (batch id -> file) span the
     source's files in this run: a key seen before, or a file whose bytes were already ingested
     from this source (a re-delivered export under a new name), is quarantined, not doubled.
+    The file is read and validated in chunks of `cfg.chunk_rows` rows (memory follows the chunk);
+    repeated rows and keys are found across chunks, so the result is the same as in one piece.
     """
     try:
-        data = path.read_bytes()
+        digest = _file_digest(path)
     except OSError as exc:
         raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
     seen_files = {} if seen_files is None else seen_files
-    batch_id = hashlib.sha256(data).hexdigest()[:16]
+    batch_id = digest.hexdigest()[:16]
     copy_of = seen_files.get(batch_id)
     if copy_of is None:
         seen_files[batch_id] = path.name
     else:  # its own batch (the first file's stays as it is), every row quarantined
-        batch_id = hashlib.sha256(data + b"\0copy:" + path.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        digest.update(b"\0copy:" + path.name.encode("utf-8", "surrogateescape"))
+        batch_id = digest.hexdigest()[:16]
     fmt = spec.file_format(path)
-    header, raw, rejects = _read_csv(spec, path, data) if fmt == "csv" else _read_parquet(spec, path)
+    chunk_rows = getattr(cfg, "chunk_rows", CHUNK_ROWS)
+    chunks = _read_csv(spec, path, chunk_rows) if fmt == "csv" else _read_parquet(spec, path, chunk_rows)
+    now = pd.Timestamp(datetime.now(timezone.utc))
+    schema = _schema(spec, cfg, now)
+    seen_rows = _SeenRows()
+    lake = _ParquetBatch(ws.lake / spec.name / f"batch={batch_id}" / "part-0.parquet")
+    quarantine = _ParquetBatch(ws.quarantine / spec.name / f"batch={batch_id}" / "part-0.parquet")
+    rows_in = accepted_rows = quarantined_rows = 0
     note = ""
-    if not header:
-        note = "empty file: no header and no rows"
-        raw = pd.DataFrame(columns=spec.mapped_columns(), dtype=object)
-    spec.require_columns(path, list(raw.columns))
-    raw = raw[spec.mapped_columns()]
+    try:
+        for header, raw, rejects in chunks:
+            if not header:
+                note = "empty file: no header and no rows"
+                raw = pd.DataFrame(columns=spec.mapped_columns(), dtype=object)
+            spec.require_columns(path, list(raw.columns))
+            raw = raw[spec.mapped_columns()]
+            accepted, quarantined = _validate_chunk(spec, path, ws, cfg, raw, rejects, batch_id, copy_of, now, schema, seen_rows, seen_keys)
+            rows_in += len(raw) + len(rejects)
+            accepted_rows += len(accepted)
+            quarantined_rows += len(quarantined)
+            lake.write(accepted)
+            quarantine.write(quarantined)
+        assert rows_in == accepted_rows + quarantined_rows, "ingest lost rows"  # invariant, never user input
+        lake.close()
+        quarantine.close()
+    except BaseException:
+        lake.abort()
+        quarantine.abort()
+        raise
+    return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined_rows, note=note)
+
+
+def _file_digest(path: Path):
+    """The sha256 hasher fed the file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def _validate_chunk(
+    spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, raw: pd.DataFrame, rejects: pd.DataFrame, batch_id: str,
+    copy_of: str | None, now: pd.Timestamp, schema: pa.DataFrameSchema, seen_rows: _SeenRows, seen_keys: dict[str, str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accepted canonical rows with lineage, quarantined rows with reasons) of one chunk of a file."""  # fmt: skip
     reasons: dict[int, list[str]] = {}
     if copy_of is not None:
         for idx in raw.index:
@@ -410,23 +572,21 @@ def ingest_file(
     for idx in bad_bytes[bad_bytes].index:
         reasons.setdefault(int(idx), []).append("holds bytes that are not valid UTF-8 (or NUL)")
 
-    now = pd.Timestamp(datetime.now(timezone.utc))
     canon, coercion = _canonical(spec, raw, cfg, key_prefix=f"{path.name}:" if spec.path.is_dir() else "")
     for idx, msgs in coercion.items():
         reasons.setdefault(idx, []).extend(msgs)
-    for idx, msgs in _pandera_reasons(_schema(spec, cfg, now), canon, spec).items():
+    for idx, msgs in _pandera_reasons(schema, canon, spec).items():
         # A value that failed to parse is reported once, not again as "missing".
         already = {m.split(":", 1)[0] for m in reasons.get(idx, [])}
         kept = reasons.setdefault(idx, [])
         # a row-level check fails once per checked column in pandera's report: say it once
         kept.extend(dict.fromkeys(m for m in msgs if m not in kept and not (m.endswith(" is missing") and m[: -len(" is missing")] in already)))
 
-    hashes = _row_hashes(raw)
-    repeated = hashes.duplicated(keep="first")
-    if repeated.any():
-        first_hash = {h: int(i) for i, h in hashes[~repeated & hashes.isin(set(hashes[repeated]))].items()}
-        for idx, h in hashes[repeated].items():
-            reasons.setdefault(int(idx), []).append(f"duplicate of row {first_hash[h]}")
+    hashed = _row_hashes(raw)
+    first = seen_rows.first_rows(hashed.to_numpy(dtype=np.uint64), raw.index.to_numpy(dtype=np.int64))
+    for idx, row in zip(raw.index[first > 0], first[first > 0]):
+        reasons.setdefault(int(idx), []).append(f"duplicate of row {row}")
+    hashes = hashed.map(lambda h: f"{h:016x}")
     # Keys: rows already rejected and missing keys are skipped; a key seen earlier (this file or an
     # earlier file of the source) is a duplicate. Vectorised; only duplicates are looked at one by one.
     keys = canon["source_key"]
@@ -468,19 +628,8 @@ def ingest_file(
     quarantined["_batch_id"] = batch_id
     quarantined["_file"] = str(path)
     quarantined["_row_number"] = quarantined["_row_number"].astype("int64")
-
-    rows_in = len(raw) + len(rejects)
-    assert rows_in == len(accepted) + len(quarantined), "ingest lost rows"  # invariant, never user input
-    _write_parquet(accepted, ws.lake / spec.name / f"batch={batch_id}" / "part-0.parquet")
-    _write_parquet(quarantined.sort_values("_row_number", kind="stable"), ws.quarantine / spec.name / f"batch={batch_id}" / "part-0.parquet")
-    return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=len(accepted), quarantined=len(quarantined), note=note)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    Workspace.ensure(path)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)  # atomic: readers see the old batch or the new one, never half
+    assert len(raw) + len(rejects) == len(accepted) + len(quarantined), "ingest lost rows"  # invariant, never user input
+    return accepted, quarantined.sort_values("_row_number", kind="stable")
 
 
 def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str) -> list[SourceReport]:
@@ -496,13 +645,23 @@ def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, ru
     return reports
 
 
-def read_lake(ws: Workspace, source: str, batch_ids: list[str]) -> pd.DataFrame:
-    """The accepted rows of the given batches of one source."""
-    frames = [pd.read_parquet(ws.lake / source / f"batch={b}" / "part-0.parquet") for b in batch_ids]
+def read_lake(ws: Workspace, source: str, batch_ids: list[str], columns: list[str] | None = None, prefixes: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The accepted rows of the given batches of one source: every column, or only `columns` and
+    the columns starting with one of `prefixes` (a column a batch lacks is left out of it; strings
+    repeated across rows share one Python object)."""
+    frames = []
+    for b in batch_ids:
+        path = ws.lake / source / f"batch={b}" / "part-0.parquet"
+        if columns is None and not prefixes:
+            frames.append(pd.read_parquet(path))
+            continue
+        names = pq.read_schema(path).names
+        wanted = set(columns or ())
+        frames.append(pd.read_parquet(path, columns=[c for c in names if c in wanted or c.startswith(prefixes)]))
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=["source_key", *LINEAGE_COLUMNS])
-    return pd.concat(frames, ignore_index=True)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def read_quarantine(ws: Workspace, source: str, batch_ids: list[str]) -> pd.DataFrame:

@@ -117,3 +117,76 @@ def test_a_row_with_no_identifier_gets_that_reason_once(tmp_path):
     (tmp_path / "c.csv").write_text("id,email,phone\n1,,\n")
     [report] = ingest_sources([spec], ws, IngestConfig(), "r1")
     assert read_quarantine(ws, "crm", report.batch_ids)["reason"].iloc[0] == "no identifier column holds a value"
+
+
+def _lake_and_quarantine(ws, source, batch_ids):
+    lake = read_lake(ws, source, batch_ids).drop(columns=["_ingested_at"])
+    return lake, read_quarantine(ws, source, batch_ids)
+
+
+def test_chunked_ingest_gives_the_same_lake_and_quarantine_as_one_chunk(tmp_path, monkeypatch):
+    import personaops.ingest as ingest
+
+    # a BOM, blank lines, a NUL byte, bad UTF-8, malformed lines, and repeats that straddle chunks
+    rows = [r.encode() + b"\n" for r in GOOD] + [b"\n", b"T-4,dan@example.com,,Nul \x00 inside,2026-01-05T00:00:00Z\n"]
+    rows += [b"T-5,eli@example.com,,Fine,2026-01-06T00:00:00Z\n", (GOOD[0] + "\n").encode(), b"T-3,new@example.com,,Same key,2026-01-07T00:00:00Z\n"]
+    rows += [(GOOD[1] + "\n").encode(), b"\n"] + corrupt_rows()
+    data = b"\xef\xbb\xbf" + TICKETS_HEADER.encode() + b"".join(rows)
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    whole_ws, chunked_ws = Workspace(tmp_path / "whole"), Workspace(tmp_path / "chunked")
+    [whole] = ingest_sources([_spec(path)], whole_ws, IngestConfig(), "r1")
+    monkeypatch.setattr(ingest, "CHUNK_ROWS", 2)
+    [chunked] = ingest_sources([_spec(path)], chunked_ws, IngestConfig(), "r1")
+    assert (chunked.rows_in, chunked.accepted, chunked.quarantined) == (whole.rows_in, whole.accepted, whole.quarantined)
+    assert chunked.rows_in == chunked.accepted + chunked.quarantined == len(GOOD) + 5 + len(corrupt_rows())
+    lake, quarantine = _lake_and_quarantine(chunked_ws, "tickets", chunked.batch_ids)
+    whole_lake, whole_quarantine = _lake_and_quarantine(whole_ws, "tickets", whole.batch_ids)
+    pd.testing.assert_frame_equal(lake, whole_lake)
+    pd.testing.assert_frame_equal(quarantine, whole_quarantine)
+    reasons = dict(zip(quarantine["_row_number"], quarantine["reason"]))
+    # row 6 repeats row 1 and row 8 repeats row 2, each in a later chunk than the row it repeats
+    assert reasons[6] == "duplicate of row 1" and reasons[8] == "duplicate of row 2"
+    assert reasons[7] == "duplicate key 'T-3' (first at t.csv row 3)"
+    assert "not valid UTF-8" in reasons[4]
+    assert list(lake["source_key"]) == ["T-1", "T-2", "T-3", "T-5"]
+    # the parquet file holds one row group per chunk that had accepted rows
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(ws_lake_file(chunked_ws, "tickets", chunked.batch_ids[0])).num_row_groups > 1
+
+
+def ws_lake_file(ws, source, batch_id):
+    return ws.lake / source / f"batch={batch_id}" / "part-0.parquet"
+
+
+def test_chunked_parquet_ingest_reads_integers_with_gaps_as_one_read_does(tmp_path, monkeypatch):
+    import personaops.ingest as ingest
+
+    # `score` has a gap only in the last chunk: one read makes every value a float ("7.0"), so must chunks
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # written without pandas metadata, as a Spark or DuckDB export is
+    table = pa.table({"response_id": ["r1", "r2", "r1", "r3"], "email": ["a@b.co", "c@d.co", "a@b.co", "e@f.co"],
+                      "nps": pa.array([7, 9, 7, None], type=pa.int64()), "ts": ["2026-01-01", "2026-01-02", "2026-01-01", "2026-01-03"]})  # fmt: skip
+    path = tmp_path / "surveys.parquet"
+    pq.write_table(table, path)
+    spec = SourceSpec(name="surveys", kind="surveys", path=path, key="response_id", identifiers={"email": "email"}, timestamp="ts", fields={"score": "nps"})
+    whole_ws, chunked_ws = Workspace(tmp_path / "whole"), Workspace(tmp_path / "chunked")
+    [whole] = ingest_sources([spec], whole_ws, IngestConfig(), "r1")
+    monkeypatch.setattr(ingest, "CHUNK_ROWS", 2)
+    [chunked] = ingest_sources([spec], chunked_ws, IngestConfig(), "r1")
+    lake, quarantine = _lake_and_quarantine(chunked_ws, "surveys", chunked.batch_ids)
+    pd.testing.assert_frame_equal(lake, _lake_and_quarantine(whole_ws, "surveys", whole.batch_ids)[0])
+    assert lake["score"].tolist()[:2] == [7.0, 9.0] and lake["score"].isna().tolist() == [False, False, True]
+    assert quarantine["reason"].tolist() == ["duplicate of row 1"]
+    assert '"nps": "7.0"' in quarantine["raw"].iloc[0]  # as one read of the file gives it
+
+
+def test_read_lake_reads_only_the_columns_asked_for(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    [report] = ingest_sources([_spec(write_tickets_csv(tmp_path / "t.csv", GOOD))], ws, IngestConfig(), "r1")
+    lake = read_lake(ws, "tickets", report.batch_ids, columns=["source_key", "text", "not_there"], prefixes=("_row",))
+    assert list(lake.columns) == ["source_key", "text", "_row_number", "_row_hash"]
+    assert lake["text"].tolist() == read_lake(ws, "tickets", report.batch_ids)["text"].tolist()
