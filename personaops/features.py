@@ -17,6 +17,10 @@ MODEL_INPUT_VIEWS = ("person_behaviour", "person_support", "person_survey", "per
 MAX_EVENT_TYPES = 30
 MAX_CATEGORIES = 12  # one-hot columns per categorical attribute (the most frequent values)
 MIN_CATEGORY_SHARE = 0.01  # rarer values get no column of their own
+# The lake columns the feature tables, texts and sensitive table are computed from (identifiers
+# and the other lineage columns are not read: at 100k people they are most of the lake's memory).
+LAKE_COLUMNS = ("source_key", "event_time", "_row_number", "text", "event_type", "session_id", "score", "converted", "campaign")
+LAKE_PREFIXES = ("cat__", "num__", "label__", "sensitive__")
 
 
 def event_type_column(event_type: str) -> str:

@@ -47,14 +47,32 @@ def session_frame(events: pd.DataFrame) -> pd.DataFrame:
     """Events with a person, ordered within sessions (person_id, session, event_type, event_time)."""
     if events.empty:
         return pd.DataFrame(columns=["person_id", "session", "event_type", "event_time"])
-    ev = events[events["event_type"].notna() & (events["event_type"].astype(str) != "")].copy()
+    keep = events["event_type"].notna() & (events["event_type"].astype(str) != "")
+    # only the columns used (the lake rows carry identifiers and lineage too)
+    ev = events.loc[keep, [c for c in ("person_id", "session_id", "event_type", "event_time") if c in events.columns]]
     if "session_id" in ev.columns and ev["session_id"].notna().any():
-        fallback = "day:" + ev["event_time"].dt.floor("D").astype(str)
-        ev["session"] = ev["session_id"].astype(object).where(ev["session_id"].notna(), fallback)
+        missing = ev["session_id"].isna()
+        fallback = "day:" + ev.loc[missing, "event_time"].dt.floor("D").astype(str)  # only where needed
+        ev["session"] = ev["session_id"].astype(object).where(~missing, fallback)
     else:  # no session ids: a calendar day of one person is a session
         ev["session"] = "day:" + ev["event_time"].dt.floor("D").astype(str)
     ev["session"] = ev["person_id"].astype(str) + "|" + ev["session"].astype(str)
     return ev.sort_values(["session", "event_time"], kind="stable")[["person_id", "session", "event_type", "event_time"]]
+
+
+def _session_pairs(session: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, left, right): the first row of each distinct (session, kind) in order, and every
+    ordered pair of those rows within one session (positions into `rows`; left-major, as a
+    self-merge on the session orders them). Sessions must be contiguous."""
+    rows = pd.DataFrame({"session": session, "kind": kind}).drop_duplicates().index.to_numpy()
+    t_session = session[rows]
+    starts = np.flatnonzero(np.r_[True, t_session[1:] != t_session[:-1]]) if len(rows) else np.empty(0, dtype=np.int64)
+    sizes = np.diff(np.r_[starts, len(rows)])
+    group_size = np.repeat(sizes, sizes)
+    left = np.repeat(np.arange(len(rows)), group_size)
+    offsets = np.repeat(np.cumsum(group_size) - group_size, group_size)
+    right = np.repeat(np.repeat(starts, sizes), group_size) + (np.arange(len(left)) - offsets)
+    return rows, left, right
 
 
 def sequence_signals(sessions: pd.DataFrame) -> pd.DataFrame:
@@ -63,18 +81,71 @@ def sequence_signals(sessions: pd.DataFrame) -> pd.DataFrame:
     session, a < b)."""
     if sessions.empty:
         return pd.DataFrame(columns=["person_id", "signal"])
+    # Worked on integer codes (a signal's text is built once, not once per row): at 100k people the
+    # per-row strings were GBs. Same rows in the same order as the string version.
     s = sessions.reset_index(drop=True)
-    same1 = s["session"].eq(s["session"].shift(-1))
-    same2 = same1 & s["session"].eq(s["session"].shift(-2))
-    a, b, c = s["event_type"].astype(str), s["event_type"].shift(-1).astype(str), s["event_type"].shift(-2).astype(str)
-    parts = [pd.DataFrame({"person_id": s["person_id"], "signal": "next:" + a + ">" + b})[same1 & (a != b)]]
-    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "seq:" + a + ">" + b + ">" + c})[same2 & (a != b) & (b != c)])
-    types = s[["person_id", "session", "event_type"]].drop_duplicates()
-    pairs = types.merge(types, on=["person_id", "session"])
-    pairs = pairs[pairs["event_type_x"].astype(str) < pairs["event_type_y"].astype(str)]
-    parts.append(pd.DataFrame({"person_id": pairs["person_id"], "signal": "co:" + pairs["event_type_x"].astype(str) + "+" + pairs["event_type_y"].astype(str)}))
-    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "did:" + a}))
-    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    person, persons = pd.factorize(s["person_id"])
+    session = pd.factorize(s["session"])[0]
+    et, types = pd.factorize(s["event_type"].astype(str))
+    k = len(types) + 1  # code k - 1 ... k**3: (kind, a, b, c) packed in one int64
+    rank = np.argsort(np.argsort(np.asarray(types, dtype=object)))  # string order of the event types
+    n = len(s)
+    same1 = np.zeros(n, dtype=bool)
+    same1[:-1] = session[:-1] == session[1:]
+    same2 = np.zeros(n, dtype=bool)
+    same2[:-2] = same1[:-2] & (session[1:-1] == session[2:])
+    b, c = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    b[:-1], c[:-2] = et[1:], et[2:]
+    a = et.astype(np.int64)
+    nxt = same1 & (a != b)
+    seq = same2 & (a != b) & (b != c)
+    parts = [(person[nxt], _pack(1, a[nxt], b[nxt], 0, k)), (person[seq], _pack(2, a[seq], b[seq], c[seq], k))]
+    # co-occurrence: every pair of types in one session, the smaller (as text) first
+    first, left, right = _session_pairs(session, et)
+    t_et, t_person = a[first], person[first]
+    keep = rank[t_et[left]] < rank[t_et[right]]
+    left, right = left[keep], right[keep]
+    parts.append((t_person[left], _pack(3, t_et[left], t_et[right], 0, k)))
+    parts.append((person, _pack(4, a, 0, 0, k)))
+    pairs = pd.DataFrame({"p": np.concatenate([p for p, _ in parts]), "sig": np.concatenate([q for _, q in parts])}).drop_duplicates()
+    codes, signals = pd.factorize(pairs["sig"].to_numpy())
+    text = np.array([_signal_text(int(v), k, types) for v in signals], dtype=object)
+    return pd.DataFrame({"person_id": np.asarray(persons, dtype=object)[pairs["p"].to_numpy()], "signal": text[codes]})
+
+
+def _pack(kind: int, a, b, c, k: int) -> np.ndarray:
+    return ((kind * k + np.asarray(a, dtype=np.int64)) * k + b) * k + c
+
+
+def _signal_text(value: int, k: int, types) -> str:
+    value, c = divmod(value, k)
+    value, b = divmod(value, k)
+    kind, a = divmod(value, k)
+    if kind == 1:
+        return f"next:{types[a]}>{types[b]}"
+    if kind == 2:
+        return f"seq:{types[a]}>{types[b]}>{types[c]}"
+    if kind == 3:
+        return f"co:{types[a]}+{types[b]}"
+    return f"did:{types[a]}"
+
+
+def _co_occurrences(s: pd.DataFrame) -> pd.DataFrame:
+    """(event_type_x, event_type_y, weight): sessions where both types occur, x < y as text, in
+    (x, y) order. Counted on integer codes: the pairs of a string self-merge were GBs at 100k people."""
+    session = pd.factorize(s["session"])[0]
+    et, types = pd.factorize(s["event_type"])
+    k = len(types)
+    rank = np.argsort(np.argsort(np.asarray(types.astype(str), dtype=object)))
+    rows, left, right = _session_pairs(session, et)
+    x, y = et[rows][left], et[rows][right]
+    keep = rank[x] < rank[y]
+    counts = np.bincount(x[keep].astype(np.int64) * k + y[keep], minlength=k * k).reshape(k, k)
+    xs, ys = np.nonzero(counts)
+    order = np.lexsort((rank[ys], rank[xs]))
+    xs, ys = xs[order], ys[order]
+    values = np.asarray(types, dtype=object)
+    return pd.DataFrame({"event_type_x": values[xs], "event_type_y": values[ys], "weight": counts[xs, ys].astype(np.int64)})
 
 
 def build_graph(
@@ -111,10 +182,7 @@ def build_graph(
         trans = pd.DataFrame({"a": s["event_type"], "b": s["event_type"].shift(-1)})[same & (s["event_type"] != s["event_type"].shift(-1))]
         nxt = trans.value_counts().reset_index(name="weight")
         edges.append(_edges(pd.DataFrame({"src": "event_type:" + nxt["a"].astype(str), "dst": "event_type:" + nxt["b"].astype(str), "weight": nxt["weight"]}), "next"))
-        types = s[["session", "event_type"]].drop_duplicates()
-        pairs = types.merge(types, on="session")
-        pairs = pairs[pairs["event_type_x"].astype(str) < pairs["event_type_y"].astype(str)]
-        co = pairs.groupby(["event_type_x", "event_type_y"]).size().reset_index(name="weight")
+        co = _co_occurrences(s)
         edges.append(_edges(pd.DataFrame({"src": "event_type:" + co["event_type_x"].astype(str), "dst": "event_type:" + co["event_type_y"].astype(str), "weight": co["weight"]}), "co_occurs"))
     # language: intents, tickets, mentions
     if len(text_intents):

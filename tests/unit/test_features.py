@@ -55,3 +55,44 @@ def test_crm_attributes_become_numeric_model_inputs():
     assert frame.loc["a", "plan__pro"] == 1.0 and frame.loc["b", "plan__pro"] == 0.0
     assert np.isnan(frame.loc["c", "plan__pro"]) and np.isnan(frame.loc["d", "plan__free"])
     assert frame.loc["b", "balance"] == 20.0 and np.isclose(frame.loc["a", "tenure_days"], 365.0)
+
+
+def test_feature_tables_from_the_projected_lake_equal_those_from_every_column(tmp_path):
+    """The features stage reads only LAKE_COLUMNS/LAKE_PREFIXES from the lake: every table, the
+    texts and the sensitive table come out the same as from the full rows (generated sources)."""
+    from personaops.config import IngestConfig
+    from personaops.generate import generate
+    from personaops.ingest import ingest_sources, read_lake
+    from personaops.sources import load_sources
+    from personaops.workspace import Workspace
+
+    generate(120, 3, tmp_path / "data")
+    ws = Workspace(tmp_path / "ws")
+    specs = load_sources(tmp_path / "data" / "sources.yaml")
+    reports = ingest_sources(specs, ws, IngestConfig(), "r1")
+    kinds = {s.name: s.kind for s in specs}
+
+    def frames(**projection):
+        out = {}
+        for r in reports:
+            frame = read_lake(ws, r.source, r.batch_ids, **projection)
+            frame["source"] = r.source
+            frame["person_id"] = "P" + (frame["source_key"].map(hash) % 40).astype(str)  # any stable person map
+            out[r.source] = frame
+        return out
+
+    def tables(fr):
+        of_kind = lambda kind: pd.concat([f for s, f in fr.items() if kinds[s] == kind], ignore_index=True)  # noqa: E731
+        return {
+            "behaviour": F.behaviour_features(of_kind("events"), AS_OF), "support": F.support_features(of_kind("tickets"), AS_OF),
+            "survey": F.survey_features(of_kind("surveys"), AS_OF), "campaign": F.campaign_features(of_kind("campaigns"), AS_OF),
+            "profile": F.profile_features(of_kind("crm"), AS_OF), "labels": F.label_table(fr, of_kind("campaigns"), AS_OF),
+            "texts": F.person_texts(fr), "sensitive": F.sensitive_table(fr),
+        }  # fmt: skip
+
+    full, projected = frames(), frames(columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)
+    assert set(projected["crm"].columns) < set(full["crm"].columns)  # identifiers and lineage are left out
+    expected = tables(full)
+    for name, table in tables(projected).items():
+        assert len(table) > 0, name
+        pd.testing.assert_frame_equal(table, expected[name], check_exact=True, obj=name)

@@ -78,3 +78,38 @@ def test_signal_matrix_and_graph_features():
     # P2 shares did:error_seen with P1 only (churned): leave-one-out neighbourhood churn is 1.0
     assert feats.loc["P2", "neighbourhood_churn_rate"] == 1.0
     assert abs(feats.loc["P1", "intent_centrality"] - 1 / 3) < 1e-9  # 1 of 3 people mention its intent
+
+
+def _reference_signals(sessions):
+    """The signals spelled out with one string per row (the original, readable definition)."""
+    s = sessions.reset_index(drop=True)
+    same1 = s["session"].eq(s["session"].shift(-1))
+    same2 = same1 & s["session"].eq(s["session"].shift(-2))
+    a, b, c = s["event_type"].astype(str), s["event_type"].shift(-1).astype(str), s["event_type"].shift(-2).astype(str)
+    parts = [pd.DataFrame({"person_id": s["person_id"], "signal": "next:" + a + ">" + b})[same1 & (a != b)]]
+    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "seq:" + a + ">" + b + ">" + c})[same2 & (a != b) & (b != c)])
+    types = s[["person_id", "session", "event_type"]].drop_duplicates()
+    pairs = types.merge(types, on=["person_id", "session"])
+    pairs = pairs[pairs["event_type_x"].astype(str) < pairs["event_type_y"].astype(str)]
+    parts.append(pd.DataFrame({"person_id": pairs["person_id"], "signal": "co:" + pairs["event_type_x"].astype(str) + "+" + pairs["event_type_y"].astype(str)}))
+    parts.append(pd.DataFrame({"person_id": s["person_id"], "signal": "did:" + a}))
+    co = pairs[["event_type_x", "event_type_y"]].assign(session=pairs["session"]).drop_duplicates().groupby(["event_type_x", "event_type_y"]).size()
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True), co.reset_index(name="weight")
+
+
+def test_signals_and_co_occurrences_on_codes_equal_the_string_definition():
+    rng = np.random.default_rng(5)
+    names = ["login", "view", "Err", "z_last", "a b", "pay", None]
+    for trial in range(12):
+        n = int(rng.integers(1, 1500))
+        events = pd.DataFrame({
+            "person_id": [f"P{int(x)}" for x in rng.integers(0, max(1, n // 15), n)],
+            "session_id": [f"s{int(x)}" if x else None for x in rng.integers(0, 20 if trial % 3 else 1, n)],  # some or all missing
+            "event_type": [names[int(x)] for x in rng.integers(0, 7 if trial % 2 else 2, n)],
+            "device_id": "d", "event_time": T0 + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
+        })  # fmt: skip
+        sessions = graph.session_frame(events)
+        assert list(sessions.columns) == ["person_id", "session", "event_type", "event_time"]
+        signals, co = _reference_signals(sessions)
+        pd.testing.assert_frame_equal(graph.sequence_signals(sessions), signals)
+        pd.testing.assert_frame_equal(graph._co_occurrences(sessions.reset_index(drop=True)), co)
