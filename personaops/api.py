@@ -228,6 +228,8 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
     )
     app.state.service = service
 
+    children: dict[tuple, tuple] = {}  # (method, route, status) -> (counter, histogram) children
+
     class Measure:
         """Counts and times every request by route template (plain ASGI: no per-request task)."""
 
@@ -249,9 +251,17 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             finally:
                 # The router records the matched route in the shared scope.
                 template = getattr(scope.get("route"), "path", "unmatched")
-                requests_total.labels(scope["method"], template, str(status[0])).inc()
-                latency.labels(template).observe(time.perf_counter() - started)
+                key = (scope["method"], template, status[0])
+                counted = children.get(key)
+                if counted is None:  # labels() looks its child up under a lock: once per key
+                    counted = children[key] = (requests_total.labels(scope["method"], template, str(status[0])), latency.labels(template))
+                counted[0].inc()
+                counted[1].observe(time.perf_counter() - started)
 
+    from personaops.serving import FastPersonaRead
+
+    # Inside Measure (counted alike); the plain success case of GET /persons/{id}/persona only.
+    app.add_middleware(FastPersonaRead, service=service, tokens=tokens, router=app.router, id_pattern=PERSON_ID_PATTERN, on_found=persons_looked_up.labels("true").inc)
     app.add_middleware(Measure)
     from personaops.http_limits import BodySizeLimit
 

@@ -212,3 +212,71 @@ def test_personas_serve_answers_over_loopback(pipeline, served):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_fast_persona_read_answers_like_the_fastapi_route_and_passes_everything_else_on(served, pipeline):
+    """personaops.serving.FastPersonaRead: the plain 200 of GET /persons/{id}/persona without
+    FastAPI's per-request machinery, JSON-equal to the FastAPI route's answer; every other case
+    (bad token, unknown person, malformed id, other methods) reaches the FastAPI app."""
+    import asyncio
+
+    from personaops.api import PERSON_ID_PATTERN
+    from personaops.serving import FastPersonaRead
+
+    client, published, _ = served
+    home, _ = pipeline
+    plain_app = create_app(_cfg(home), environ={"PERSONAS_API_TOKENS": TOKENS})
+    plain_app.user_middleware = [m for m in plain_app.user_middleware if m.cls is not FastPersonaRead]
+    plain = TestClient(plain_app, raise_server_exceptions=False)
+    persons = list(published.index[:25])
+    for person in persons:
+        fast, slow = client.get(f"/persons/{person}/persona", headers=AUTH["read"]), plain.get(f"/persons/{person}/persona", headers=AUTH["read"])
+        assert fast.status_code == slow.status_code == 200
+        assert fast.json() == slow.json() and fast.headers["content-type"] == slow.headers["content-type"]
+    for path, headers in [
+        (f"/persons/{persons[0]}/persona", {}),
+        (f"/persons/{persons[0]}/persona", {"Authorization": "Bearer not-a-token"}),
+        (f"/persons/{persons[0]}/persona", {"Authorization": "Basic cmVhZC10b2s6"}),
+        ("/persons/nobody-0001/persona", AUTH["read"]),
+        ("/persons/has%20space/persona", AUTH["read"]),
+    ]:
+        fast, slow = client.get(path, headers=headers), plain.get(path, headers=headers)
+        assert fast.status_code == slow.status_code and fast.json() == slow.json(), path
+
+    # Which requests it answers itself: an ASGI app behind it records what reaches it.
+    reached: list[str] = []
+
+    async def behind(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 599, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    service = client.app.state.service
+    fast_read = FastPersonaRead(behind, service=service, tokens={"read-tok": "reader", "w-tok": "writer"}, router=client.app.router, id_pattern=PERSON_ID_PATTERN)
+
+    def call(path: str, token: str | None, method: str = "GET") -> int:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        asyncio.run(fast_read({"type": "http", "method": method, "path": path, "headers": headers, "root_path": ""}, receive, send))
+        return sent[0]["status"]
+
+    assert service.reads_locally()
+    assert call(f"/persons/{persons[1]}/persona", "read-tok") == 200 and call(f"/persons/{persons[1]}/persona", "w-tok") == 200 and reached == []
+    for path, token, method in [
+        (f"/persons/{persons[1]}/persona", None, "GET"),
+        (f"/persons/{persons[1]}/persona", "read-to", "GET"),
+        (f"/persons/{persons[1]}/persona", "read-tok", "POST"),
+        ("/persons/nobody-0002/persona", "read-tok", "GET"),
+        ("/persons/-bad/persona", "read-tok", "GET"),
+        ("/persons/a/b/persona", "read-tok", "GET"),
+        (f"/persons/{persons[1]}/sensitive", "read-tok", "GET"),
+    ]:
+        assert call(path, token, method) == 599, (path, token, method)
+    assert len(reached) == 7
