@@ -51,10 +51,14 @@ def _config(home: str | None) -> tuple[PersonasConfig, Workspace]:
     return cfg, ws
 
 
-def _lake_frames(ws: Workspace, batches: dict[str, list[str]], record_person: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def _lake_frames(
+    ws: Workspace, batches: dict[str, list[str]], record_person: pd.DataFrame | None = None, columns: list[str] | None = None, prefixes: tuple[str, ...] = ()
+) -> dict[str, pd.DataFrame]:
+    """Each source's lake rows (only `columns` and `prefixes` when given), with `source` and, given
+    `record_person`, `person_id` (rows of no person dropped)."""
     frames = {}
     for source, ids in batches.items():
-        frame = read_lake(ws, source, ids)
+        frame = read_lake(ws, source, ids, columns, prefixes)
         frame["source"] = source
         if record_person is not None:
             frame = F._with_person(frame, record_person, source)
@@ -70,7 +74,12 @@ def ingest(sources: str, home: str | None, run_id: str) -> dict:
     fault_point("ingest")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("ingest", "validating sources")
     specs = load_sources(Path(sources))
-    reports = ingest_sources(specs, ws, cfg.ingest, run_id)
+    if cfg.compute.engine == "spark":  # the same rules in Spark tasks (personaops/spark_engine.py)
+        from personaops import spark_engine
+
+        reports = spark_engine.ingest_sources(specs, ws, cfg, run_id)
+    else:
+        reports = ingest_sources(specs, ws, cfg.ingest, run_id)
     out = {
         "sources": [r.to_dict() for r in reports],
         "batches": {r.source: r.batch_ids for r in reports},
@@ -90,9 +99,19 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
     cfg, ws = _config(home)
     fault_point("resolve")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("resolve", "linking records into persons")
-    records = pd.concat(_lake_frames(ws, batches).values(), ignore_index=True)
-    result = resolve_identities(records, cfg.identity, identity_store.previous_map(ws), identity_store.decisions(ws))
-    paths = identity_store.write_identity(ws, result, run_id)
+    result, reason = _resolve_incremental(cfg, ws, batches) if cfg.identity.incremental else (None, "identity.incremental is false")
+    if result is None:  # a full resolve: the first run, changed or removed records, or new records that change earlier persons
+        from personaops.matching import MATCH_ATTRIBUTES
+
+        # only what linking reads: lineage, link keys and the attributes Splink compares
+        columns = list(dict.fromkeys(["source_key", "_batch_id", "_row_number", "_row_hash", *cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
+        records = pd.concat(_lake_frames(ws, batches, columns=columns).values(), ignore_index=True)
+        from personaops.spark_engine import identity_config  # compute.engine: spark -> Splink on Spark too
+
+        result = resolve_identities(records, identity_config(cfg), identity_store.previous_map(ws), identity_store.decisions(ws))
+    result.stats["mode"] = "full" if reason else "incremental"
+    result.stats["full_reason"] = reason
+    paths = identity_store.write_identity(ws, result, run_id, identity_store.index_fingerprint(ws, cfg.identity))
     s = result.stats
     progress.stage_finished(
         "resolve",
@@ -100,6 +119,26 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
         f"{s['review_queue']:,} pairs to review, {s['merges']} merges, {s['splits']} splits)",
     )
     return {"path": paths["record_person"], "graph": paths["edges"], **s}
+
+
+def _resolve_incremental(cfg: PersonasConfig, ws: Workspace, batches: dict[str, list[str]]):
+    """(result, "") when only records were added and they leave every earlier person as it was,
+    else (None, why a full resolve runs). Reads only lineage columns of the known records."""
+    from personaops import identity_store
+    from personaops.identity import LINEAGE, resolve_incremental
+    from personaops.matching import MATCH_ATTRIBUTES
+
+    index, reason = identity_store.load_index(ws, cfg.identity)
+    if index is None:
+        return None, reason
+    kept, new, previous_ids, reason = identity_store.split_known(ws, batches)
+    if kept is None:
+        return None, reason
+    keys = {src: set(g["source_key"]) for src, g in new.groupby("source")}
+    columns = list(dict.fromkeys([*LINEAGE, *cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
+    new_records = identity_store.read_records(ws, {k: v for k, v in batches.items() if k in keys}, columns, keep=lambda src, f: f["source_key"].isin(keys[src]).to_numpy())
+    result, reason = resolve_incremental(new_records, previous_ids, index, cfg.identity, identity_store.decisions(ws))
+    return (identity_store.finish_incremental(ws, kept, result, cfg.identity.link_keys), "") if result is not None else (None, reason)
 
 
 @task(name="features")
@@ -114,24 +153,30 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
 
     # persons without analytics consent get no features, so no training, graph or serving either
     record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))
-    frames = _lake_frames(ws, batches, record_person)
-    stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
-    as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
+    if cfg.compute.engine == "spark":  # the same tables by the same functions, in Spark tasks (personaops/spark_engine.py)
+        from personaops import spark_engine
 
-    def of_kind(kind: str) -> pd.DataFrame:
-        parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        as_of, tables, texts, sensitive = spark_engine.feature_tables(ws, cfg, batches, kinds, record_person)
+    else:
+        frames = _lake_frames(ws, batches, record_person, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)
+        stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
+        as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
 
-    events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
-    tables = {
-        "person_behaviour": F.behaviour_features(events, as_of),
-        "person_support": F.support_features(tickets, as_of),
-        "person_survey": F.survey_features(surveys, as_of),
-        "person_campaign": F.campaign_features(campaigns, as_of),
-        "person_profile": F.profile_features(of_kind("crm"), as_of),
-        "person_labels": F.label_table(frames, campaigns, as_of),
-    }
-    texts = F.person_texts(frames)
+        def of_kind(kind: str) -> pd.DataFrame:
+            parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
+            return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+        events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
+        tables = {
+            "person_behaviour": F.behaviour_features(events, as_of),
+            "person_support": F.support_features(tickets, as_of),
+            "person_survey": F.survey_features(surveys, as_of),
+            "person_campaign": F.campaign_features(campaigns, as_of),
+            "person_profile": F.profile_features(of_kind("crm"), as_of),
+            "person_labels": F.label_table(frames, campaigns, as_of),
+        }
+        texts = F.person_texts(frames)
+        sensitive = F.sensitive_table(frames)
     embedder = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache)
     progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
     vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
@@ -142,7 +187,6 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
         write_table(ws, view, table)
     texts_path = Workspace.ensure(ws.root / "texts" / "person_texts.parquet")
     texts.to_parquet(texts_path, index=False)
-    sensitive = F.sensitive_table(frames)
     sensitive.to_parquet(Workspace.ensure(ws.root / "audit" / "person_sensitive.parquet"), index=False)
     views = apply_definitions(ws, cfg)
     progress.stage_finished("features", f"{len(tables)} feature tables, {len(texts):,} texts embedded, Feast views: {len(views)}")
@@ -273,7 +317,12 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
 
     version, model = registry.load_champion(ws, cfg.model.registered_name)
     _, frame, _ = F.current_model_frame(ws)
-    predicted = registry.score(model, frame.reset_index(drop=True))
+    if cfg.compute.engine == "spark":  # batch scoring in Spark tasks
+        from personaops import spark_engine
+
+        predicted = spark_engine.score_persons(cfg, model, frame.reset_index(drop=True))
+    else:
+        predicted = registry.score(model, frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
     rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
     # The rest of the serving contract (docs/serving.md): input views and persona traits online.
@@ -377,6 +426,24 @@ def flags(home: str | None, run_id: str, batches: dict[str, list[str]], kinds: d
     return out
 
 
+def _keep_champion(cfg: PersonasConfig, ws: Workspace, resolved: dict, checked: dict) -> int | None:
+    """The champion version when this run needs no training, else None. No training when the
+    resolve only linked added records (incremental), no quality rule fired, `model.retrain` is
+    `auto` and a champion whose training finished exists; a first run, changed or removed
+    records, a quality rule, or `model.retrain: always` train (and so does monitoring's `retrain`
+    decision later in the run, which carries it out itself)."""
+    from models import registry
+
+    if cfg.model.retrain != "auto" or resolved.get("mode") != "incremental" or checked["action"] != "none":
+        return None
+    if not resolved.get("new_records"):  # nothing added: train() finds the version with the same inputs and reuses it
+        return None
+    version = registry.alias_version(ws, cfg.model.registered_name, registry.CHAMPION)
+    if version is None or not _train_complete(registry.client(ws), cfg, version):
+        return None
+    return version
+
+
 def registry_champion(cfg: PersonasConfig, ws: Workspace) -> int:
     """The champion version; a clear error when broken data arrives before any model exists."""
     from models import registry
@@ -387,12 +454,25 @@ def registry_champion(cfg: PersonasConfig, ws: Workspace) -> int:
     return version
 
 
+def _reset_peak_rss() -> bool:
+    """Start a new peak-RSS window: on Linux, writing 5 to /proc/self/clear_refs resets the
+    process's high-water mark (ru_maxrss). False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _timed(stage, *args) -> dict:
-    """Run a stage task; add its wall time (seconds) and the process's peak RSS so far (MiB)."""
+    """Run a stage task; add its wall time (seconds) and its peak RSS (MiB): the stage's own peak
+    where the high-water mark can be reset (Linux), else the process's peak so far."""
+    per_stage = _reset_peak_rss()
     started = time.perf_counter()
     out = stage(*args)
     out["seconds"] = round(time.perf_counter() - started, 3)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_scope"] = "stage" if per_stage else "process"
     return out
 
 
@@ -417,7 +497,12 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
     featured = _timed(features, home, ingested["batches"], ingested["kinds"])
     checked = _timed(quality, home, ingested["sources"])
     if checked["action"] in ("none", "retrain"):
-        trained = _timed(train, home, run_id, featured["encoder"])
+        champion = _keep_champion(cfg, ws, resolved, checked)
+        if champion is not None:  # only records were added and nothing fired: score them with the champion; monitoring may still retrain
+            trained = {"skipped": f"incremental run: only new records, no quality rule fired; scored with champion v{champion} (model.retrain: {cfg.model.retrain})",
+                       "model_version": champion, "seconds": 0.0, "peak_rss_mib": None}  # fmt: skip
+        else:
+            trained = _timed(train, home, run_id, featured["encoder"])
         published = _timed(publish, home, featured["as_of"])
     else:  # data calling for review or rollback trains and publishes nothing; the champion keeps serving
         trained = {"skipped": f"data quality: {checked['action']}", "fired": checked["fired"]}
@@ -443,7 +528,7 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
         "features": featured,
         "quality": checked,
         "timings": {
-            stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib")}
+            stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib"), "peak_rss_scope": out.get("peak_rss_scope")}
             for stage, out in (("ingest", ingested), ("resolve", resolved), ("features", featured), ("quality", checked), ("train", trained), ("publish", published), ("intents", intented), ("graph", graphed), ("flags", flagged), ("monitor", monitored))
         },
         "train": trained,

@@ -55,7 +55,8 @@ def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_finge
     review = result.review.assign(run_id=run_id)
     if result.upgrades is not None and paths["review_queue"].is_file():  # incremental: the open pairs stay queued
         earlier = pd.read_parquet(paths["review_queue"]).assign(run_id=run_id)
-        review = pd.concat([earlier, review], ignore_index=True).drop_duplicates("pair_id") if len(earlier) else review
+        if len(earlier):
+            review = pd.concat([earlier, review], ignore_index=True).drop_duplicates("pair_id") if len(review) else earlier
     _write_parquet(review, paths["review_queue"])
     if result.index is not None:
         write_index(ws, result.index, cfg_fingerprint)
