@@ -14,6 +14,8 @@ by the fast publish (SQLite online store), then measures, for random single pers
                    --duration seconds (wrk, paced; open-loop async httpx without wrk): 90% GET
                    /persons/{id}/persona (1 in 20 of them unknown ids: 404 is an answer, not an
                    error), 10% POST /personas/lookup of 10 ids; latency from the scheduled send
+  hello @ RATE/s   baseline: a bare FastAPI `GET /hello` under the same uvicorn settings and wrk
+                   pacing (with wrk only), so the lookup's p99 reads against this machine's floor
   http max         the most requests/second sustained (wrk, `apt-get install wrk`, with a Lua
                    script over the same ids; async httpx when wrk is absent) for --max-seconds
 Every load run is bounded in time and stays on loopback. Prints a table; with --json, one JSON
@@ -218,6 +220,74 @@ end
 """
 
 
+WRK_HELLO = """
+init = function(args) unexpected = 0 end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+request = function() return wrk.format("GET", "/hello") end
+delay = function() return %d end
+response = function(status, headers, body) if status ~= 200 then unexpected = unexpected + 1 end end
+done = function(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + t:get("unexpected") end
+  io.write(string.format("JSON {\\"requests\\": %%d, \\"unexpected_status\\": %%d, \\"not_found\\": 0, \\"socket_errors\\": %%d, \\"p50_ms\\": %%.4f, \\"p90_ms\\": %%.4f, \\"p99_ms\\": %%.4f, \\"max_ms\\": %%.4f, \\"seconds\\": %%.3f}\\n",
+    summary.requests, bad, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000, summary.duration / 1e6))
+end
+"""
+
+
+def hello_app():
+    """The baseline server: a bare FastAPI app with one `GET /hello` returning a small JSON object,
+    under the same uvicorn settings as `personas serve` (no auth, no store, no middleware)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello() -> dict:
+        return {"hello": "world"}
+
+    return app
+
+
+def start_hello(workers: int):
+    """`hello_app` under uvicorn (same workers, loopback), as a separate process."""
+    import httpx
+
+    port = free_port()
+    code = "import sys, uvicorn; uvicorn.run('serve:hello_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False)"
+    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/hello", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the hello baseline server did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+        time.sleep(0.2)
+    for _ in range(50 * workers):
+        httpx.get(f"{base}/hello", timeout=60)
+    return server, base
+
+
+def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
+    """The same pacing as fixed_rate_wrk against the hello baseline."""
+    script = tmp / "hello.lua"
+    script.write_text(WRK_HELLO % int(round(1000 * connections / rate)))
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--timeout", "10s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no summary: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    out = json.loads(line[5:])
+    out |= {"n": out["requests"], "rate_target": rate, "achieved_per_second": round(out["requests"] / out["seconds"], 1),
+            "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced"}  # fmt: skip
+    return out
+
+
 def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
     """Paced load from wrk (C, cheap on a busy machine): each of `connections` connections waits
     connections/rate seconds between requests, so the rate is about `rate` while latency is small
@@ -346,6 +416,19 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+        if shutil.which("wrk"):
+            # Baseline in the same run: a bare FastAPI "hello" under the same uvicorn settings and
+            # pacing, so the lookup's p99 can be read against what this machine gives any endpoint.
+            hello, hello_base = start_hello(args.workers)
+            try:
+                baseline = fixed_rate_wrk_hello(hello_base, args.rate, args.duration, Path(tmp))
+            finally:
+                hello.terminate()
+                hello.wait(timeout=30)
+            result["http_hello_fixed_rate"] = baseline
+            row(f"hello @ {args.rate:.0f}/s", baseline, baseline["achieved_per_second"], baseline["errors"])
+            result["http_p99_vs_hello"] = round(result["http_fixed_rate"]["p99_ms"] / max(baseline["p99_ms"], 1e-3), 2)
+            result["http_p50_vs_hello"] = round(result["http_fixed_rate"]["p50_ms"] / max(baseline["p50_ms"], 1e-3), 2)
     load = os.getloadavg()
     result["load_average"] = [round(x, 2) for x in load]
     result["targets"] = {
