@@ -201,6 +201,7 @@ def _parse_files(spec_json: str, raw_cols: list[str], chunk: int):
                         raw = raw[raw_cols]
                         if len(raw):
                             yield frame("row", file_index, raw.index.to_numpy(), values=raw)
+                            yield frame("count", file_index, [len(raw)])  # rows of this chunk, for the task count
                         if len(rejects):
                             yield frame("reject", file_index, rejects["_row_number"].tolist(), reasons=rejects["reason"].tolist(), raws=rejects["raw"].tolist())
                 except (SourceError, OSError) as exc:
@@ -311,7 +312,7 @@ def ingest_sources(specs, ws: Workspace, cfg: PersonasConfig, run_id: str) -> li
             parsed.unpersist()
             raise SourceError(str(errors["_reason"].iloc[0]))
         rows = parsed.filter("_kind = 'row'")
-        n_rows = rows.count()
+        n_rows = int(special.loc[special["_kind"] == "count", "_row_number"].sum())
         types = _canonical_types(spec)
         validated_schema = ", ".join(f"`{c}` {t}" for c, t in types.items()) + ", _file_index long, _row_number long, _reasons string, _row_hash string, _erased boolean, " + ", ".join(f"{n} string" for n in names)
         validated = rows.repartition(_tasks(n_rows, cfg)).mapInPandas(
@@ -323,12 +324,13 @@ def ingest_sources(specs, ws: Workspace, cfg: PersonasConfig, run_id: str) -> li
         validated = validated.withColumn("_dup_of", sf.min("_row_number").over(by_hash))
         validated = validated.withColumn("_dup_of", sf.when(sf.col("_dup_of") != sf.col("_row_number"), sf.col("_dup_of")))
         candidate = sf.col("source_key").isNotNull() & sf.col("_reasons").isNull() & sf.col("_dup_of").isNull()
-        by_key = Window.partitionBy("source_key").orderBy("_file_index", "_row_number")
-        first = sf.first(sf.struct("_file_index", "_row_number")).over(by_key)
-        keyed = validated.filter(candidate).withColumn("_first", first).select("_file_index", "_row_number", "_first")
-        keyed = keyed.filter((sf.col("_first._file_index") != sf.col("_file_index")) | (sf.col("_first._row_number") != sf.col("_row_number")))
-        keyed = keyed.select("_file_index", "_row_number", sf.col("_first._file_index").alias("_key_file"), sf.col("_first._row_number").alias("_key_row"))
-        result = validated.join(keyed, ["_file_index", "_row_number"], "left").toPandas()
+        # One window, no self-join: each candidate's first earlier candidate with the same key.
+        by_key = Window.partitionBy("source_key").orderBy("_file_index", "_row_number").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        first = sf.first(sf.when(candidate, sf.struct(sf.col("_file_index").alias("f"), sf.col("_row_number").alias("r"))), ignorenulls=True).over(by_key)
+        validated = validated.withColumn("_first", first)
+        again = candidate & ((sf.col("_first.f") != sf.col("_file_index")) | (sf.col("_first.r") != sf.col("_row_number")))
+        validated = validated.withColumn("_key_file", sf.when(again, sf.col("_first.f"))).withColumn("_key_row", sf.when(again, sf.col("_first.r"))).drop("_first")
+        result = validated.toPandas()
         parsed.unpersist()
         result = _utc(result, ["event_time"])
         for i in sorted(files):
