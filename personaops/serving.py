@@ -418,6 +418,92 @@ class SqliteOnlineReader:
         return [found.get(k) for k in keys]
 
 
+class RedisOnlineReader:
+    """One feature view's fields read straight from Feast's Redis layout (one hash per entity,
+    fields mmh3("<view>:<feature>") holding ValueProto bytes): one HMGET per person, pipelined,
+    the same bytes Feast's `online_read` gets, without its per-call request planning. One
+    redis-py client per thread (a connection pool of its own)."""
+
+    def __init__(self, store, view_name: str):
+        from feast.infra.online_stores.helpers import _mmh3
+        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+        from personaops.online_publish import RedisPublisher
+
+        publisher = RedisPublisher(store)
+        view = store.get_feature_view(view_name)
+        self.features = [f.name for f in view.features]
+        self.fields = [_mmh3(f"{publisher.view_name(view)}:{name}") for name in self.features]
+        self._project = store.config.project.encode("utf-8")
+        # Reads run on the server's event loop: a Redis that does not answer fails them fast
+        # (503) instead of stalling every request behind redis-py's retries.
+        from personaops.online_publish import no_client_retries, redis_client
+
+        connection = store.config.online_store.connection_string
+        self._connect = lambda: redis_client(connection, socket_timeout=0.5, socket_connect_timeout=0.5, **no_client_retries())
+        self._parse = ValueProto.FromString
+        self._local = threading.local()
+        from feast.value_type import ValueType
+
+        from personaops.online_publish import entity_keys
+
+        join_key, version = view.entity_columns[0].name, store.config.entity_key_serialization_version
+        keys = lambda ids: entity_keys(join_key, ValueType.STRING, np.array(ids, dtype=object), version)  # noqa: E731
+        probe = "personaops-key-probe"
+        feast_key = keys([probe])[0]
+        head = feast_key[: len(feast_key) - len(probe) - 4]
+        self._key_head = head if feast_key == head + len(probe).to_bytes(4, "little") + probe.encode() else None
+        self._keys = keys
+
+    @staticmethod
+    def supports(store) -> bool:
+        from personaops.online_publish import PUBLISHERS, RedisPublisher
+
+        return PUBLISHERS.get(store.config.online_store.type) is RedisPublisher and RedisPublisher.supports(store.config)
+
+    def key(self, entity_value: str) -> bytes:
+        """Feast's Redis key of one (string) entity value: serialized entity key + project."""
+        if self._key_head is None:
+            return self._keys([entity_value])[0] + self._project
+        raw = entity_value.encode("utf-8")
+        return self._key_head + len(raw).to_bytes(4, "little") + raw + self._project
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._connect()
+        return client
+
+    def read(self, ids: list[str]) -> list[dict | None]:
+        """Feature values of each id (None where Redis holds none of the view's fields), in order."""
+        from redis.exceptions import RedisError
+
+        client = self._client()
+        try:
+            if len(ids) == 1:
+                replies = [client.hmget(self.key(ids[0]), self.fields)]
+            else:
+                pipe = client.pipeline(transaction=False)
+                for person_id in ids:
+                    pipe.hmget(self.key(person_id), self.fields)
+                replies = pipe.execute()
+        except RedisError as exc:  # the online store is down: not ready (503), not a crash
+            raise PipelineStateError(f"The Redis online store cannot be read ({type(exc).__name__}); start it (`infra/services.sh up redis`) and retry.") from None
+        out: list[dict | None] = []
+        parse = self._parse
+        for blobs in replies:
+            if all(b is None for b in blobs):
+                out.append(None)
+                continue
+            values = {}
+            for name, blob in zip(self.features, blobs):
+                value = None if blob is None else parse(blob)
+                kind = None if value is None else value.WhichOneof("val")
+                values[name] = None if kind is None or kind == "null_val" else getattr(value, kind)
+            out.append(values)
+        return out
+
+
 class FastPersonaRead:
     """ASGI middleware of `personas serve`: the plain success case of `GET /persons/{id}/persona`
     answered without FastAPI's per-request dependency solving, validation and response model
@@ -425,7 +511,8 @@ class FastPersonaRead:
 
     It answers only when everything is ordinary: a GET of that path, an id matching the API's
     pattern, a Bearer token of a role that may read (compared with every token by
-    `hmac.compare_digest`), a local SQLite online store, and a person that has a persona. Every
+    `hmac.compare_digest`), a SQLite or Redis online store read directly, and a person that
+    has a persona. Every
     other request — errors (401, 403, 404, 422, 503), other stores, other routes — goes on to the
     FastAPI app unchanged, so the API's answers and OpenAPI document stay FastAPI's.
     `scope["route"]` is set to the FastAPI route, so the metrics label the request alike."""

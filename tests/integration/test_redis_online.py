@@ -155,3 +155,27 @@ def test_rollback_republish_switches_each_person_atomically_and_drops_absent_per
     gone = _online(store, ids[2_000:2_010])
     assert gone[ASSIGNMENT_FEATURES].isna().all().all()
     assert _online(store, ids[:3])["model_version"].tolist() == [1, 1, 1]
+
+
+def test_the_api_s_direct_redis_reader_reads_what_the_feast_sdk_reads(prod):
+    """personaops.serving.RedisOnlineReader (what `personas serve` reads on Redis): the same values
+    as the stock Feast SDK for published persons, None for persons Redis has nothing for."""
+    from personaops.serving import RedisOnlineReader
+
+    _, _, store = prod
+    ids = [f"reader-{i:03d}" for i in range(40)] + ["Zoë-ünïcode"]
+    rows = _assignments(ids, 2, 4)
+    rows.loc[3, "confidence"] = np.nan
+    online_publisher(store).replace(ASSIGNMENT_VIEW, rows)
+    assert RedisOnlineReader.supports(store)
+    reader = RedisOnlineReader(store, ASSIGNMENT_VIEW)
+    asked = ids + ["nobody-here"]
+    ours = reader.read(asked)
+    feast = _online(store, asked)
+    assert ours[-1] is None and feast["model_version"].isna().iloc[-1]
+    for i, person in enumerate(ids):
+        for f in ASSIGNMENT_FEATURES:
+            want = feast[f].iloc[i]
+            got = ours[i][f]
+            assert (pd.isna(want) and (got is None or got != got)) or got == want, (person, f, got, want)
+    assert [r["model_version"] for r in reader.read([ids[5]])] == [2]  # one person: one HMGET
