@@ -73,6 +73,7 @@ def deployed(tmp_path_factory):
                                   cwd=tmp, env=run_env, capture_output=True, text=True, timeout=900)
             assert done.returncode == 0, f"personas deploy failed: {done.stderr.strip()[-2000:]}"
             result = json.loads(done.stdout)
+            result["scheduled_before_pause"] = _scheduled_then_pause(api, result)
             # PERSONAS_SOURCES unset: the script starts the worker without deploying again.
             up = subprocess.run([str(SCRIPT), "up", "worker"], env=run_env, capture_output=True, text=True, timeout=600)
             assert up.returncode == 0, f"infra/services.sh up worker failed: {up.stderr.strip()[-2000:]}"
@@ -87,6 +88,30 @@ def deployed(tmp_path_factory):
         finally:
             if started:
                 stop_services()
+
+
+def _scheduled_then_pause(api: str, result: dict) -> dict[str, list[str]]:
+    """The start times of the runs the server scheduled for each scheduled deployment (waiting up
+    to 2 min for its scheduler); then those deployments are paused, so that a schedule falling due
+    while this test's worker is online (monitoring runs at 00/06/12/18 UTC) never runs in the
+    test's workspace beside the on-demand build."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    scheduled = {d["name"]: d["id"] for d in result["deployments"] if d["schedules"]}
+    out: dict[str, list[str]] = {}
+    with SyncPrefectClient(api=api) as client:
+        deadline = time.monotonic() + 120
+        for name, deployment_id in scheduled.items():
+            while True:
+                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))))
+                if runs or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            out[name] = sorted(r.expected_start_time.isoformat() for r in runs)
+            client.pause_deployment(deployment_id)
+    return out
 
 
 def _client(run_env):
@@ -106,6 +131,11 @@ def test_personas_deploy_registers_the_pool_the_deployments_and_the_automation(d
     sources = str(Path(run_env["PERSONAS_HOME"]).parent / "data" / "sources.yaml")
     assert by_name[f"build_personas/build-personas-on-demand{SUFFIX}"]["parameters"] == {"sources": sources, "home": run_env["PERSONAS_HOME"]}
     assert by_name[f"monitor_personas/monitor-personas-every-6h{SUFFIX}"]["parameters"] == {"home": run_env["PERSONAS_HOME"], "retrain_via_event": True}
+    # the server's scheduler planned the nightly build at 03:00 UTC and monitoring every 6 hours
+    planned = result["scheduled_before_pause"]
+    assert planned[f"build_personas/build-personas-daily{SUFFIX}"] and all("T03:00:00" in t for t in planned[f"build_personas/build-personas-daily{SUFFIX}"])
+    monitor_times = planned[f"monitor_personas/monitor-personas-every-6h{SUFFIX}"]
+    assert monitor_times and all(int(t[11:13]) % 6 == 0 and t[13:19] == ":00:00" for t in monitor_times)
     (automation,) = result["automations"]
     assert automation["enabled"] and automation["deployments"] == [by_name[f"retrain_personas/retrain-personas-on-drift{SUFFIX}"]["id"]]
     with _client(run_env) as client:  # what the server itself lists
@@ -115,7 +145,11 @@ def test_personas_deploy_registers_the_pool_the_deployments_and_the_automation(d
             assert (listed.name, listed.work_pool_name) == (name.split("/")[1], pool)
             # nothing secret in a deployment: the worker's environment carries the connections
             assert "password" not in json.dumps(listed.model_dump(mode="json")).lower()
-        workers = client.read_workers_for_work_pool(pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+        deadline = time.monotonic() + 120  # the health endpoint may answer before the first heartbeat reaches the server
+        while not (workers := client.read_workers_for_work_pool(pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(2)
     assert len(workers) == 1 and workers[0].name.startswith("personas-")
 
 
