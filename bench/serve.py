@@ -1,7 +1,7 @@
 """Online lookup latency and throughput: one person's persona in-process (Feast SDK vs. a raw
 read of the same SQLite rows) and through `personas serve` over loopback under load.
 
-usage: python bench/serve.py [--persons 100000] [--requests 5000] [--rate 200] [--duration 60]
+usage: python bench/serve.py [--persons 100000] [--requests 5000] [--rate 200] [--duration 60] [--redis]
                              [--workers 2] [--max-seconds 20] [--quick] [--json]
 
 Builds a temporary workspace with the `persona_assignment` view applied and N persons published
@@ -18,6 +18,9 @@ by the fast publish (SQLite online store), then measures, for random single pers
                    pacing (with wrk only), so the lookup's p99 reads against this machine's floor
   http max         the most requests/second sustained (wrk, `apt-get install wrk`, with a Lua
                    script over the same ids; async httpx when wrk is absent) for --max-seconds
+--redis (PERSONAS_REDIS_URL): the same on a Redis online store (database 13 of that server):
+  redis feast-sdk / redis direct-read (personaops.serving.RedisOnlineReader) / redis raw-hmget,
+  and the API (create_app, its store switched to Redis) at the fixed rate and at its maximum.
 Every load run is bounded in time and stays on loopback. Prints a table; with --json, one JSON
 object as the last line of stdout.
 """
@@ -237,6 +240,97 @@ end
 """
 
 
+def redis_store(ws, cfg, redis_url: str):
+    """A FeatureStore on the workspace's registry with Redis (database 13 of `redis_url`, flushed
+    by the caller) as the online store, the assignment view and serving service applied."""
+    from feast import FeatureStore, RepoConfig
+
+    from personaops.feature_store import redis_connection_string, repo_objects
+
+    config = RepoConfig(
+        project="personaops", provider="local", registry=str(ws.feast / "registry.db"),
+        online_store={"type": "redis", "connection_string": redis_connection_string(redis_url.rsplit("/", 1)[0] + "/13")},
+        offline_store={"type": "file"}, entity_key_serialization_version=3, repo_path=cfg.feature_repo,
+    )  # fmt: skip
+    store = FeatureStore(config=config)
+    wanted = {"person", "persona_assignment_source", ASSIGNMENT_VIEW, SERVING_SERVICE}
+    store.apply([o for o in repo_objects(cfg.feature_repo) if o.name in wanted])
+    return store
+
+
+def redis_api_app():
+    """`personas serve`'s app (personaops.api.create_app) on the bench workspace, its online store
+    switched to the Redis store of `redis_store` (the production profile also needs PostgreSQL for
+    the registry, which is not what is measured here). Environment: PERSONAS_HOME, BENCH_REDIS_URL."""
+    from personaops.api import create_app
+    from personaops.config import load_config
+    from personaops.workspace import Workspace
+
+    cfg = load_config()
+    app = create_app(cfg)
+    service = app.state.service
+    service._store = redis_store(Workspace(cfg.home), cfg, os.environ["BENCH_REDIS_URL"])
+    service._service = service._store.get_feature_service(SERVING_SERVICE)
+    service.warm()
+    return app
+
+
+def start_redis_api(ws, workers: int, redis_url: str):
+    """redis_api_app under uvicorn with `personas serve`'s settings, as a separate process."""
+    import httpx
+
+    port = free_port()
+    code = "import sys, uvicorn; uvicorn.run('serve:redis_api_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False, timeout_worker_healthcheck=60)"
+    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", BENCH_REDIS_URL=redis_url)
+    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the Redis API server did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+        time.sleep(0.2)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+        for _ in range(50 * workers):
+            client.get("/persons/warm-up-0000/persona")
+    return server, base
+
+
+def in_process_redis(store, ids: list[str], redis_url: str) -> dict:
+    """feast-sdk and direct-read (RedisOnlineReader) on Redis, and a raw HMGET (the floor)."""
+    import redis as redis_py
+
+    from personaops.serving import RedisOnlineReader
+
+    service = store.get_feature_service(SERVING_SERVICE)
+    reader = RedisOnlineReader(store, ASSIGNMENT_VIEW)
+    client = redis_py.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/13")
+    keys = {p: reader.key(p) for p in ids}
+
+    def feast_sdk(p):
+        assert store.get_online_features(features=service, entity_rows=[{"person_id": p}]).to_dict()["model_version"][0] == 1
+
+    def direct(p):
+        assert reader.read([p])[0]["model_version"] == 1
+
+    def raw(p):
+        assert client.hmget(keys[p], reader.fields)[0] is not None
+
+    results = {}
+    for name, fn in (("redis feast-sdk", feast_sdk), ("redis direct-read", direct), ("redis raw-hmget", raw)):
+        for p in ids[:200]:
+            fn(p)
+        took, wall = timed_loop(fn, ids)
+        results[name] = percentiles(took) | {"per_second": round(len(ids) / wall, 1)}
+        row(name, results[name], len(ids) / wall)
+    client.close()
+    return results
+
+
 def hello_app():
     """The baseline server: a bare FastAPI app with one `GET /hello` returning a small JSON object,
     under the same uvicorn settings as `personas serve` (no auth, no store, no middleware)."""
@@ -383,6 +477,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="connections of the maximum-throughput run")
     parser.add_argument("--quick", action="store_true", help="small and short: 20,000 persons, 2,000 lookups, 5 s at the rate, 5 s max")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    parser.add_argument("--redis", action="store_true", help="also Redis (PERSONAS_REDIS_URL; database 13, flushed): in-process reads and HTTP")
     args = parser.parse_args()
     if args.quick:
         args.persons, args.requests, args.duration, args.max_seconds = min(args.persons, 20_000), min(args.requests, 2_000), min(args.duration, 5.0), min(args.max_seconds, 5.0)
@@ -416,6 +511,35 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+        if args.redis:
+            import redis as redis_py
+
+            url = os.environ.get("PERSONAS_REDIS_URL")
+            if not url:
+                raise SystemExit("--redis needs PERSONAS_REDIS_URL (e.g. `eval \"$(infra/services.sh start)\"`).")
+            flush = redis_py.Redis.from_url(url.rsplit("/", 1)[0] + "/13")
+            flush.flushdb()
+            try:
+                rstore = redis_store(ws, cfg, url)
+                online_publisher(rstore).replace(ASSIGNMENT_VIEW, rows)
+                result["in_process_redis"] = in_process_redis(rstore, ids, url)
+                server, base = start_redis_api(ws, args.workers, url)
+                try:
+                    if shutil.which("wrk"):
+                        fixed = fixed_rate_wrk(base, rows["person_id"].tolist(), args.rate, args.duration, Path(tmp))
+                        best = max_throughput_wrk(base, ids, args.max_seconds, args.connections, Path(tmp))
+                    else:
+                        fixed = asyncio.run(fixed_rate(base, rows["person_id"].tolist(), args.rate, args.duration))
+                        best = asyncio.run(max_throughput_httpx(base, ids, args.max_seconds, args.connections))
+                    result["redis_http_fixed_rate"], result["redis_http_max"] = fixed, best
+                    row(f"redis http @ {args.rate:.0f}/s", fixed, fixed["achieved_per_second"], fixed["errors"])
+                    row("redis http max", best, best["per_second"], best["errors"])
+                finally:
+                    server.terminate()
+                    server.wait(timeout=30)
+            finally:
+                flush.flushdb()
+                flush.close()
         if shutil.which("wrk"):
             # Baseline in the same run: a bare FastAPI "hello" under the same uvicorn settings and
             # pacing, so the lookup's p99 can be read against what this machine gives any endpoint.
