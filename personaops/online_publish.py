@@ -451,15 +451,13 @@ def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_versio
     table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
     column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
     keys = entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)
-    order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: duplicates keep their order
+    taken = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)  # stable: duplicates keep their order
     # Every column in primary key order before encoding (Arrow's and pandas' take, in C).
-    taken = np.asarray(order, dtype=np.int64)
     table = table.take(pa.array(taken))
-    ordered = rows.reset_index(drop=True).iloc[taken].reset_index(drop=True)
-    event_ts = _epoch_seconds(ordered[view.batch_source.timestamp_field])
+    stamps = lambda name: _epoch_seconds(rows[name].reset_index(drop=True).take(taken).reset_index(drop=True))  # noqa: E731
     created_col = view.batch_source.created_timestamp_column
-    created_ts = _epoch_seconds(ordered[created_col]) if created_col and created_col in rows.columns else [None] * len(rows)
-    out = SqliteRows(list(map(keys.__getitem__, order)), [name for name, _ in features], [], [], [], event_ts, created_ts)
+    created_ts = stamps(created_col) if created_col and created_col in rows.columns else [None] * len(rows)
+    out = SqliteRows(np.array(keys, dtype=object)[taken].tolist(), [name for name, _ in features], [], [], [], stamps(view.batch_source.timestamp_field), created_ts)
     for name, value_type in features:
         codes, blobs, texts = feature_value_table(column(name), value_type)
         # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
