@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-unit bench clean
+.PHONY: install run test test-unit test-slow bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install
 
 test-unit: install
 	$(BIN)/pytest tests/unit
+
+# The opt-in `slow` cases that `make test` deselects (pyproject addopts), e.g. no-false-alarm seeds 4-5.
+test-slow: install
+	$(BIN)/pytest -m slow
 
 # Every bench/*.py with --json (BENCH_QUICK=1 adds --quick); results in bench/results/ (latest.md).
 bench: install

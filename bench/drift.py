@@ -233,9 +233,9 @@ def main() -> None:
             print(f"embedding drift: {n:,} a side, {'one thread' if one else 'default threads'}: {e['seconds']:.1f} s (CPU {e['cpu_seconds']:.1f} s), AUC {e['score']:.3f}; load {os.getloadavg()[0]:.1f}", flush=True)
         result["embeddings"] = embeddings
         now = embeddings[0]
-        for other, label in zip(embeddings[1:], ["same sample, default threads", f"before: {BEFORE_EMBEDDING_SAMPLE:,} a side, default threads"]):
-            figures.append(figure(f"embedding drift ({now['sample_per_side']:,} a side, one thread) wall", now["seconds"], "s", baseline=label, baseline_value=other["seconds"], higher_is_better=False))
-            figures.append(figure(f"embedding drift ({now['sample_per_side']:,} a side, one thread) CPU", now["cpu_seconds"], "CPU s", baseline=label, baseline_value=other["cpu_seconds"], higher_is_better=False))
+        for other, short, label in zip(embeddings[1:], ["vs default threads", "vs before"], ["same sample, default threads", f"before: {BEFORE_EMBEDDING_SAMPLE:,} a side, default threads"]):
+            figures.append(figure(f"embedding drift ({now['sample_per_side']:,} a side, one thread) wall, {short}", now["seconds"], "s", baseline=label, baseline_value=other["seconds"], higher_is_better=False))
+            figures.append(figure(f"embedding drift ({now['sample_per_side']:,} a side, one thread) CPU, {short}", now["cpu_seconds"], "CPU s", baseline=label, baseline_value=other["cpu_seconds"], higher_is_better=False))
     result["figures"] = figures
     result["load_average"] = load_average()
     print(f"drift check, {rows:,} people x {args.features} features (load average {result['load_average'][0]:.1f}, {os.cpu_count()} CPUs)")

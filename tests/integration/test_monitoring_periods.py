@@ -3,6 +3,12 @@ and leave between the periods), and the planted behaviour and vocabulary drifts 
 policy's action (mix and broken: test_monitoring.py), and planted biased sampling (80% of one
 region's telemetry missing) caught by the group-representation check.
 
+`make test` (plain `pytest`) checks seeds 1-3; seeds 4 and 5 carry the `slow` marker, which
+pyproject's addopts deselect (`-m "not slow"`). All five seeds: `make test-slow` (seeds 4-5 only:
+`pytest -m slow`) after `make test`, or in one go
+`pytest -m "slow or not slow" tests/integration/test_monitoring_periods.py`. Each seed's two
+periods are built only when a test asks for them.
+
 For each seed, period 0 and period 1 of the same generated population go through the real
 ingest and the real feature code (identity from the generator's ground truth, so a resolution
 slip cannot hide or fake a drift) and the real text encoder; the persona model the session
@@ -20,7 +26,9 @@ import pytest
 
 pytestmark = pytest.mark.integration
 USERS = 500
-SEEDS = (1, 2, 3, 4, 5)
+SEEDS = (1, 2, 3)  # every `make test`
+SLOW_SEEDS = (4, 5)  # opt-in: `pytest -m slow` (module docstring)
+ALL_SEEDS = [*SEEDS, *(pytest.param(seed, marks=pytest.mark.slow) for seed in SLOW_SEEDS)]
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +118,42 @@ def _check(tmp: Path, scorer, before: dict, after: dict, name: str):
     return results, decide(results, load_policy())
 
 
+class _Periods(dict):
+    """(seed, period, drift) -> the `_period` frames, built on first use and kept for the module."""
+
+    def __init__(self, tmp: Path, embedder):
+        super().__init__()
+        self.tmp, self.embedder = tmp, embedder
+
+    def __missing__(self, key: tuple[int, int, str]) -> dict:
+        self[key] = _period(self.tmp, *key, self.embedder)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def periods(tmp_path_factory, scorer, embedder):
     tmp = tmp_path_factory.mktemp("periods")
-    out = {}
-    for seed in SEEDS:
-        out[(seed, 0, "none")] = _period(tmp, seed, 0, "none", embedder)
-        out[(seed, 1, "none")] = _period(tmp, seed, 1, "none", embedder)
-    for drift in ("behaviour", "vocabulary", "bias"):
-        out[(1, 1, drift)] = _period(tmp, 1, 1, drift, embedder)
-    return tmp, out
+    return tmp, _Periods(tmp, embedder)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_a_period_without_change_flags_nothing(periods, scorer, seed):
+@pytest.fixture(scope="module")
+def checked(periods, scorer):
+    """`_check` of period 1 (with `drift`) against period 0 of `seed`, run once per pair."""
     tmp, frames = periods
-    results, decision = _check(tmp, scorer, frames[(seed, 0, "none")], frames[(seed, 1, "none")], f"seed{seed}-none")
+    done: dict = {}
+
+    def check(seed: int, drift: str):
+        if (seed, drift) not in done:
+            done[(seed, drift)] = _check(tmp, scorer, frames[(seed, 0, "none")], frames[(seed, 1, drift)], f"seed{seed}-{drift}")
+        return done[(seed, drift)]
+
+    return check
+
+
+@pytest.mark.parametrize("seed", ALL_SEEDS)
+def test_a_period_without_change_flags_nothing(periods, checked, seed):
+    _, frames = periods
+    results, decision = checked(seed, "none")
     summary = {k: results[k] for k in ("features", "persona_mix", "centroids", "embeddings")}
     counts = frames[(seed, 1, "none")]["counts"]
     assert counts["joined"] >= 10 and counts["left"] >= 3  # population turnover is on: people joined and left
@@ -148,18 +176,16 @@ def test_a_period_without_change_flags_nothing(periods, scorer, seed):
         ("bias", "review", {"group_representation"}),
     ],
 )
-def test_each_planted_drift_is_flagged_with_the_policy_action(periods, scorer, drift, action, rules):
-    tmp, frames = periods
-    results, decision = _check(tmp, scorer, frames[(1, 0, "none")], frames[(1, 1, drift)], f"seed1-{drift}")
+def test_each_planted_drift_is_flagged_with_the_policy_action(checked, drift, action, rules):
+    results, decision = checked(1, drift)
     fired = {f["rule"] for f in decision.fired}
     print(f"{drift}: {decision.action} {[(f['rule'], round(f['value'], 3)) for f in decision.fired]}")
     assert decision.action == action, decision.fired
     assert fired & rules, fired
 
 
-def test_biased_sampling_names_the_group_and_source(periods, scorer):
-    tmp, frames = periods
-    results, _ = _check(tmp, scorer, frames[(1, 0, "none")], frames[(1, 1, "bias")], "seed1-bias-groups")
+def test_biased_sampling_names_the_group_and_source(checked):
+    results, _ = checked(1, "bias")
     top = results["representation"]["shifts"][0]
     print(f"bias: top shift {top}")
     assert (top["source"], top["attribute"], top["group"]) == ("events", "region", "north")
