@@ -352,6 +352,31 @@ class LivingPersonas:
 
 
 # --- fast online reads ----------------------------------------------------------------------------
+def entity_key_builder(join_key: str, version: int):
+    """(one_key, many_keys): Feast's serialized entity key of one string value, and of many.
+    One key costs no NumPy or Feast call: Feast's bytes for a probe value give the prefix (join
+    key names, value type), and a value's key is that, its UTF-8 length, its bytes; where the
+    layout differs (older serialization versions), every key comes from Feast."""
+    from feast.value_type import ValueType
+
+    from personaops.online_publish import entity_keys
+
+    def many(ids: list[str]) -> list[bytes]:
+        return entity_keys(join_key, ValueType.STRING, np.array(ids, dtype=object), version)
+
+    probe = "personaops-key-probe"
+    feast_key = many([probe])[0]
+    head = feast_key[: len(feast_key) - len(probe) - 4]
+    if feast_key != head + len(probe).to_bytes(4, "little") + probe.encode():
+        return (lambda value: many([value])[0]), many
+
+    def one(value: str) -> bytes:
+        raw = value.encode("utf-8")
+        return head + len(raw).to_bytes(4, "little") + raw
+
+    return one, many
+
+
 class SqliteOnlineReader:
     """One feature view's rows read straight from Feast's SQLite online table: the rows and
     ValueProto bytes Feast's own `online_read` reads, without Feast's per-call request planning
@@ -360,9 +385,8 @@ class SqliteOnlineReader:
     def __init__(self, store, view_name: str):
         from feast.infra.online_stores.helpers import compute_table_id
         from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-        from feast.value_type import ValueType
 
-        from personaops.online_publish import SqlitePublisher, entity_keys
+        from personaops.online_publish import SqlitePublisher
 
         config = store.config
         view = store.get_feature_view(view_name)
@@ -374,20 +398,7 @@ class SqliteOnlineReader:
         self.sql = f'SELECT entity_key, feature_name, value FROM "{table.replace(chr(34), chr(34) * 2)}" WHERE entity_key IN '
         self._local = threading.local()
         self._parse = ValueProto.FromString
-        self._keys = lambda ids: entity_keys(self.join_key, ValueType.STRING, np.array(ids, dtype=object), self.version)
-        # One id's key without NumPy or Feast per call: Feast's bytes for one probe id give the
-        # prefix (join key names, value type); an id's key is that, its UTF-8 length, its bytes.
-        probe = "personaops-key-probe"
-        feast_key = self._keys([probe])[0]
-        head = feast_key[: len(feast_key) - len(probe) - 4]
-        self._key_head = head if feast_key == head + len(probe).to_bytes(4, "little") + probe.encode() else None
-
-    def key(self, entity_value: str) -> bytes:
-        """Feast's serialized entity key of one (string) entity value."""
-        if self._key_head is None:
-            return self._keys([entity_value])[0]
-        raw = entity_value.encode("utf-8")
-        return self._key_head + len(raw).to_bytes(4, "little") + raw
+        self.key, self._keys = entity_key_builder(self.join_key, self.version)
 
     @staticmethod
     def supports(store) -> bool:
@@ -443,17 +454,7 @@ class RedisOnlineReader:
         self._connect = lambda: redis_client(connection, socket_timeout=0.5, socket_connect_timeout=0.5, **no_client_retries())
         self._parse = ValueProto.FromString
         self._local = threading.local()
-        from feast.value_type import ValueType
-
-        from personaops.online_publish import entity_keys
-
-        join_key, version = view.entity_columns[0].name, store.config.entity_key_serialization_version
-        keys = lambda ids: entity_keys(join_key, ValueType.STRING, np.array(ids, dtype=object), version)  # noqa: E731
-        probe = "personaops-key-probe"
-        feast_key = keys([probe])[0]
-        head = feast_key[: len(feast_key) - len(probe) - 4]
-        self._key_head = head if feast_key == head + len(probe).to_bytes(4, "little") + probe.encode() else None
-        self._keys = keys
+        self._entity_key, _ = entity_key_builder(view.entity_columns[0].name, store.config.entity_key_serialization_version)
 
     @staticmethod
     def supports(store) -> bool:
@@ -463,10 +464,7 @@ class RedisOnlineReader:
 
     def key(self, entity_value: str) -> bytes:
         """Feast's Redis key of one (string) entity value: serialized entity key + project."""
-        if self._key_head is None:
-            return self._keys([entity_value])[0] + self._project
-        raw = entity_value.encode("utf-8")
-        return self._key_head + len(raw).to_bytes(4, "little") + raw + self._project
+        return self._entity_key(entity_value) + self._project
 
     def _client(self):
         client = getattr(self._local, "client", None)

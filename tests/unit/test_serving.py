@@ -83,3 +83,20 @@ def test_staged_rows_expand_to_one_row_per_feature_in_key_order_and_the_last_dup
     assert list(rows.tuples())[2:4] == [(b"b", "name", b"N1", None, 20, 5), (b"b", "score", b"s2", "2", 20, 5)]
     assert len(rows) == 6
     assert conn.execute("SELECT count(*) FROM sqlite_temp_master").fetchone()[0] == 0  # staging tables dropped
+
+
+def test_one_entity_key_is_feast_s_serialized_key_for_every_version():
+    """The API readers' per-id key (personaops.serving.entity_key_builder) is byte for byte
+    Feast's serialize_entity_key, through the probed prefix or, where the layout differs, Feast."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from personaops.serving import entity_key_builder
+
+    for version in (2, 3):
+        one, many = entity_key_builder("person_id", version)
+        ids = ["P9b6ac9a70686", "Zoë-ünïcode", "x", "a" * 128]
+        feast = [serialize_entity_key(EntityKey(join_keys=["person_id"], entity_values=[Value(string_val=i)]), entity_key_serialization_version=version) for i in ids]
+        assert [one(i) for i in ids] == feast == many(ids)
+        assert len(set(feast)) == len(ids)
