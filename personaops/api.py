@@ -9,7 +9,6 @@ Auth: `Authorization: Bearer <token>`; tokens map to roles reader < analyst < ml
 the OpenAPI document are open (load balancers and Prometheus scrape them without secrets).
 """
 
-import hmac
 import math
 import os
 import threading
@@ -25,7 +24,7 @@ from personaops.workspace import Workspace
 # reader < analyst < ml-engineer < admin, one order for the API and the CLI (personaops/roles.py).
 # WRITER pushes events (living personas) and reads like a reader; admin may push too. Not in the
 # order: an event producer needs no sensitive attributes.
-from personaops.roles import ROLES, WRITER, allows  # noqa: E402
+from personaops.roles import ROLES, WRITER, allows, token_role  # noqa: E402
 
 TOKENS_ENV = "PERSONAS_API_TOKENS"
 # Person ids are opaque, printable and short; anything else is malformed input (422).
@@ -286,11 +285,7 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
             return "admin"
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "Missing API token; send 'Authorization: Bearer <token>'.", headers={"WWW-Authenticate": "Bearer"})
-        given = credentials.credentials.encode()
-        role = None
-        for token, token_role in tokens.items():  # compare with every token: no timing hint
-            if hmac.compare_digest(given, token.encode()):
-                role = token_role
+        role = token_role(credentials.credentials, tokens)
         if role is None:
             raise HTTPException(401, "Unknown API token; ask an admin for a valid one.", headers={"WWW-Authenticate": "Bearer"})
         return role

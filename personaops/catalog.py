@@ -23,7 +23,7 @@ from typing import Any
 
 from personaops.config import PersonasConfig
 from personaops.errors import NotFoundError
-from personaops.roles import allows
+from personaops.roles import allows, token_role
 from personaops.workspace import Workspace
 
 STATIC_NAME = "catalog.html"
@@ -507,7 +507,6 @@ def add_catalog_routes(app, cfg: PersonasConfig, ws: Workspace, tokens: dict[str
     Browsers cannot send a bearer header when following a link, so these pages also accept the
     token once as `?token=` (then kept in an HttpOnly, SameSite=Strict cookie and dropped from the
     URL by a redirect) or from that cookie. Unknown or missing tokens get a sign-in form (401)."""
-    import hmac
     import re
     import threading
 
@@ -520,13 +519,7 @@ def add_catalog_routes(app, cfg: PersonasConfig, ws: Workspace, tokens: dict[str
     def role_of(token: str | None) -> str | None:
         if not tokens:  # --insecure-dev with nothing configured
             return "admin"
-        if not token:
-            return None
-        found = None
-        for known, role in tokens.items():
-            if hmac.compare_digest(token.encode(), known.encode()):
-                found = role
-        return found
+        return token_role(token, tokens)
 
     def caller(request: Request) -> str | None:
         header = request.headers.get("authorization", "")

@@ -865,7 +865,8 @@ def ask_opportunities(
     """Who is likely to take the expansion offer: personas by mean propensity, then the top people with their reasons."""
     from personaops import insights
 
-    _, ws = _workspace()
+    cfg, ws = _workspace()
+    _guard(cfg, ws, "ask opportunities")  # person ids with reasons: the API's endpoint needs analyst too
     result = insights.ask_opportunities(ws, persona, top)
     if as_json:
         _emit_json(result)

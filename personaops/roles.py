@@ -37,6 +37,7 @@ REQUIRED = {
     "promotion approve": "ml-engineer",
     "promotion reject": "ml-engineer",
     "explain": "analyst",
+    "ask opportunities": "analyst",  # lists person ids with reasons, like the API's /insights/opportunities
     "erase": "admin",
     "consent set": "admin",
     "consent load": "admin",
@@ -74,6 +75,20 @@ class Identity:
         return f"{self.user} ({self.role or 'no role'})"
 
 
+def token_role(given: str | bytes | None, tokens: dict[str, str]) -> str | None:
+    """The role of the configured token equal to `given` (None when none is), compared with every
+    token by `hmac.compare_digest` so the time taken hints at nothing. The one token check of the
+    API, the catalogue, the API's fast lookup path and the CLI."""
+    if not given:
+        return None
+    given = given.encode() if isinstance(given, str) else given
+    role = None
+    for token, token_role in tokens.items():  # compare with every token: no timing hint
+        if hmac.compare_digest(given, token.encode()):
+            role = token_role
+    return role
+
+
 def cli_identity(cfg, environ: dict[str, str] | None = None) -> Identity:
     """The local identity of the command line (see the module docstring)."""
     from personaops.api import api_tokens
@@ -83,10 +98,7 @@ def cli_identity(cfg, environ: dict[str, str] | None = None) -> Identity:
     tokens = api_tokens(cfg, environ)
     given = environ.get(TOKEN_ENV, "")
     if given:
-        role = None
-        for token, token_role in tokens.items():  # compare with every token: no timing hint
-            if hmac.compare_digest(given.encode(), token.encode()):
-                role = token_role
+        role = token_role(given, tokens)
         if role is None:
             raise ConfigError(f"{TOKEN_ENV} matches no configured token (api.tokens in personas.yaml or PERSONAS_API_TOKENS); unset it or ask an admin for a valid one.")
         return Identity(user, role, TOKEN_ENV)

@@ -509,7 +509,7 @@ class FastPersonaRead:
 
     It answers only when everything is ordinary: a GET of that path, an id matching the API's
     pattern, a Bearer token of a role that may read (compared with every token by
-    `hmac.compare_digest`), a SQLite or Redis online store read directly, and a person that
+    `roles.token_role`, constant time), a SQLite or Redis online store read directly, and a person that
     has a persona. Every
     other request — errors (401, 403, 404, 422, 503), other stores, other routes — goes on to the
     FastAPI app unchanged, so the API's answers and OpenAPI document stay FastAPI's.
@@ -520,14 +520,14 @@ class FastPersonaRead:
 
         self.app = app
         self.service = service
-        self.tokens = [(t.encode(), role) for t, role in tokens.items()]
+        self.tokens = tokens
         self.router = router
         self.valid_id = re.compile(id_pattern.removeprefix("^").removesuffix("$")).fullmatch
         self.on_found = on_found
         self._route = None
 
     def _role(self, headers) -> str | None:
-        import hmac
+        from personaops.roles import token_role
 
         if not self.tokens:  # --insecure-dev with no token configured: every caller is admin
             return "admin"
@@ -537,11 +537,7 @@ class FastPersonaRead:
         scheme, _, given = value.partition(b" ")
         if scheme.lower() != b"bearer" or not given:
             return None
-        role = None
-        for token, token_role in self.tokens:  # compare with every token: no timing hint
-            if hmac.compare_digest(given, token):
-                role = token_role
-        return role
+        return token_role(given, self.tokens)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path") or not self.service.reads_locally():

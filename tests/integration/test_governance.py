@@ -32,6 +32,7 @@ DENIALS = [
     (["consent", "set", "P0123456789ab", "--purpose", "analytics", "--status", "revoked"], "m-tok", "ml-engineer", "admin", "consent set"),
     (["consent", "load", "consent.csv"], "a-tok", "analyst", "admin", "consent load"),
     (["explain", "P0123456789ab"], "r-tok", "reader", "analyst", "explain"),
+    (["ask", "opportunities"], "r-tok", "reader", "analyst", "ask opportunities"),
 ]
 
 

@@ -101,9 +101,22 @@ def _secret_comparisons() -> list[str]:
 
 def test_every_secret_comparison_is_constant_time():
     assert _secret_comparisons() == []
-    # ... and the places that check tokens do use hmac.compare_digest (the scan above is not vacuous).
-    for module in ("personaops/api.py", "personaops/roles.py", "personaops/catalog.py", "personaops/audit.py"):
+    # ... and the places that check secrets do use hmac.compare_digest (the scan above is not vacuous):
+    # the one token check (roles.token_role) and the audit chain's HMAC ...
+    for module in ("personaops/roles.py", "personaops/audit.py"):
         assert "hmac.compare_digest(" in (ROOT / module).read_text(encoding="utf-8"), module
+    # ... and every place that learns a role from a token goes through roles.token_role.
+    for module in ("personaops/api.py", "personaops/catalog.py", "personaops/serving.py"):
+        assert "token_role(" in (ROOT / module).read_text(encoding="utf-8"), module
+
+
+def test_token_role_compares_every_token():
+    from personaops.roles import token_role
+
+    tokens = {"tok-a": "reader", "tok-b": "analyst"}
+    assert token_role("tok-b", tokens) == "analyst"
+    assert token_role(b"tok-a", tokens) == "reader"
+    assert token_role("tok-", tokens) is None and token_role("", tokens) is None and token_role(None, tokens) is None
 
 
 def test_the_scan_catches_a_plain_token_comparison(tmp_path):
