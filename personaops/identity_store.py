@@ -50,8 +50,13 @@ def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_finge
         "review_queue": ws.identity / "review_queue.parquet",
         "history": ws.identity / "history.jsonl",
     }
-    _write_parquet(result.records, paths["record_person"])
-    _write_parquet(result.edges, paths["edges"])
+    unchanged = (  # an incremental run that added no record: the map stays byte for byte (snapshot ids hash it)
+        result.upgrades is not None and not len(result.upgrades) and result.stats.get("new_records") == 0
+        and paths["record_person"].is_file() and paths["edges"].is_file()
+    )
+    if not unchanged:
+        _write_parquet(result.records, paths["record_person"])
+        _write_parquet(result.edges, paths["edges"])
     review = result.review.assign(run_id=run_id)
     if result.upgrades is not None and paths["review_queue"].is_file():  # incremental: the open pairs stay queued
         earlier = pd.read_parquet(paths["review_queue"]).assign(run_id=run_id)

@@ -135,23 +135,15 @@ def _file_identity(path: Path, seen: dict[str, str]) -> tuple[str, str | None]:
 
 def _chunks(spec, path: Path, chunk: int):
     """(header, raw string rows, structural rejects) of a file in chunks, by ingest's own readers."""
-    import inspect
-
     from personaops import ingest
 
-    fmt = spec.file_format(path)
-    reader = ingest._read_csv if fmt == "csv" else ingest._read_parquet
-    if "chunk_rows" in inspect.signature(reader).parameters:
-        yield from reader(spec, path, chunk)
-    else:  # the one-piece readers (before ingest read files in chunks)
-        yield reader(spec, path, path.read_bytes()) if fmt == "csv" else reader(spec, path)
+    reader = ingest._read_csv if spec.file_format(path) == "csv" else ingest._read_parquet
+    yield from reader(spec, path, chunk)
 
 
 def _hex_hashes(hashes: pd.Series) -> pd.Series:
-    """Row hashes as ingest writes them in the lake: 16 hex digits."""
-    if hashes.dtype == np.uint64:
-        return hashes.map(lambda h: f"{h:016x}").astype(object)
-    return hashes.astype(object)
+    """Row hashes (ingest's uint64) as the lake stores them: 16 hex digits."""
+    return hashes.map(lambda h: f"{h:016x}").astype(object)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
