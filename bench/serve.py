@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import sqlite3
@@ -275,16 +274,13 @@ def redis_api_app():
     return app
 
 
-def start_redis_api(ws, workers: int, redis_url: str):
-    """redis_api_app under uvicorn with `personas serve`'s settings, as a separate process."""
+def wait_ready(server, port: int, workers: int, timeout: float, what: str) -> str:
+    """The API server's base URL once /health answers (503 too: up, no champion here), after warming
+    every worker up (each opens its store on its first lookup); exits with its stderr if it died."""
     import httpx
 
-    port = free_port()
-    code = "import sys, uvicorn; uvicorn.run('serve:redis_api_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False, timeout_worker_healthcheck=60)"
-    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", BENCH_REDIS_URL=redis_url)
-    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
@@ -292,12 +288,21 @@ def start_redis_api(ws, workers: int, redis_url: str):
         except httpx.TransportError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the Redis API server did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+            raise SystemExit(f"{what} did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
         time.sleep(0.2)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
         for _ in range(50 * workers):
             client.get("/persons/warm-up-0000/persona")
-    return server, base
+    return base
+
+
+def start_redis_api(ws, workers: int, redis_url: str):
+    """redis_api_app under uvicorn with `personas serve`'s settings, as a separate process."""
+    port = free_port()
+    code = "import sys, uvicorn; uvicorn.run('serve:redis_api_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False, timeout_worker_healthcheck=60)"
+    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", BENCH_REDIS_URL=redis_url)
+    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return server, wait_ready(server, port, workers, 180, "the Redis API server")
 
 
 def in_process_redis(store, ids: list[str], redis_url: str) -> dict:
@@ -442,27 +447,10 @@ async def max_throughput_httpx(base: str, ids: list[str], seconds: float, connec
 
 
 def start_server(ws, workers: int):
-    import httpx
-
     port = free_port()
     env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader")
     server = subprocess.Popen([sys.executable, "-c", SERVE, str(port), str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):  # up (no champion here: 503)
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"personas serve did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
-        time.sleep(0.2)
-    # Every worker opens its store on its first lookup: warm them all up.
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
-        for _ in range(50 * workers):
-            client.get("/persons/warm-up-0000/persona")
-    return server, base
+    return server, wait_ready(server, port, workers, 120, "personas serve")
 
 
 def main() -> None:
