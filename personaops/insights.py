@@ -487,16 +487,16 @@ def frame_records(table: pd.DataFrame) -> list[dict]:
 
 # --- pipeline stages (called by flows/build_personas.py) ----------------------------------------
 def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str) -> pd.DataFrame:
-    from personaops.ingest import read_lake
-
+    from personaops import features as F
     from personaops.consent import exclude_without_analytics
+    from personaops.ingest import read_lake
 
     record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))  # no analytics consent, no graph
     parts = []
     for source, ids in batches.items():
         if kinds.get(source) != kind:
             continue
-        frame = read_lake(ws, source, ids)
+        frame = read_lake(ws, source, ids, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)  # what graph, flags and KPIs read
         ids_of = record_person[record_person["source"] == source][["source_key", "person_id"]]
         frame = frame.merge(ids_of, on="source_key", how="inner")
         frame["source"] = source
