@@ -14,6 +14,8 @@ the comparisons use only functions both backends have, and what needs backend-sp
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -201,6 +203,9 @@ def spark_session(master: str = "local[*]", driver_memory: str = "1g", shuffle_p
 
     from personaops.errors import ConfigError
 
+    # Python workers (the Spark engine's mapInPandas tasks) run this interpreter, the venv's, not
+    # whatever `python3` is on PATH: fixed when the process's one session starts, whoever starts it.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(master)
         .appName("personaops-identity")

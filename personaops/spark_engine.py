@@ -41,9 +41,7 @@ def session(cfg: PersonasConfig):
     """The process's Spark session (shared with identity's Splink pass), at compute.* settings."""
     from personaops import matching
 
-    # Python workers run this interpreter (the venv's), not whatever `python3` is on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    c = cfg.compute
+    c = cfg.compute  # (matching.spark_session points Python workers at this interpreter)
     try:
         spark = matching.spark_session(c.spark_master, c.spark_driver_memory, c.spark_shuffle_partitions)
     except ConfigError:
