@@ -8,7 +8,8 @@ identity graph) removes, in this order:
 - the lake: every batch file of every source is rewritten without the person's records (by
   source key) and without rows carrying their strong identifiers (email, phone, customer id);
 - the quarantine: rows whose raw JSON carries one of their strong identifiers or source keys;
-- identity tables: record map, edges, review queue, merge/split history, review decisions;
+- identity tables: record map, edges, review queue, merge/split history, review decisions; the
+  incremental-resolve index (identity/index/) is deleted whole, so the next resolve is a full one;
 - every Parquet table under features/, texts/, audit/, lake/graph/, lake/insights/ and the local
   MLflow artifact store (reference frames): rows of the person (person id, record id) are dropped;
   cells quoting one of the person's texts (intent examples, persona quotes in profiles.json) are
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
@@ -399,6 +401,9 @@ def erase(ws: Workspace, cfg, person_id: str | None = None, source: str | None =
         needles = {pid} | subject.record_ids | subject.pair_ids
         counts["identity_rows"] += _jsonl_filter(ws.identity / "history.jsonl", needles)
         counts["identity_rows"] += _jsonl_filter(ws.identity / "review_decisions.jsonl", needles)
+        from personaops.identity_store import index_dir
+
+        shutil.rmtree(index_dir(ws), ignore_errors=True)  # it holds the attributes Splink compares
         # 5. derived tables: features, texts, sensitive attributes, graph, insights, MLflow reference frames
         counts["derived_rows"], counts["redacted_cells"] = 0, 0
         # every other Parquet table of the workspace (run snapshots, reports' frames included)

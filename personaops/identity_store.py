@@ -153,14 +153,15 @@ def decide(ws: Workspace, pair_id: str, decision: str) -> dict:
 
 
 # --- the incremental index -----------------------------------------------------------------------
-# cache/identity/: keys, device pairs and entities of the last run plus the Splink model and the
+# identity/index/: keys, device pairs and entities of the last run plus the Splink model and the
 # fingerprint of what the index is valid for. Deleting it only makes the next resolve a full one.
-# Key values are kept as 64-bit hashes; the entity table's attribute values (what Splink compares)
-# sit in rows named by person_id, which an erasure's sweep of derived tables removes.
+# Key values are kept as 64-bit hashes; the entity table holds the attribute values Splink compares
+# (names, e-mails...), so the index lives in the identity stage's zone, where raw identifiers may be
+# (personaops/minimisation.py), and an erasure deletes it whole (personaops/erasure.py).
 
 
 def index_dir(ws: Workspace):
-    return ws.root / "cache" / "identity"
+    return ws.identity / "index"
 
 
 def index_fingerprint(ws: Workspace, identity_cfg) -> str:

@@ -66,9 +66,13 @@ def test_consent_revocation_and_erasure(pipeline, generated, tmp_path, monkeypat
     needles = [subject["email"], subject["phone"], subject["name"], subject["customer_id"], *subject["ticket_ids"]]
     before = erasure.scan(home, needles)
     assert any(subject["email"].lower() in hit for hit in before) and any("lake" in hit for hit in before)
+    from personaops.identity_store import index_dir
+
+    assert (index_dir(ws) / "entities.parquet").is_file()  # the incremental index holds Splink's attribute values
     result = erasure.erase(ws, cfg, source="crm", key=subject["customer_id"], reason="test")
     assert result["person_id"] == erased_pid and result["lake_rows"] >= 1 + len(subject["ticket_ids"])
     assert result["online_rows"] > 0 and result["cached_embeddings"] >= 1
+    assert not index_dir(ws).exists()  # deleted whole: the next resolve is a full one
     left = erasure.scan(home, needles)
     assert left == [], "\n".join(left)
     assert _online(ws, cfg, [erased_pid]) == [None]
