@@ -373,10 +373,8 @@ def start_hello(workers: int):
     return server, base
 
 
-def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
-    """The same pacing as fixed_rate_wrk against the hello baseline."""
-    script = tmp / "hello.lua"
-    script.write_text(WRK_HELLO % int(round(1000 * connections / rate)))
+def paced_wrk(base: str, script: Path, rate: float, seconds: float, connections: int) -> dict:
+    """Run one paced wrk script (it prints a "JSON ..." summary line) and return that summary."""
     done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--timeout", "10s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
     if line is None:
@@ -385,6 +383,13 @@ def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, conn
     out |= {"n": out["requests"], "rate_target": rate, "achieved_per_second": round(out["requests"] / out["seconds"], 1),
             "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced"}  # fmt: skip
     return out
+
+
+def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
+    """The same pacing as fixed_rate_wrk against the hello baseline."""
+    script = tmp / "hello.lua"
+    script.write_text(WRK_HELLO % int(round(1000 * connections / rate)))
+    return paced_wrk(base, script, rate, seconds, connections)
 
 
 def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: Path, connections: int = 20) -> dict:
@@ -395,14 +400,7 @@ def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: 
     id_file.write_text("\n".join(ids) + "\n")
     script = tmp / "mixed.lua"
     script.write_text(WRK_MIXED % (id_file, TOKEN, int(round(1000 * connections / rate))))
-    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--timeout", "10s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
-    if line is None:
-        raise SystemExit(f"wrk gave no summary: {done.stdout[-1000:]} {done.stderr[-1000:]}")
-    out = json.loads(line[5:])
-    out |= {"n": out["requests"], "rate_target": rate, "achieved_per_second": round(out["requests"] / out["seconds"], 1),
-            "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced"}  # fmt: skip
-    return out
+    return paced_wrk(base, script, rate, seconds, connections)
 
 
 def max_throughput_wrk(base: str, ids: list[str], seconds: float, connections: int, tmp: Path) -> dict:
