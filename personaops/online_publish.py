@@ -31,7 +31,7 @@ import struct
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ _STAGED_ROWS_PER_INSERT = 32
 # Above this many distinct values, fixed-width numbers are encoded by the layout Feast's own
 # serialization of a sample value shows, instead of one ValueProto per distinct value.
 _DISTINCT_VALUES_VIA_PROTO = 2_000
+# A publish encodes and inserts this many persons at a time: SQLite inserts one slice (without
+# Python's lock) while the next is encoded, so the two overlap on a second core.
+_SLICE_PERSONS = 16_384
 
 
 @dataclass
@@ -140,8 +143,8 @@ class SqlitePublisher:
     def replace(self, view_name: str, rows: pd.DataFrame) -> int:
         view = self.store.get_feature_view(view_name)
         table = self.table_name(view)
-        encoded = self.encode(view, rows)
-        write_sqlite_table(self.db_path(), table, encoded, self.busy_timeout_s)
+        slices = iter_sqlite_rows(view, rows, self.store.config.entity_key_serialization_version)
+        write_sqlite_table(self.db_path(), table, slices, self.busy_timeout_s, expected_values=len(rows) * len(view.features))
         return len(rows)
 
     def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
@@ -438,6 +441,13 @@ class SqliteRows:
 def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version: int) -> SqliteRows:
     """The rows of a SQLite online table for `rows` of a feature view (byte for byte what Feast's
     online_write_batch writes), column-wise and sorted by primary key (entity_key, feature_name)."""
+    return next(iter_sqlite_rows(view, rows, entity_key_serialization_version, None))
+
+
+def iter_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version: int, slice_persons: int | None = _SLICE_PERSONS) -> Iterator[SqliteRows]:
+    """encode_sqlite_rows, slice after slice of at most `slice_persons` entity rows (None: one
+    slice) in primary key order: keys are serialized and sorted for all rows first, feature values
+    encoded lazily per slice, so a writer can insert one slice while the next is encoded."""
     import pyarrow as pa
 
     join = [(c.name, c.dtype.to_value_type()) for c in view.entity_columns]
@@ -449,77 +459,145 @@ def encode_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_versio
         raise PipelineStateError(f"Rows for feature view '{view.name}' lack column '{missing[0]}'; add it before publishing.")
     # The same Arrow -> NumPy conversion Feast applies before serializing.
     table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-    column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
-    keys = entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)
+    keys = entity_keys(join[0][0], join[0][1], table.column(join[0][0]).to_numpy(zero_copy_only=False), entity_key_serialization_version)
     taken = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)  # stable: duplicates keep their order
     # Every column in primary key order before encoding (Arrow's and pandas' take, in C).
     table = table.take(pa.array(taken))
     stamps = lambda name: _epoch_seconds(rows[name].reset_index(drop=True).take(taken).reset_index(drop=True))  # noqa: E731
     created_col = view.batch_source.created_timestamp_column
     created_ts = stamps(created_col) if created_col and created_col in rows.columns else [None] * len(rows)
-    out = SqliteRows(np.array(keys, dtype=object)[taken].tolist(), [name for name, _ in features], [], [], [], stamps(view.batch_source.timestamp_field), created_ts)
-    for name, value_type in features:
-        codes, blobs, texts = feature_value_table(column(name), value_type)
-        # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
-        if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(keys) and sum(c is not None for c in out.codes) < _CODED_MAX_FEATURES:
-            out.values.append(blobs), out.texts.append(texts), out.codes.append(codes.tolist())
-        else:
-            if codes is not None:
-                blobs, texts = np.array(blobs, dtype=object)[codes].tolist(), np.array(texts, dtype=object)[codes].tolist()
-            out.values.append(blobs), out.texts.append(texts), out.codes.append(None)
-    return out
+    event_ts = stamps(view.batch_source.timestamp_field)
+    keys = np.array(keys, dtype=object)[taken].tolist()
+    step = max(1, slice_persons or len(keys))
+    for start in range(0, max(len(keys), 1), step):
+        part = table.slice(start, step)
+        out = SqliteRows(keys[start : start + step], [name for name, _ in features], [], [], [], event_ts[start : start + step], created_ts[start : start + step])
+        for name, value_type in features:
+            codes, blobs, texts = feature_value_table(part.column(name).to_numpy(zero_copy_only=False), value_type)
+            # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
+            if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(out.keys) and sum(c is not None for c in out.codes) < _CODED_MAX_FEATURES:
+                out.values.append(blobs), out.texts.append(texts), out.codes.append(codes.tolist())
+            else:
+                if codes is not None:
+                    blobs, texts = np.array(blobs, dtype=object)[codes].tolist(), np.array(texts, dtype=object)[codes].tolist()
+                out.values.append(blobs), out.texts.append(texts), out.codes.append(None)
+        yield out
 
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+_STAGING_TABLES = ("personaops_staged", "personaops_values", "personaops_features")
+
+
 def _insert_sqlite_rows(conn: sqlite3.Connection, quoted_table: str, rows: SqliteRows) -> None:
     """INSERT OR REPLACE `rows` into a table: one staging row per entity row (key, timestamps,
     each feature's code or ValueProto), expanded to one row per feature value by SQLite itself,
     in primary key order. Python's per-row cost (about 2 us) is paid per person, not per value."""
+    _insert_sqlite_slices(conn, quoted_table, [rows])
+
+
+def _insert_sqlite_slices(conn: sqlite3.Connection, quoted_table: str, slices) -> None:
+    """_insert_sqlite_rows of each slice in turn (slices in primary key order). Each slice's
+    expansion — SQLite's own row-by-row insert, which runs without Python's lock — runs in a
+    second thread while this one encodes the next slice (when `slices` is a lazy iterator), so
+    on two cores the encoding and SQLite's insert overlap; the statements stay in order on the
+    one connection (it needs check_same_thread=False for that)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lazy = not isinstance(slices, (list, tuple))  # slices already encoded: nothing to overlap
+    pool: ThreadPoolExecutor | None = None
+    pending = None
+    try:
+        for rows in slices:  # a lazy iterator encodes the next slice here, while `pending` runs
+            if pending is not None:
+                pending.result()
+                pending = None
+            expansion = _stage_sqlite_rows(conn, quoted_table, rows)
+            if expansion is None:
+                continue
+            if not lazy:
+                _expand_staged(conn, expansion)
+                continue
+            if pool is None:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="personaops-publish")
+            pending = pool.submit(_expand_staged, conn, expansion)
+        if pending is not None:
+            pending.result()
+            pending = None
+    finally:
+        if pending is not None:  # an error while encoding: let the running statement finish first
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - the first error is the one raised
+                pass
+        if pool is not None:
+            pool.shutdown(wait=True)
+        _drop_staging(conn)
+
+
+def _drop_staging(conn: sqlite3.Connection) -> None:
+    for name in _STAGING_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+def _expand_staged(conn: sqlite3.Connection, expansion: str) -> None:
+    conn.execute(expansion)
+    _drop_staging(conn)
+
+
+def _blob_column(values: list) -> list:
+    """A column of bytes as bytearrays: Python's sqlite3 binds bytearray directly but looks every
+    bytes object up in its adapter registry first (about 0.2 us per value)."""
+    if values and set(map(type, values)) == {bytes}:
+        return list(map(bytearray, values))
+    return values
+
+
+def _stage_sqlite_rows(conn: sqlite3.Connection, quoted_table: str, rows: SqliteRows) -> str | None:
+    """Bind `rows` into temp staging tables (one row per entity row, the distinct values of coded
+    features, the feature list); return the statement that expands them into the table (None:
+    nothing to insert)."""
     nf = len(rows.features)
     if not rows.keys or not nf:
-        return
+        return None
     coded = [j for j in range(nf) if rows.codes[j] is not None]
-    staging, bind = ["k", "e", "cr"], [rows.keys, rows.event_ts, rows.created_ts]
+    staging, bind = ["k", "e", "cr"], [_blob_column(rows.keys), rows.event_ts, rows.created_ts]
     for j in range(nf):
         if rows.codes[j] is not None:
             staging.append(f"c{j}"), bind.append(rows.codes[j])
         else:
             staging += [f"v{j}", f"t{j}"]
-            bind += [rows.values[j], rows.texts[j]]
+            bind += [_blob_column(rows.values[j]), rows.texts[j]]
+    _drop_staging(conn)
     conn.execute(f"CREATE TEMP TABLE personaops_staged ({', '.join(staging)})")
     conn.execute("CREATE TEMP TABLE personaops_values (j INTEGER, code INTEGER, value BLOB, text TEXT, PRIMARY KEY (j, code)) WITHOUT ROWID")
     conn.execute("CREATE TEMP TABLE personaops_features (j INTEGER PRIMARY KEY, name TEXT)")
-    try:
-        # Several staging rows per INSERT: Python's per-statement cost, not per-value binding, dominates.
-        width, n = len(staging), len(rows.keys)
-        per = max(1, min(_STAGED_ROWS_PER_INSERT, 32_000 // width))  # SQLite: at most 32,766 parameters
-        flat = list(itertools.chain.from_iterable(zip(*bind)))
-        one = "(" + ", ".join("?" * width) + ")"
-        full = n // per
-        conn.executemany(f"INSERT INTO temp.personaops_staged VALUES {', '.join([one] * per)}", (flat[i * per * width : (i + 1) * per * width] for i in range(full)))
-        if n % per:
-            conn.execute(f"INSERT INTO temp.personaops_staged VALUES {', '.join([one] * (n % per))}", flat[full * per * width :])
-        conn.executemany(
-            "INSERT INTO temp.personaops_values VALUES (?, ?, ?, ?)",
-            ((j, code, blob, text) for j in coded for code, (blob, text) in enumerate(zip(rows.values[j], rows.texts[j]))),
-        )
-        conn.executemany("INSERT INTO temp.personaops_features VALUES (?, ?)", enumerate(rows.features))
-        value = " ".join(f"WHEN {j} THEN {f'd{j}.value' if j in coded else f's.v{j}'}" for j in range(nf))
-        text = " ".join(f"WHEN {j} THEN {f'd{j}.text' if j in coded else f's.t{j}'}" for j in range(nf))
-        lookups = "".join(f" CROSS JOIN temp.personaops_values AS d{j} ON d{j}.j = {j} AND d{j}.code = s.c{j}" for j in coded)
-        # CROSS JOIN fixes the loop order (staged rows outside, features inside): the output is
-        # already in primary key order, so the ORDER BY costs no sort and duplicates keep their order.
-        conn.execute(
-            f"INSERT OR REPLACE INTO {quoted_table} ({', '.join(_SQLITE_COLUMNS)}) "
-            f"SELECT s.k, f.name, CASE f.j {value} END, CASE f.j {text} END, s.e, s.cr "
-            f"FROM temp.personaops_staged AS s{lookups} CROSS JOIN temp.personaops_features AS f ORDER BY s.rowid, f.j"
-        )
-    finally:
-        for name in ("personaops_staged", "personaops_values", "personaops_features"):
-            conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    # Several staging rows per INSERT: Python's per-statement cost, not per-value binding, dominates.
+    width, n = len(staging), len(rows.keys)
+    per = max(1, min(_STAGED_ROWS_PER_INSERT, 32_000 // width))  # SQLite: at most 32,766 parameters
+    flat = list(itertools.chain.from_iterable(zip(*bind)))
+    one = "(" + ", ".join("?" * width) + ")"
+    full = n // per
+    conn.executemany(f"INSERT INTO temp.personaops_staged VALUES {', '.join([one] * per)}", (flat[i * per * width : (i + 1) * per * width] for i in range(full)))
+    if n % per:
+        conn.execute(f"INSERT INTO temp.personaops_staged VALUES {', '.join([one] * (n % per))}", flat[full * per * width :])
+    conn.executemany(
+        "INSERT INTO temp.personaops_values VALUES (?, ?, ?, ?)",
+        ((j, code, blob, text) for j in coded for code, (blob, text) in enumerate(zip(rows.values[j], rows.texts[j]))),
+    )
+    conn.executemany("INSERT INTO temp.personaops_features VALUES (?, ?)", enumerate(rows.features))
+    value = " ".join(f"WHEN {j} THEN {f'd{j}.value' if j in coded else f's.v{j}'}" for j in range(nf))
+    text = " ".join(f"WHEN {j} THEN {f'd{j}.text' if j in coded else f's.t{j}'}" for j in range(nf))
+    lookups = "".join(f" CROSS JOIN temp.personaops_values AS d{j} ON d{j}.j = {j} AND d{j}.code = s.c{j}" for j in coded)
+    # CROSS JOIN fixes the loop order (staged rows outside, features inside): the output is
+    # already in primary key order, so the ORDER BY costs no sort and duplicates keep their order.
+    return (
+        f"INSERT OR REPLACE INTO {quoted_table} ({', '.join(_SQLITE_COLUMNS)}) "
+        f"SELECT s.k, f.name, CASE f.j {value} END, CASE f.j {text} END, s.e, s.cr "
+        f"FROM temp.personaops_staged AS s{lookups} CROSS JOIN temp.personaops_features AS f ORDER BY s.rowid, f.j"
+    )
 
 
 @contextmanager
@@ -536,8 +614,10 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout_s: float = 30.0) -> None:
+def write_sqlite_table(db_path: Path, table: str, rows: "SqliteRows | Iterable[SqliteRows]", busy_timeout_s: float = 30.0, expected_values: int = 0) -> None:
     """Replace a Feast SQLite online table by one holding exactly `rows`, in one transaction.
+    `rows` may also be slices in primary key order (iter_sqlite_rows; `expected_values`: their
+    total feature values, to size the page cache), inserted while the next slice is encoded.
 
     The new contents go into a fresh table — Feast's columns and primary key, WITHOUT ROWID, so the
     primary key b-tree is the table — which then takes the old table's name (DROP + ALTER TABLE
@@ -547,7 +627,8 @@ def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout
     if not Path(db_path).exists():
         raise PipelineStateError(f"Online store {db_path} does not exist; apply the Feast repo (`personas run`) before publishing.")
     quoted, building = _quote(table), _quote(table + _BUILD_SUFFIX)
-    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None)
+    # check_same_thread=False: a slice's insert runs in a second thread (one statement at a time).
+    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
         columns = {r[1] for r in conn.execute(f"PRAGMA table_info({quoted})")}
         if not columns:
@@ -556,13 +637,16 @@ def write_sqlite_table(db_path: Path, table: str, rows: SqliteRows, busy_timeout
             raise PipelineStateError(f"Online table {table} in {db_path} has columns {sorted(columns)}, not Feast's plain SQLite layout; publish it with Feast's write_to_online_store.")
         # Keep the whole new table in the page cache until the commit: a page spilled to the file
         # earlier would take the exclusive lock and block readers for the rest of the build.
-        key_bytes = len(rows.keys[0]) if rows.keys else 0
-        conn.execute(f"PRAGMA cache_size=-{max(131_072, len(rows) * (key_bytes + 64) * 2 // 1024)}")
+        if isinstance(rows, SqliteRows):
+            key_bytes, expected_values, rows = (len(rows.keys[0]) if rows.keys else 0), len(rows), [rows]
+        else:
+            key_bytes = 64  # an upper bound of usual keys: the cache size is a limit, not an allocation
+        conn.execute(f"PRAGMA cache_size=-{max(131_072, expected_values * (key_bytes + 64) * 2 // 1024)}")
         conn.execute("PRAGMA temp_store=MEMORY")
         with _immediate(conn):
             conn.execute(f"DROP TABLE IF EXISTS {building}")
             conn.execute(f"CREATE TABLE {building} ({_SQLITE_TABLE_SQL}) WITHOUT ROWID")
-            _insert_sqlite_rows(conn, building, rows)
+            _insert_sqlite_slices(conn, building, rows)
             conn.execute(f"DROP TABLE {quoted}")
             conn.execute(f"ALTER TABLE {building} RENAME TO {quoted}")
     finally:
