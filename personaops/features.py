@@ -8,6 +8,7 @@ the offline sources of the Feast feature views in feature_repo/ (entity `person`
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,8 +46,10 @@ def _stamp(table: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Activity and event-type mix per person (counts; days; shares in 0-1)."""
+def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp, types: list[str] | None = None) -> pd.DataFrame:
+    """Activity and event-type mix per person (counts; days; shares in 0-1). `types`: every event
+    type of the whole population when `events` holds only some persons' events (an incremental
+    run; at most MAX_EVENT_TYPES): the same share columns as the whole population's table."""
     if events.empty:
         return _stamp(_empty("n_events"), as_of)
     ev = events.copy()
@@ -61,9 +64,10 @@ def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFram
     out["active_days"] = grouped["day"].nunique().astype("int64")
     out["events_per_session"] = out["n_events"] / out["n_sessions"].clip(lower=1)
     out["days_since_last_event"] = (as_of - grouped["event_time"].max()).dt.total_seconds() / 86400.0
-    top = ev["event_type"].value_counts().index[:MAX_EVENT_TYPES]
-    types = ev["event_type"].where(ev["event_type"].isin(top), "other")
-    counts = pd.crosstab(ev["person_id"], types)
+    top = ev["event_type"].value_counts().index[:MAX_EVENT_TYPES] if types is None else pd.Index(types)
+    counts = pd.crosstab(ev["person_id"], ev["event_type"].where(ev["event_type"].isin(top), "other"))
+    if types is not None:
+        counts = counts.reindex(columns=sorted(types), fill_value=0)
     shares = counts.div(counts.sum(axis=1), axis=0)
     shares.columns = [event_type_column(c) for c in shares.columns]
     out = out.join(shares).fillna(0.0)
@@ -265,3 +269,264 @@ def current_model_frame(ws) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list
     persons = pd.Index(sorted(record_person["person_id"].unique()), name="person_id")
     frame, columns = model_frame(tables, persons)
     return tables, frame, columns
+
+
+# --- incremental features ---------------------------------------------------------------------
+# An incremental run (ingest appended records, resolve kept every earlier record's person)
+# recomputes the per-person rows only for the persons with a new record, and merges them into the
+# tables of the last run. Population-wide parts are kept exact: the as-of time (the latest
+# timestamp) moves every person's recency columns, so each person's latest event and ticket time
+# is kept beside the tables and the recencies are recomputed for everyone; the event-type share
+# columns come from the whole population's event types (their counts are kept; more than
+# MAX_EVENT_TYPES types falls back to a full run); the profile, labels, campaign and sensitive
+# tables are recomputed whole from their (small) sources. Texts of the new records are appended
+# in the order a full run writes them, and only the changed persons' embeddings are recomputed.
+INCREMENTAL_STATE = "_incremental"
+RECENCY = {"person_behaviour": ("days_since_last_event", "last_event"), "person_support": ("days_since_last_ticket", "last_ticket")}
+MERGED_VIEWS = ("person_behaviour", "person_support", "person_survey")
+
+
+def _state_dir(ws) -> Path:
+    return Path(ws.features) / INCREMENTAL_STATE
+
+
+def inputs_fingerprint(ws, embedding_config) -> str:
+    """What the feature tables depend on besides the records: this code, the embedding settings,
+    consent and erasure state."""
+    import hashlib
+
+    from personaops import consent, erasure
+
+    h = hashlib.sha256()
+    for code in (Path(__file__), Path(__file__).resolve().parents[1] / "models" / "embedder.py"):
+        h.update(hashlib.sha256(code.read_bytes()).digest() if code.is_file() else b"-")
+    h.update(embedding_config.model_dump_json().encode())
+    h.update(consent.default_status().encode())
+    for path in (consent.db_path(ws), erasure.tombstone_path(ws)):
+        h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
+    return h.hexdigest()[:32]
+
+
+def full_read_sources(ws, batches: dict[str, list[str]], kinds: dict[str, str]) -> list[str]:
+    """Sources an incremental run reads whole: CRM and campaigns (profile, labels, campaign
+    tables), and any source with label or sensitive columns."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for source, ids in batches.items():
+        names = set().union(*(pq.read_schema(ws.lake / source / f"batch={b}" / "part-0.parquet").names for b in ids)) if ids else set()
+        if kinds.get(source) in ("crm", "campaigns") or any(c.startswith(("label__", "sensitive__")) for c in names):
+            out.append(source)
+    return out
+
+
+def save_incremental_state(ws, fingerprint: str, batches, kinds, as_of, events: pd.DataFrame, tickets: pd.DataFrame) -> None:
+    """What the next incremental run needs: inputs, as-of time, event-type counts, latest times per person."""
+    import json
+
+    folder = _state_dir(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    times = pd.DataFrame({"person_id": pd.Series(dtype=object)})
+    for name, frame in (("last_event", events), ("last_ticket", tickets)):
+        if len(frame) and "event_time" in frame.columns:
+            part = frame.groupby("person_id")["event_time"].max().rename(name)
+            times = times.merge(part.reset_index(), on="person_id", how="outer") if len(times) else part.reset_index()
+    tmp = folder / ".times.parquet.tmp"
+    times.to_parquet(tmp, index=False)
+    tmp.replace(folder / "times.parquet")
+    counts = events["event_type"].value_counts().to_dict() if len(events) and "event_type" in events.columns else {}
+    state = {"fingerprint": fingerprint, "batches": batches, "kinds": kinds, "as_of": pd.Timestamp(as_of).isoformat(), "event_types": {str(k): int(v) for k, v in counts.items()}}
+    from personaops.workspace import atomic_write_text
+
+    atomic_write_text(folder / "state.json", json.dumps(state, indent=1))
+
+
+def incremental_plan(ws, fingerprint: str, batches: dict[str, list[str]], kinds: dict[str, str], resolve_mode: str | None) -> tuple[dict | None, str]:
+    """(the last run's state, "") when the feature tables can be updated for new records only, else (None, why not)."""
+    import json
+
+    path = _state_dir(ws) / "state.json"
+    if resolve_mode != "incremental":
+        return None, "the resolve was not incremental (earlier records may have moved between persons)"
+    if not path.is_file():
+        return None, "no earlier feature state in the workspace"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if state.get("fingerprint") != fingerprint:
+        return None, "the feature code, embedding settings, consent or erasures changed"
+    if state.get("kinds") != kinds or set(state["batches"]) != set(batches):
+        return None, "the sources changed"
+    for source, ids in state["batches"].items():
+        if list(batches[source][: len(ids)]) != list(ids):
+            return None, f"source {source}: earlier batches were replaced"
+    views = [*MERGED_VIEWS, "person_text_embedding"]
+    if not all((Path(ws.features) / f"{v}.parquet").exists() for v in views) or not (Path(ws.root) / "texts" / "person_texts.parquet").exists() or not (_state_dir(ws) / "times.parquet").exists():
+        return None, "an earlier feature table is missing"
+    return state, ""
+
+
+def incremental_tables(ws, state: dict, batches: dict[str, list[str]], kinds: dict[str, str], encode, max_texts: int):
+    """(as_of, tables, texts, sensitive, changed persons, events_new, state update) of an incremental run,
+    or None when a population-wide part changed too much (more than MAX_EVENT_TYPES event types)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from models.embedder import person_embeddings
+    from personaops.consent import exclude_without_analytics
+    from personaops.ingest import read_lake
+
+    new_batches = {s: ids[len(state["batches"][s]) :] for s, ids in batches.items()}
+    new_ids = pa.array(sorted({b for ids in new_batches.values() for b in ids}), pa.string())
+    rp = pq.read_table(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id", "_batch_id"])
+    changed = pc.unique(rp.filter(pc.is_in(rp["_batch_id"], value_set=new_ids))["person_id"])
+    allowed = exclude_without_analytics(ws, pd.DataFrame({"person_id": changed.to_numpy(zero_copy_only=False)}))
+    persons = pa.array(allowed["person_id"].tolist(), pa.string())
+    full = full_read_sources(ws, batches, kinds)
+    frames: dict[str, pd.DataFrame] = {}
+    for source, ids in batches.items():
+        part = rp.filter(pc.equal(rp["source"], source))
+        if source not in full:
+            part = part.filter(pc.is_in(part["person_id"], value_set=persons))
+        mapping = part.select(["source", "source_key", "person_id"]).to_pandas()
+        if source in full:
+            mapping = exclude_without_analytics(ws, mapping)
+        keys = pa.array(mapping["source_key"].tolist(), pa.string())
+        frame = read_lake(ws, source, ids, [*LAKE_COLUMNS, "_batch_id"], LAKE_PREFIXES, keys=keys)
+        frame["source"] = source
+        frames[source] = _with_person(frame, mapping, source)
+    stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
+    as_of = max([pd.Timestamp(state["as_of"]).as_unit("ns"), *stamps])
+
+    def of_kind(kind: str, pool: dict) -> pd.DataFrame:
+        parts = [pool[s] for s, k in kinds.items() if k == kind and s in pool and len(pool[s])]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    new_frames = {s: f[f["_batch_id"].isin(new_batches[s])] if "_batch_id" in f.columns else f.iloc[:0] for s, f in frames.items()}
+    frames = {s: f.drop(columns=["_batch_id"], errors="ignore") for s, f in frames.items()}
+    new_frames = {s: f.drop(columns=["_batch_id"], errors="ignore") for s, f in new_frames.items()}
+    events, tickets = of_kind("events", frames), of_kind("tickets", frames)
+    new_events = of_kind("events", new_frames)
+    counts = dict(state["event_types"])
+    if len(new_events):
+        for t, n in new_events["event_type"].value_counts().items():
+            counts[str(t)] = counts.get(str(t), 0) + int(n)
+    if len(counts) > MAX_EVENT_TYPES:
+        return None
+    campaigns = of_kind("campaigns", frames)
+    full_frames = {s: f for s, f in frames.items() if s in full}
+    fresh = {
+        "person_behaviour": behaviour_features(events, as_of, types=sorted(counts)) if len(events) else None,
+        "person_support": support_features(tickets, as_of) if len(tickets) else None,
+        "person_survey": survey_features(of_kind("surveys", frames), as_of) if len(of_kind("surveys", frames)) else None,
+    }
+    times = pd.read_parquet(_state_dir(ws) / "times.parquet").set_index("person_id")
+    for name, frame in (("last_event", events), ("last_ticket", tickets)):
+        if len(frame) and "event_time" in frame.columns:
+            latest = frame.groupby("person_id")["event_time"].max()
+            if name not in times.columns:
+                times[name] = pd.Series(pd.NaT, index=times.index, dtype=latest.dtype)
+            times = times.reindex(times.index.union(latest.index))
+            times.loc[latest.index, name] = latest
+    tables = {}
+    for view in MERGED_VIEWS:
+        old = pd.read_parquet(Path(ws.features) / f"{view}.parquet")
+        new = fresh[view]
+        if new is None or not len(new):
+            merged = old
+        else:
+            kept = old[~old["person_id"].isin(persons.to_pylist())]
+            columns = list(new.columns) + [c for c in old.columns if c not in new.columns]
+            merged = pd.concat([kept, new], ignore_index=True)[columns]
+            if view == "person_behaviour":
+                shares = [c for c in merged.columns if c.startswith("share_")]
+                merged[shares] = merged[shares].fillna(0.0)
+            for col in old.columns:
+                if col in merged.columns and old[col].dtype != merged[col].dtype and col not in ("event_timestamp", "created"):
+                    merged[col] = merged[col].astype(old[col].dtype)
+        merged = merged.sort_values("person_id", kind="stable").reset_index(drop=True)
+        if view in RECENCY and RECENCY[view][0] in merged.columns:
+            col, name = RECENCY[view]
+            last = times[name].reindex(merged["person_id"]).reset_index(drop=True)
+            merged[col] = (as_of - last).dt.total_seconds() / 86400.0
+        merged["event_timestamp"], merged["created"] = as_of, as_of
+        tables[view] = merged
+    tables["person_campaign"] = campaign_features(campaigns, as_of)
+    tables["person_profile"] = profile_features(of_kind("crm", frames), as_of)
+    tables["person_labels"] = label_table(full_frames, campaigns, as_of)
+    sensitive = sensitive_table(full_frames)
+    # texts: the earlier ones, then each source's new ones after that source's earlier ones (a full run's order)
+    old_texts = pd.read_parquet(Path(ws.root) / "texts" / "person_texts.parquet")
+    added = person_texts({s: f for s, f in new_frames.items() if len(f)})
+    texts = pd.concat([old_texts, added], ignore_index=True) if len(added) else old_texts
+    rank = {s: i for i, s in enumerate(batches)}
+    texts = texts.iloc[np.argsort(texts["source"].map(rank).to_numpy(), kind="stable")].reset_index(drop=True)
+    mine = texts[texts["person_id"].isin(persons.to_pylist())].reset_index(drop=True)
+    emb_old = pd.read_parquet(Path(ws.features) / "person_text_embedding.parquet")
+    vectors = encode(mine["text"].tolist())
+    emb_new = person_embeddings(mine, vectors, max_texts)
+    emb = pd.concat([emb_old[~emb_old["person_id"].isin(persons.to_pylist())].drop(columns=["event_timestamp", "created"], errors="ignore"), emb_new], ignore_index=True)
+    emb = emb.sort_values("person_id", kind="stable").reset_index(drop=True)
+    emb["n_texts"] = emb["n_texts"].astype("int64")
+    emb["event_timestamp"], emb["created"] = as_of, as_of
+    tables["person_text_embedding"] = emb
+    update = {"as_of": as_of, "event_types": counts, "times": times.reset_index().rename(columns={"index": "person_id"})}
+    return as_of, tables, texts, sensitive, len(persons), update
+
+
+def save_incremental_update(ws, fingerprint: str, batches, kinds, update: dict) -> None:
+    import json
+
+    from personaops.workspace import atomic_write_text
+
+    folder = _state_dir(ws)
+    tmp = folder / ".times.parquet.tmp"
+    update["times"].to_parquet(tmp, index=False)
+    tmp.replace(folder / "times.parquet")
+    state = {"fingerprint": fingerprint, "batches": batches, "kinds": kinds, "as_of": pd.Timestamp(update["as_of"]).isoformat(), "event_types": update["event_types"]}
+    atomic_write_text(folder / "state.json", json.dumps(state, indent=1))
+
+
+def definitions_fingerprint(ws, cfg) -> str | None:
+    """A hash of what `feast apply` reads (the feature repo's files, the config, each feature
+    table's columns and types), or None where the registry is not the workspace's own file (then
+    every run applies)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    if cfg.profile != "local" or not (Path(ws.feast) / "registry.db").is_file():
+        return None
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    repo = Path(cfg.feature_repo)
+    for path in sorted(p for p in repo.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".yml")) if repo.is_dir() else []:
+        h.update(str(path.relative_to(repo)).encode() + hashlib.sha256(path.read_bytes()).digest())
+    for path in sorted(Path(ws.features).glob("*.parquet")):
+        h.update(path.name.encode() + str(pq.read_schema(path).remove_metadata()).encode())
+    return h.hexdigest()[:32]
+
+
+def applied_views(ws, fingerprint: str | None) -> list[str] | None:
+    """The feature views of the last `feast apply` when it had the same fingerprint (None: apply)."""
+    import json
+
+    path = _state_dir(ws) / "apply.json"
+    if fingerprint is None or not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return saved["views"] if saved.get("fingerprint") == fingerprint else None
+
+
+def remember_apply(ws, fingerprint: str | None, views: list[str]) -> None:
+    import json
+
+    from personaops.workspace import atomic_write_text
+
+    if fingerprint is not None:
+        _state_dir(ws).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(_state_dir(ws) / "apply.json", json.dumps({"fingerprint": fingerprint, "views": views}))
+
+
+def forget_incremental_state(ws) -> None:
+    """Drop the incremental state before the tables are rewritten (a run killed part-way then
+    computes everything next time instead of merging into half-written tables)."""
+    (_state_dir(ws) / "state.json").unlink(missing_ok=True)

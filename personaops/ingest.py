@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import sys
@@ -53,6 +54,14 @@ class FileReport:
     accepted: int
     quarantined: int
     note: str = ""
+    # Incremental ingest: the file's lake batches (the first ingest's, then one per appended tail)
+    # and what this run did with it: "full" (validated whole), "appended" (only the rows added
+    # since the last run were validated, into the last batch) or "unchanged" (nothing to do).
+    batches: list[str] = field(default_factory=list)
+    mode: str = "full"
+    new_rows_in: int = 0
+    new_accepted: int = 0
+    new_quarantined: int = 0
 
 
 @dataclass
@@ -60,6 +69,8 @@ class SourceReport:
     source: str
     kind: str
     files: list[FileReport] = field(default_factory=list)
+    mode: str = "full"  # "incremental" when the files' earlier rows were kept as ingested (see _ingest_incremental)
+    full_reason: str = ""
 
     @property
     def rows_in(self) -> int:
@@ -75,7 +86,7 @@ class SourceReport:
 
     @property
     def batch_ids(self) -> list[str]:
-        return [f.batch_id for f in self.files]
+        return [b for f in self.files for b in (f.batches or [f.batch_id])]
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +95,8 @@ class SourceReport:
             "rows_in": self.rows_in,
             "accepted": self.accepted,
             "quarantined": self.quarantined,
+            "mode": self.mode,
+            "full_reason": self.full_reason,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -94,9 +107,8 @@ CHUNK_ROWS = 200_000
 _NO_REJECTS = ["_row_number", "reason", "raw"]
 
 
-def _csv_lines(fh) -> Iterator[str]:
+def _csv_lines(fh, first: bool = True) -> Iterator[str]:
     """The decoded lines of a CSV file: NUL bytes become U+FFFD, a leading BOM is dropped."""
-    first = True
     for line in fh:
         line = line.replace("\x00", "\ufffd")
         if first:
@@ -106,35 +118,57 @@ def _csv_lines(fh) -> Iterator[str]:
         yield line
 
 
-def _read_csv(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
+def _read_csv(
+    spec: SourceSpec, path: Path, chunk_rows: int, start: dict | None = None, info: dict | None = None
+) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
     """Parse a CSV file into chunks of (header, string frame, structural rejects), at most
     `chunk_rows` parsed rows each. Row numbers start at 1 and run on across chunks. A file
-    without a header yields one chunk with an empty header; a header without rows, one empty chunk."""
+    without a header yields one chunk with an empty header; a header without rows, one empty chunk.
+    `start` ({"offset", "header", "rows"}) parses only the bytes from `offset` (a line boundary
+    where an earlier parse ended cleanly) with that header, numbering rows on from `rows`.
+    `info` receives what a later append needs: the header, the rows counted and whether the
+    parse ended cleanly (at a line end, no quote left open)."""
+    info = {} if info is None else info
     with open(path, "rb") as fh:
         if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
             raise SourceError(f"Source '{spec.name}': {path} is UTF-16 encoded; save it as UTF-8 (CSV UTF-8) and run again.")
+        fh.seek(0, 2)
+        size = fh.tell()
+        if size:
+            fh.seek(size - 1)
+            info["ends_with_newline"] = fh.read(1) == b"\n"
+    info["clean_end"] = False
     # errors="replace": undecodable bytes become U+FFFD (quarantined below), as a whole-file decode would
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+    with open(path, "rb") as binary:
+        if start is not None:
+            binary.seek(start["offset"])
+        fh = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
         # strict: a quote left open (a file cut off inside a quoted field) is an error, not a value
-        reader = csv.reader(_csv_lines(fh), strict=True)
+        reader = csv.reader(_csv_lines(fh, first=start is None), strict=True)
         header: list[str] = []
-        try:
-            while not any(h.strip() for h in header):  # blank lines before the header are not the header
-                header = next(reader)
-        except StopIteration:
-            yield [], pd.DataFrame(), pd.DataFrame(columns=_NO_REJECTS)
-            return
-        except csv.Error as exc:
-            raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
-        header = [h.strip() for h in header]
+        if start is not None:
+            header = list(start["header"])
+        else:
+            try:
+                while not any(h.strip() for h in header):  # blank lines before the header are not the header
+                    header = next(reader)
+            except StopIteration:
+                yield [], pd.DataFrame(), pd.DataFrame(columns=_NO_REJECTS)
+                return
+            except csv.Error as exc:
+                raise SourceError(f"Source '{spec.name}': cannot read the header of {path} ({exc}); check that it is a CSV file.") from None
+            header = [h.strip() for h in header]
+        info["header"] = header
         repeated = sorted({h for h in header if h and header.count(h) > 1})
         if repeated:
             raise SourceError(f"Source '{spec.name}': column '{repeated[0]}' appears {header.count(repeated[0])} times in the header of {path}; rename or remove the copies.")
         rows: list[list[str]] = []
         numbers: list[int] = []
         rejects: list[tuple[int, str, str]] = []
-        n = 0
+        n = int(start["rows"]) if start is not None else 0
+        line0 = int(start["lines"]) if start is not None else 0  # lines before the tail, for the messages
         emitted = False
+        last_error = False
         while True:
             try:
                 record = next(reader)
@@ -142,8 +176,10 @@ def _read_csv(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[l
                 break
             except csv.Error as exc:
                 n += 1
-                rejects.append((n, f"malformed CSV line ending at line {reader.line_num} ({exc}: an unclosed quote, or the file is cut off)", ""))
+                last_error = True
+                rejects.append((n, f"malformed CSV line ending at line {line0 + reader.line_num} ({exc}: an unclosed quote, or the file is cut off)", ""))
                 continue
+            last_error = False
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # blank (or whitespace-only) line: not a row
             n += 1
@@ -155,6 +191,8 @@ def _read_csv(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[l
             if len(rows) >= chunk_rows:
                 yield header, _string_frame(rows, numbers, header), pd.DataFrame(rejects, columns=_NO_REJECTS)
                 rows, numbers, rejects, emitted = [], [], [], True
+        info["rows"], info["lines"] = n, line0 + reader.line_num
+        info["clean_end"] = bool(info.get("ends_with_newline")) and not last_error
         if rows or rejects or not emitted:
             yield header, _string_frame(rows, numbers, header), pd.DataFrame(rejects, columns=_NO_REJECTS)
 
@@ -165,17 +203,42 @@ def _string_frame(rows: list[list[str]], numbers: list[int], header: list[str]) 
     return frame
 
 
-def _read_parquet(spec: SourceSpec, path: Path, chunk_rows: int) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
-    """A Parquet file in chunks of (columns, string frame, no rejects); row numbers start at 1."""
+def _parquet_with_nulls(path: Path, file: pq.ParquetFile) -> set[str]:
+    """(Numpy) integer columns holding nulls: they read as floats ("1.0"), decided on the whole file."""
+    numpy_ints = [c for c, t in file.schema_arrow.empty_table().to_pandas().dtypes.items() if isinstance(t, np.dtype) and t.kind in "iu"]
+    return {c for c in numpy_ints if pq.read_table(path, columns=[c]).column(0).null_count}
+
+
+def _read_parquet(
+    spec: SourceSpec, path: Path, chunk_rows: int, start: dict | None = None, info: dict | None = None
+) -> Iterator[tuple[list[str], pd.DataFrame, pd.DataFrame]]:
+    """A Parquet file in chunks of (columns, string frame, no rejects); row numbers start at 1.
+    `start` ({"rows"}) reads only the rows after the first `rows` (an append's tail)."""
+    info = {} if info is None else info
     try:
         file = pq.ParquetFile(path)
         schema = file.schema_arrow
         # A (numpy) integer column holding nulls reads as floats ("1.0"): decided on the whole file, as one read would.
-        numpy_ints = [c for c, t in schema.empty_table().to_pandas().dtypes.items() if isinstance(t, np.dtype) and t.kind in "iu"]
-        with_nulls = {c for c in numpy_ints if pq.read_table(path, columns=[c]).column(0).null_count}
-        batches = file.iter_batches(batch_size=chunk_rows)
-        offset, emitted = 0, False
+        with_nulls = _parquet_with_nulls(path, file)
+        info["with_nulls"] = sorted(with_nulls)
+        skip = int(start["rows"]) if start is not None else 0
+        groups, first_row, to_skip = [], 0, skip  # the row groups holding rows after `skip`, and the rows to drop from the first
+        for i in range(file.metadata.num_row_groups):
+            n_rows = file.metadata.row_group(i).num_rows
+            if first_row + n_rows > skip:
+                groups.append(i)
+            else:
+                to_skip -= n_rows
+            first_row += n_rows
+        info["rows"] = first_row
+        batches = file.iter_batches(batch_size=chunk_rows, row_groups=groups) if groups else iter(())
+        offset, emitted = skip, False
         for batch in batches:
+            if to_skip:
+                dropped = min(to_skip, batch.num_rows)
+                batch, to_skip = batch.slice(dropped), to_skip - dropped
+                if not batch.num_rows:
+                    continue
             table = pa_arrow.Table.from_batches([batch])
             for name in with_nulls:
                 table = table.set_column(table.schema.get_field_index(name), name, table.column(name).cast(pa_arrow.float64()))
@@ -484,38 +547,52 @@ class _ParquetBatch:
 
 # --- the stage -------------------------------------------------------------------------------
 def ingest_file(
-    spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, seen_keys: dict[str, str], run_id: str, seen_files: dict[str, str] | None = None
+    spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, seen_keys: "_Keys", run_id: str, seen_files: dict[str, str] | None = None,
+    append: dict | None = None, track: dict | None = None,
 ) -> FileReport:
     """Validate one file of a source into the lake and the quarantine; return its counts.
 
-    `seen_keys` (record key -> where first seen) and `seen_files` (batch id -> file) span the
+    `seen_keys` (record keys -> where first seen) and `seen_files` (batch id -> file) span the
     source's files in this run: a key seen before, or a file whose bytes were already ingested
     from this source (a re-delivered export under a new name), is quarantined, not doubled.
     The file is read and validated in chunks of `cfg.chunk_rows` rows (memory follows the chunk);
     repeated rows and keys are found across chunks, so the result is the same as in one piece.
+    `append` ({"batch_id", "start", "seen_rows"}) validates only the rows after an earlier
+    ingest's (the file grew), into their own batch; the counts returned are the tail's.
+    `track` receives what the next incremental ingest needs (parse end, row hashes, flags).
     """
-    try:
-        digest = _file_digest(path)
-    except OSError as exc:
-        raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
-    seen_files = {} if seen_files is None else seen_files
-    batch_id = digest.hexdigest()[:16]
-    copy_of = seen_files.get(batch_id)
-    if copy_of is None:
-        seen_files[batch_id] = path.name
-    else:  # its own batch (the first file's stays as it is), every row quarantined
-        digest.update(b"\0copy:" + path.name.encode("utf-8", "surrogateescape"))
+    track = {} if track is None else track
+    if append is None:
+        try:
+            digest = _file_digest(path)
+        except OSError as exc:
+            raise SourceError(f"Source '{spec.name}': cannot read {path} ({exc.strerror}); check the path and its permissions.") from None
+        seen_files = {} if seen_files is None else seen_files
         batch_id = digest.hexdigest()[:16]
+        track["sha256"] = digest.hexdigest()
+        copy_of = seen_files.get(batch_id)
+        if copy_of is None:
+            seen_files[batch_id] = path.name
+        else:  # its own batch (the first file's stays as it is), every row quarantined
+            digest.update(b"\0copy:" + path.name.encode("utf-8", "surrogateescape"))
+            batch_id = digest.hexdigest()[:16]
+    else:
+        batch_id, copy_of = append["batch_id"], None
+    track["copy"] = copy_of is not None
     fmt = spec.file_format(path)
     chunk_rows = getattr(cfg, "chunk_rows", CHUNK_ROWS)
-    chunks = _read_csv(spec, path, chunk_rows) if fmt == "csv" else _read_parquet(spec, path, chunk_rows)
+    info = track.setdefault("read", {})
+    start = append["start"] if append else None
+    chunks = _read_csv(spec, path, chunk_rows, start, info) if fmt == "csv" else _read_parquet(spec, path, chunk_rows, start, info)
     now = pd.Timestamp(datetime.now(timezone.utc))
     schema = _schema(spec, cfg, now)
-    seen_rows = _SeenRows()
+    seen_rows = append["seen_rows"] if append else _SeenRows()
+    track["seen_rows"] = seen_rows
     lake = _ParquetBatch(ws.lake / spec.name / f"batch={batch_id}" / "part-0.parquet")
     quarantine = _ParquetBatch(ws.quarantine / spec.name / f"batch={batch_id}" / "part-0.parquet")
     rows_in = accepted_rows = quarantined_rows = 0
     note = ""
+    unsettled = False  # a row erased, or quarantined for a time that may stop being in the future: the next run re-ingests
     try:
         for header, raw, rejects in chunks:
             if not header:
@@ -527,6 +604,8 @@ def ingest_file(
             rows_in += len(raw) + len(rejects)
             accepted_rows += len(accepted)
             quarantined_rows += len(quarantined)
+            if len(quarantined):
+                unsettled = unsettled or bool(quarantined["reason"].str.contains(_UNSETTLED, regex=True).any())
             lake.write(accepted)
             quarantine.write(quarantined)
         assert rows_in == accepted_rows + quarantined_rows, "ingest lost rows"  # invariant, never user input
@@ -536,7 +615,8 @@ def ingest_file(
         lake.abort()
         quarantine.abort()
         raise
-    return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined_rows, note=note)
+    track["unsettled"] = unsettled
+    return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined_rows, note=note, batches=[batch_id])
 
 
 def _file_digest(path: Path):
@@ -591,12 +671,11 @@ def _validate_chunk(
     # earlier file of the source) is a duplicate. Vectorised; only duplicates are looked at one by one.
     keys = canon["source_key"]
     candidates = keys[keys.notna() & ~keys.index.isin(list(reasons))]
-    earlier = candidates.isin(seen_keys.keys()) if seen_keys else pd.Series(False, index=candidates.index)
-    again = candidates.duplicated(keep="first") | earlier
+    again = candidates.duplicated(keep="first") | seen_keys.seen(candidates)
     first_in_file = candidates[~again]
-    seen_keys.update(zip(first_in_file.tolist(), (f"{path.name} row {i}" for i in first_in_file.index)))
+    seen_keys.add(first_in_file, path.name)
     for idx, key in candidates[again].items():
-        reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys[key]})")
+        reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys.where(key)})")
 
     # Erased persons (personaops/erasure.py): rows matching a tombstone are quarantined as
     # 'erased', whatever else is wrong with them, and their raw values are not kept.
@@ -632,26 +711,330 @@ def _validate_chunk(
     return accepted, quarantined.sort_values("_row_number", kind="stable")
 
 
-def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str) -> list[SourceReport]:
-    """Ingest every source; return per-source reports (rows in, accepted, quarantined, batches)."""
+# --- incremental ingest ------------------------------------------------------------------------
+# A source's files usually grow: an export gains rows at its end, earlier bytes unchanged. The
+# state of each source's last ingest (lake/<source>/_ingest/) lets the next run validate only the
+# added rows: per file its size and SHA-256, how its parse ended, its lake batches and counts, the
+# row hashes it saw (for "duplicate of row N"); the record keys seen are the lake's own. Anything
+# else -- a changed or shorter file, removed or reordered files, other settings or code, new
+# erasure tombstones, a file whose last ingest erased rows or rejected future times -- ingests the
+# source in full, as before. Only hashes are kept there, never raw values.
+STATE_DIR = "_ingest"
+STATE_VERSION = 1
+_UNSETTLED = r"in the future|^erased$"
+
+
+class _Redo(Exception):
+    """An append that would not give what a full ingest gives: ingest the source in full."""
+
+
+class _Keys:
+    """The record keys of a source seen so far: this run's (key -> where first seen) and, for an
+    append, the earlier rows' keys as the lake holds them (Arrow, with the file each came from).
+    `later` is set when a key was first seen in a file that comes after the one being read (a
+    full ingest would keep this row and quarantine the later file's)."""
+
+    def __init__(self) -> None:
+        self.run: dict[str, str] = {}
+        self.lake: pa_arrow.Array | None = None
+        self.lake_order = self.lake_rows = np.empty(0, dtype=np.int64)
+        self.names: list[str] = []
+        self.order = 0
+        self.found: dict[str, str] = {}
+        self.later = False
+
+    def load(self, ws: Workspace, source: str, files: list[dict]) -> None:
+        keys, order, rows = [], [], []
+        for i, entry in enumerate(files):
+            for b in entry["batches"]:
+                t = pq.read_table(ws.lake / source / f"batch={b}" / "part-0.parquet", columns=["source_key", "_row_number"])
+                keys.append(t.column("source_key").cast(pa_arrow.string()))
+                order.append(np.full(t.num_rows, i, dtype=np.int64))
+                rows.append(t.column("_row_number").to_numpy())
+        self.names = [f["name"] for f in files]
+        if keys:
+            self.lake = pa_arrow.chunked_array(keys).combine_chunks()
+            self.lake_order, self.lake_rows = np.concatenate(order), np.concatenate(rows)
+
+    def seen(self, keys: pd.Series) -> pd.Series:
+        """Which keys were seen before (this run, or in the earlier rows of an append)."""
+        mask = keys.isin(self.run.keys()) if self.run else pd.Series(False, index=keys.index)
+        if self.lake is not None and len(self.lake) and len(keys):
+            at = pc.fill_null(pc.index_in(pa_arrow.array(keys.to_numpy(dtype=object), type=pa_arrow.string()), value_set=self.lake), -1).to_numpy()
+            hit = at >= 0
+            if hit.any():
+                if (self.lake_order[at[hit]] > self.order).any():
+                    self.later = True
+                for key, pos in zip(keys[hit].tolist(), at[hit]):
+                    self.found.setdefault(key, f"{self.names[self.lake_order[pos]]} row {self.lake_rows[pos]}")
+            mask = mask | pd.Series(hit, index=keys.index)
+        return mask
+
+    def add(self, keys: pd.Series, file_name: str) -> None:
+        self.run.update(zip(keys.tolist(), (f"{file_name} row {i}" for i in keys.index)))
+
+    def where(self, key: str) -> str:
+        return self.found[key] if key in self.found else self.run[key]
+
+
+def _fingerprint(ws: Workspace, spec: SourceSpec, cfg: IngestConfig) -> str:
+    """What an ingest's result depends on besides the files: the source's mapping (not its
+    folder: a grown export may be delivered elsewhere), the settings, this code, the tombstones."""
+    from personaops import __version__, erasure
+
+    h = hashlib.sha256()
+    h.update(json.dumps([spec.model_dump(mode="json", exclude={"path"}), spec.path.is_dir(), cfg.model_dump(mode="json"), __version__, STATE_VERSION], sort_keys=True, default=str).encode())
+    for code in (Path(__file__), Path(erasure.__file__)):
+        h.update(hashlib.sha256(code.read_bytes()).digest())
+    tomb = erasure.tombstone_path(ws)
+    h.update(hashlib.sha256(tomb.read_bytes()).digest() if tomb.is_file() else b"-")
+    return h.hexdigest()[:32]
+
+
+def _row_group_digests(path: Path) -> list[list]:
+    """(rows, SHA-256 of its bytes) of each row group of a Parquet file."""
+    md = pq.ParquetFile(path).metadata
+    out = []
+    with open(path, "rb") as fh:
+        for i in range(md.num_row_groups):
+            rg = md.row_group(i)
+            spans = []
+            for j in range(rg.num_columns):
+                c = rg.column(j)
+                first = c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset
+                spans.append((first, first + c.total_compressed_size))
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+            fh.seek(lo)
+            out.append([rg.num_rows, hashlib.sha256(fh.read(hi - lo)).hexdigest()])
+    return out
+
+
+def _parquet_row_hashes(spec: SourceSpec, path: Path, first: int, last: int | None = None) -> np.ndarray:
+    """Row hashes (as ingest computes them) of rows first+1..last of a Parquet file."""
+    out = []
+    for _, raw, _ in _read_parquet(spec, path, CHUNK_ROWS, {"rows": first}):
+        if last is not None:
+            raw = raw[raw.index <= last]
+        if len(raw):
+            spec.require_columns(path, list(raw.columns))
+            out.append(_row_hashes(raw[spec.mapped_columns()]).to_numpy(dtype=np.uint64))
+    return np.concatenate(out) if out else np.empty(0, dtype=np.uint64)
+
+
+def _prefix_digest(path: Path, size: int) -> tuple[str, str]:
+    """(SHA-256 of the file's first `size` bytes, SHA-256 of the whole file), in one read."""
+    h = hashlib.sha256()
+    prefix = None
+    done = 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(min(1 << 20, size - done) if done < size else 1 << 20)
+            if not block:
+                break
+            h.update(block)
+            done += len(block)
+            if done == size and prefix is None:
+                prefix = h.copy().hexdigest()
+    if prefix is None:  # an empty prefix
+        prefix = hashlib.sha256().hexdigest() if size == 0 else ""
+    return prefix, h.hexdigest()
+
+
+def _state_folder(ws: Workspace, source: str) -> Path:
+    return ws.lake / source / STATE_DIR
+
+
+def _load_state(ws: Workspace, spec: SourceSpec, cfg: IngestConfig) -> tuple[dict | None, str]:
+    path = _state_folder(ws, spec.name) / "state.json"
+    if not path.is_file():
+        return None, "no earlier ingest of this source in the workspace"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, "the earlier ingest's state is unreadable"
+    if state.get("fingerprint") != _fingerprint(ws, spec, cfg):
+        return None, "the source's mapping, the ingest settings, the code or the erasure tombstones changed"
+    return state, ""
+
+
+def _plan(ws: Workspace, spec: SourceSpec, paths: list[Path], state: dict) -> tuple[list[dict] | None, str]:
+    """Per earlier file: {"mode": unchanged|appended, ...}; or (None, why the source is ingested in full)."""
+    files = state["files"]
+    if [p.name for p in paths[: len(files)]] != [f["name"] for f in files]:
+        return None, "files were removed or renamed, or a file sorts before one ingested earlier"
+    plans = []
+    for path, entry in zip(paths, files):
+        if not entry["settled"]:
+            return None, f"{path.name}: its last ingest erased rows, quarantined future times or found a copied file"
+        for b in entry["batches"]:
+            if not (ws.lake / spec.name / f"batch={b}" / "part-0.parquet").is_file() or not (ws.quarantine / spec.name / f"batch={b}" / "part-0.parquet").is_file():
+                return None, f"{path.name}: batch {b} is gone from the lake"
+        try:
+            size = path.stat().st_size
+            if size < entry["size"]:
+                return None, f"{path.name} is shorter than when it was ingested"
+            fmt = spec.file_format(path)
+            if fmt != entry["format"]:
+                return None, f"{path.name}: its format changed"
+            prefix, whole = _prefix_digest(path, entry["size"])
+            if whole == entry["sha256"]:
+                plans.append({"mode": "unchanged", "sha256": whole})
+                continue
+            if fmt == "csv":
+                if prefix != entry["sha256"]:
+                    return None, f"{path.name}: rows ingested earlier changed"
+                if not entry["clean_end"]:
+                    return None, f"{path.name}: its last line was incomplete when it was ingested"
+                plans.append({"mode": "appended", "sha256": whole, "start": {"offset": entry["size"], "header": entry["header"], "rows": entry["rows"], "lines": entry["lines"]}})
+                continue
+            file = pq.ParquetFile(path)
+            if str(file.schema_arrow.remove_metadata()) != entry["schema"] or sorted(_parquet_with_nulls(path, file)) != entry["with_nulls"]:
+                return None, f"{path.name}: its columns or their types changed"
+            groups, old = _row_group_digests(path), entry["row_groups"]
+            if len(old) < 1 or groups[: len(old) - 1] != old[:-1] or file.metadata.num_rows < entry["rows"]:
+                return None, f"{path.name}: rows ingested earlier changed"
+            tail_from = entry["tail_from"]
+            stored = pq.read_table(_state_folder(ws, spec.name) / entry["tail_hashes"]).column("hash").to_numpy()
+            if not np.array_equal(_parquet_row_hashes(spec, path, tail_from, entry["rows"]), stored):
+                return None, f"{path.name}: rows ingested earlier changed"
+            plans.append({"mode": "appended", "sha256": whole, "start": {"rows": entry["rows"]}})
+        except (OSError, pa_arrow.ArrowException) as exc:
+            return None, f"{path.name}: cannot compare it with its last ingest ({exc.__class__.__name__})"
+    return plans, ""
+
+
+def _file_entry(ws: Workspace, spec: SourceSpec, path: Path, report: FileReport, track: dict, sha256: str, settled: bool, token: str) -> dict:
+    """The state of one ingested file, its row hashes (and a Parquet file's last row group's) saved beside."""
+    folder = _state_folder(ws, spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    read, seen = track["read"], track["seen_rows"]
+    name = f"seen-{token}.parquet"
+    pq.write_table(pa_arrow.table({"hash": seen.hashes, "row": seen.rows}), folder / name)
+    entry = {
+        "name": path.name, "format": spec.file_format(path), "size": path.stat().st_size, "sha256": sha256, "batches": report.batches,
+        "rows_in": report.rows_in, "accepted": report.accepted, "quarantined": report.quarantined, "note": report.note,
+        "rows": int(read.get("rows", 0)), "seen_rows": name, "settled": settled and report.note == "",
+    }  # fmt: skip
+    if entry["format"] == "csv":
+        entry.update(header=read.get("header", []), lines=int(read.get("lines", 0)), clean_end=bool(read.get("clean_end")))
+    else:
+        file = pq.ParquetFile(path)
+        groups = _row_group_digests(path)
+        tail_from = sum(n for n, _ in groups[:-1])
+        tail = f"tail-{token}.parquet"
+        pq.write_table(pa_arrow.table({"hash": _parquet_row_hashes(spec, path, tail_from)}), folder / tail)
+        entry.update(schema=str(file.schema_arrow.remove_metadata()), with_nulls=read.get("with_nulls", []), row_groups=groups, tail_from=tail_from, tail_hashes=tail)
+    return entry
+
+
+def _load_seen(ws: Workspace, source: str, entry: dict) -> _SeenRows:
+    seen = _SeenRows()
+    table = pq.read_table(_state_folder(ws, source) / entry["seen_rows"])
+    seen.hashes, seen.rows = table.column("hash").to_numpy().astype(np.uint64), table.column("row").to_numpy().astype(np.int64)
+    return seen
+
+
+def _save_state(ws: Workspace, spec: SourceSpec, cfg: IngestConfig, entries: list[dict]) -> None:
+    from personaops.workspace import atomic_write_text
+
+    folder = _state_folder(ws, spec.name)
+    atomic_write_text(folder / "state.json", json.dumps({"version": STATE_VERSION, "fingerprint": _fingerprint(ws, spec, cfg), "files": entries}, indent=1))
+    keep = {"state.json"} | {e["seen_rows"] for e in entries} | {e["tail_hashes"] for e in entries if "tail_hashes" in e}
+    for old in folder.iterdir():
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _ingest_full(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg: IngestConfig, run_id: str, reason: str) -> SourceReport:
+    report = SourceReport(source=spec.name, kind=spec.kind, mode="full", full_reason=reason)
+    keys, seen_files, entries = _Keys(), {}, []
+    for order, path in enumerate(paths):
+        keys.order = order
+        track: dict = {}
+        fr = ingest_file(spec, path, ws, cfg, keys, run_id, seen_files, track=track)
+        fr.new_rows_in, fr.new_accepted, fr.new_quarantined = fr.rows_in, fr.accepted, fr.quarantined
+        report.files.append(fr)
+        entries.append(_file_entry(ws, spec, path, fr, track, track["sha256"], not (track["copy"] or track["unsettled"]), fr.batch_id))
+    _save_state(ws, spec, cfg, entries)
+    return report
+
+
+def _ingest_incremental(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg: IngestConfig, run_id: str, state: dict, plans: list[dict]) -> SourceReport:
+    """Keep the earlier rows of each file as ingested; validate only rows added at the ends of the
+    files (and whole files added after the known ones). Raises _Redo when that would differ from a full ingest."""
+    report = SourceReport(source=spec.name, kind=spec.kind, mode="incremental")
+    keys, entries = _Keys(), []
+    keys.load(ws, spec.name, state["files"])
+    seen_files = {e["sha256"][:16]: e["name"] for e in state["files"]}
+    for order, path in enumerate(paths):
+        keys.order = order
+        if order < len(plans):
+            entry, plan = state["files"][order], plans[order]
+            if plan["mode"] == "unchanged":
+                report.files.append(FileReport(file=str(path), batch_id=entry["batches"][-1], rows_in=entry["rows_in"], accepted=entry["accepted"],
+                                               quarantined=entry["quarantined"], note=entry["note"], batches=list(entry["batches"]), mode="unchanged"))  # fmt: skip
+                entries.append(entry)
+                continue
+            tail_id = hashlib.sha256(f"tail:{plan['sha256']}:{entry['batches'][-1]}".encode()).hexdigest()[:16]
+            track: dict = {}
+            tail = ingest_file(spec, path, ws, cfg, keys, run_id, append={"batch_id": tail_id, "start": plan["start"], "seen_rows": _load_seen(ws, spec.name, entry)}, track=track)
+            if keys.later:
+                raise _Redo(f"{path.name}: an added row repeats a key first seen in a later file")
+            fr = FileReport(file=str(path), batch_id=tail_id, rows_in=entry["rows_in"] + tail.rows_in, accepted=entry["accepted"] + tail.accepted,
+                            quarantined=entry["quarantined"] + tail.quarantined, note=entry["note"], batches=[*entry["batches"], tail_id], mode="appended",
+                            new_rows_in=tail.rows_in, new_accepted=tail.accepted, new_quarantined=tail.quarantined)  # fmt: skip
+            report.files.append(fr)
+            entries.append(_file_entry(ws, spec, path, fr, track, plan["sha256"], not track["unsettled"], tail_id))
+        else:  # a file added after the known ones: ingested whole, its keys checked against every earlier row
+            track = {}
+            fr = ingest_file(spec, path, ws, cfg, keys, run_id, seen_files, track=track)
+            fr.new_rows_in, fr.new_accepted, fr.new_quarantined = fr.rows_in, fr.accepted, fr.quarantined
+            report.files.append(fr)
+            entries.append(_file_entry(ws, spec, path, fr, track, track["sha256"], not (track["copy"] or track["unsettled"]), fr.batch_id))
+    _save_state(ws, spec, cfg, entries)
+    return report
+
+
+def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str, incremental: bool = True) -> list[SourceReport]:
+    """Ingest every source; return per-source reports (rows in, accepted, quarantined, batches).
+    With `incremental`, a source whose files only grew since its last ingest in this workspace
+    has only the added rows validated (see _ingest_incremental); the lake's content is the same."""
     reports = []
     for spec in specs:
-        report = SourceReport(source=spec.name, kind=spec.kind)
-        seen_keys: dict[str, str] = {}
-        seen_files: dict[str, str] = {}
-        for path in spec.files():
-            report.files.append(ingest_file(spec, path, ws, cfg, seen_keys, run_id, seen_files))
-        reports.append(report)
+        paths = spec.files()
+        state, reason = _load_state(ws, spec, cfg) if incremental else (None, "incremental ingest is off")
+        plans = None
+        if state is not None:
+            plans, reason = _plan(ws, spec, paths, state)
+        report = None
+        if plans is not None:
+            try:
+                report = _ingest_incremental(spec, paths, ws, cfg, run_id, state, plans)
+            except _Redo as why:
+                reason = str(why)
+        reports.append(report if report is not None else _ingest_full(spec, paths, ws, cfg, run_id, reason))
     return reports
 
 
-def read_lake(ws: Workspace, source: str, batch_ids: list[str], columns: list[str] | None = None, prefixes: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_lake(
+    ws: Workspace, source: str, batch_ids: list[str], columns: list[str] | None = None, prefixes: tuple[str, ...] = (), keys: pa_arrow.Array | None = None
+) -> pd.DataFrame:
     """The accepted rows of the given batches of one source: every column, or only `columns` and
     the columns starting with one of `prefixes` (a column a batch lacks is left out of it; strings
-    repeated across rows share one Python object)."""
+    repeated across rows share one Python object). `keys` (Arrow strings) keeps only the rows
+    with one of those record keys, filtered before the rows become pandas objects."""
     frames = []
     for b in batch_ids:
         path = ws.lake / source / f"batch={b}" / "part-0.parquet"
+        if keys is not None:
+            names = pq.read_schema(path).names
+            wanted = set(names) if columns is None and not prefixes else set(columns or ())
+            table = pq.read_table(path, columns=[c for c in names if c in wanted or c == "source_key" or c.startswith(prefixes)])
+            table = table.filter(pc.is_in(table["source_key"], value_set=keys))
+            if columns is not None and "source_key" not in columns and not any("source_key".startswith(p) for p in prefixes):
+                table = table.drop_columns(["source_key"])
+            frames.append(table.to_pandas())
+            continue
         if columns is None and not prefixes:
             frames.append(pd.read_parquet(path))
             continue

@@ -190,3 +190,107 @@ def test_read_lake_reads_only_the_columns_asked_for(tmp_path):
     lake = read_lake(ws, "tickets", report.batch_ids, columns=["source_key", "text", "not_there"], prefixes=("_row",))
     assert list(lake.columns) == ["source_key", "text", "_row_number", "_row_hash"]
     assert lake["text"].tolist() == read_lake(ws, "tickets", report.batch_ids)["text"].tolist()
+
+
+# --- incremental ingest: a grown file has only its added rows validated, with the same result --
+def _ingest_twice(tmp_path, spec_of, before: bytes | None, after_files: dict[str, bytes], folder: bool = False):
+    """Ingest `before` then the grown files into one workspace (incremental) and the grown files
+    alone into another (full); return (incremental reports, full reports, both workspaces)."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    target = src if folder else src / next(iter(after_files))
+    if before is not None:
+        for name, data in before.items():
+            (src / name).write_bytes(data)
+        ws_inc = Workspace(tmp_path / "ws-inc")
+        ingest_sources([spec_of(target)], ws_inc, IngestConfig(), "r1")
+    for name, data in after_files.items():
+        (src / name).write_bytes(data)
+    ws_full = Workspace(tmp_path / "ws-full")
+    inc = ingest_sources([spec_of(target)], ws_inc, IngestConfig(), "r2")
+    full = ingest_sources([spec_of(target)], ws_full, IngestConfig(), "r3")
+    return inc, full, ws_inc, ws_full
+
+
+def _assert_same_lake(inc, full, ws_inc, ws_full):
+    drop = ["_batch_id", "_ingested_at"]
+    for a, b in zip(inc, full):
+        assert (a.rows_in, a.accepted, a.quarantined) == (b.rows_in, b.accepted, b.quarantined)
+        for f in a.files:
+            assert f.new_rows_in == f.new_accepted + f.new_quarantined
+        pd.testing.assert_frame_equal(read_lake(ws_inc, a.source, a.batch_ids).drop(columns=drop), read_lake(ws_full, b.source, b.batch_ids).drop(columns=drop), check_dtype=False)
+        qa, qb = read_quarantine(ws_inc, a.source, a.batch_ids), read_quarantine(ws_full, b.source, b.batch_ids)
+        pd.testing.assert_frame_equal(qa.drop(columns=drop, errors="ignore"), qb.drop(columns=drop, errors="ignore"), check_dtype=False)
+
+
+def test_a_grown_csv_validates_only_its_tail_and_equals_a_full_ingest(tmp_path):
+    head = (TICKETS_HEADER + "\n".join(GOOD) + "\n").encode() + b"".join(corrupt_rows()[:2] + corrupt_rows()[3:6])
+    tail = (
+        b"T-4,dan@example.com,,New ticket,2026-01-06T10:00:00Z\n"
+        + (GOOD[0] + "\n").encode()  # the same row as row 1: a duplicate row
+        + b"T-2,zed@example.com,,Same key as an earlier row,2026-01-07T00:00:00Z\n"  # a key seen in the earlier rows
+        + b"BAD-1,gus@example.com,,Key of an earlier quarantined row,2026-01-07T00:00:00Z\n"
+        + b'T-5,hal@example.com,"multi\nline",body,2026-01-08T00:00:00Z\n'
+        + b"T-6,ivy@example.com,,broken,date\n"
+        + b"T-7,not-an-email,,x,2026-01-08T00:00:00Z\n"
+    )
+    inc, full, ws_inc, ws_full = _ingest_twice(tmp_path, _spec, {"t.csv": head}, {"t.csv": head + tail})
+    [report] = inc
+    assert report.mode == "incremental" and report.files[0].mode == "appended"
+    assert report.files[0].new_rows_in == 7 and len(report.batch_ids) == 2
+    _assert_same_lake(inc, full, ws_inc, ws_full)
+    reasons = read_quarantine(ws_inc, "tickets", report.batch_ids[1:])["reason"].tolist()
+    assert any("duplicate of row 1" in r for r in reasons) and any("duplicate key 'T-2' (first at t.csv row 2)" in r for r in reasons)
+    # unchanged on the next run: nothing validated, the same batches and counts
+    [again] = ingest_sources([_spec(tmp_path / "src" / "t.csv")], ws_inc, IngestConfig(), "r4")
+    assert again.files[0].mode == "unchanged" and again.batch_ids == report.batch_ids and again.rows_in == report.rows_in
+
+
+def test_a_changed_earlier_row_or_an_unsettled_file_ingests_in_full(tmp_path):
+    head = (TICKETS_HEADER + "\n".join(GOOD) + "\n").encode()
+    changed = head.replace(b"Login broken", b"Login broke!") + b"T-4,dan@example.com,,New,2026-01-06T10:00:00Z\n"
+    inc, full, ws_inc, ws_full = _ingest_twice(tmp_path, _spec, {"t.csv": head}, {"t.csv": changed})
+    assert inc[0].mode == "full" and "changed" in inc[0].full_reason
+    _assert_same_lake(inc, full, ws_inc, ws_full)
+    # a row quarantined for a future time may be accepted later: the file is re-validated whole
+    future = changed + corrupt_rows()[2]
+    path = tmp_path / "src" / "t.csv"
+    path.write_bytes(future)
+    [first] = ingest_sources([_spec(path)], ws_inc, IngestConfig(), "r5")
+    path.write_bytes(future + b"T-8,eve@example.com,,More,2026-01-09T10:00:00Z\n")
+    [second] = ingest_sources([_spec(path)], ws_inc, IngestConfig(), "r6")
+    assert first.mode == "incremental" and second.mode == "full" and "future" in second.full_reason
+
+
+def test_a_grown_parquet_file_with_row_groups_equals_a_full_ingest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def frame(n):
+        return pd.DataFrame({
+            "event_id": [f"E{i}" if i != 950 else "E5" for i in range(n)],  # one repeated key in the tail
+            "user_id": [f"U{i % 40}" for i in range(n)],
+            "ts": [f"2026-01-{1 + i % 28:02d}T00:00:00Z" if i % 97 else "nope" for i in range(n)],
+            "event_type": ["view" if i % 3 else "click" for i in range(n)],
+        })  # fmt: skip
+
+    def write(n) -> bytes:
+        out = tmp_path / "tmp.parquet"
+        pq.write_table(pa.Table.from_pandas(frame(n), preserve_index=False), out, row_group_size=250)
+        return out.read_bytes()
+
+    def spec(path):
+        return SourceSpec(name="events", kind="events", path=path, key="event_id", identifiers={"customer_id": "user_id"}, timestamp="ts", fields={"event_type": "event_type"})
+
+    inc, full, ws_inc, ws_full = _ingest_twice(tmp_path, spec, {"e.parquet": write(900)}, {"e.parquet": write(1000)})
+    assert inc[0].mode == "incremental" and inc[0].files[0].new_rows_in == 100
+    _assert_same_lake(inc, full, ws_inc, ws_full)
+
+
+def test_a_tail_key_first_seen_in_a_later_file_ingests_the_folder_in_full(tmp_path):
+    head = (TICKETS_HEADER + "\n".join(GOOD) + "\n").encode()
+    later = (TICKETS_HEADER + "T-9,kim@example.com,,In the later file,2026-01-09T10:00:00Z\n").encode()
+    grown = head + b"T-9,lee@example.com,,Added to the first file,2026-01-10T10:00:00Z\n"
+    inc, full, ws_inc, ws_full = _ingest_twice(tmp_path, _spec, {"a.csv": head, "b.csv": later}, {"a.csv": grown}, folder=True)
+    assert inc[0].mode == "full" and "later file" in inc[0].full_reason
+    _assert_same_lake(inc, full, ws_inc, ws_full)
