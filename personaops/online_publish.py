@@ -28,7 +28,9 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import struct
+import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -58,6 +60,28 @@ _DISTINCT_VALUES_VIA_PROTO = 2_000
 # A publish encodes and inserts this many persons at a time: SQLite inserts one slice (without
 # Python's lock) while the next is encoded, so the two overlap on a second core.
 _SLICE_PERSONS = 16_384
+# Changes-only publish (publishing_changes_only): beside Feast's tables, the table
+# personaops_online_state holds, per view table, the id of the publish its content equals; a
+# snapshot of each person's row hash under that id lives next to the database. Above this share of
+# persons changed (or removed), a full rebuild is cheaper than writing the changes.
+_STATE_TABLE = "personaops_online_state"
+_SNAPSHOT_DIR = "personaops_published"
+_CHANGES_MAX_SHARE = 0.3
+_CHANGES_ONLY: ContextVar["dict | None"] = ContextVar("personaops_changes_only", default=None)
+
+
+@contextmanager
+def publishing_changes_only() -> Iterator[dict]:
+    """Within this block, SQLite publishes of a view write only the persons whose row changed
+    since the view's last publish (and delete the persons gone from it), in one transaction, when
+    the online table still holds exactly that publish; otherwise, and when more than 30% of the
+    persons changed, they rebuild the table as usual. Yields {view: what each publish did}."""
+    report: dict = {}
+    token = _CHANGES_ONLY.set(report)
+    try:
+        yield report
+    finally:
+        _CHANGES_ONLY.reset(token)
 
 
 @dataclass
@@ -143,9 +167,42 @@ class SqlitePublisher:
     def replace(self, view_name: str, rows: pd.DataFrame) -> int:
         view = self.store.get_feature_view(view_name)
         table = self.table_name(view)
+        report = _CHANGES_ONLY.get()
+        snapshot = _RowSnapshot.of(view, rows) if report is not None else None
+        if snapshot is not None:
+            done = self._write_changes(view, table, rows, snapshot)
+            if done is not None:
+                report[view_name] = done
+                return len(rows)
+        epoch = uuid.uuid4().hex
         slices = iter_sqlite_rows(view, rows, self.store.config.entity_key_serialization_version)
-        write_sqlite_table(self.db_path(), table, slices, self.busy_timeout_s, expected_values=len(rows) * len(view.features))
+        write_sqlite_table(self.db_path(), table, slices, self.busy_timeout_s, expected_values=len(rows) * len(view.features), epoch=epoch)
+        if snapshot is not None:
+            snapshot.save(self.snapshot_path(table), epoch)
+            report[view_name] = {"mode": "full", "persons_written": len(rows), "persons_removed": None}
         return len(rows)
+
+    def snapshot_path(self, table: str) -> Path:
+        """Row hashes of the view's last changes-only-capable publish, next to the database."""
+        return self.db_path().parent / _SNAPSHOT_DIR / f"{table}.parquet"
+
+    def _write_changes(self, view, table: str, rows: pd.DataFrame, snapshot: "_RowSnapshot") -> dict | None:
+        """Write only the persons whose row differs from the last publish's snapshot; None when
+        that is not possible (no snapshot, the table changed since, too many changes)."""
+        previous = _RowSnapshot.load(self.snapshot_path(table))
+        if previous is None or previous.columns != snapshot.columns:
+            return None
+        changed, removed = snapshot.changes_from(previous)
+        if len(changed) + len(removed) > _CHANGES_MAX_SHARE * max(len(rows), 1):
+            return None
+        encoded = self.encode(view, rows.iloc[changed])
+        join = view.entity_columns[0]
+        gone = entity_keys(join.name, join.dtype.to_value_type(), np.asarray(removed, dtype=object), self.store.config.entity_key_serialization_version)
+        epoch = uuid.uuid4().hex
+        if not write_sqlite_changes(self.db_path(), table, encoded, gone, previous.epoch, epoch, self.busy_timeout_s):
+            return None
+        snapshot.save(self.snapshot_path(table), epoch)
+        return {"mode": "changes", "persons_written": len(changed), "persons_removed": len(removed)}
 
     def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
         """One SQLite transaction (BEGIN IMMEDIATE: writers queue, readers read on): read the
@@ -165,6 +222,7 @@ class SqlitePublisher:
                     view = views.get(name) or _cached_view(self.store, name)
                     table = _quote(self.table_name(view))
                     encoded = self.encode(view, frame)
+                    _forget_state(conn, self.table_name(view))  # the table no longer equals a publish
                     conn.executemany(f"DELETE FROM {table} WHERE entity_key = ?", [(k,) for k in dict.fromkeys(encoded.keys)])
                     conn.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(_SQLITE_COLUMNS)}) VALUES ({', '.join('?' * len(_SQLITE_COLUMNS))})", encoded.tuples())
         finally:
@@ -614,7 +672,7 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def write_sqlite_table(db_path: Path, table: str, rows: "SqliteRows | Iterable[SqliteRows]", busy_timeout_s: float = 30.0, expected_values: int = 0) -> None:
+def write_sqlite_table(db_path: Path, table: str, rows: "SqliteRows | Iterable[SqliteRows]", busy_timeout_s: float = 30.0, expected_values: int = 0, epoch: str | None = None) -> None:
     """Replace a Feast SQLite online table by one holding exactly `rows`, in one transaction.
     `rows` may also be slices in primary key order (iter_sqlite_rows; `expected_values`: their
     total feature values, to size the page cache), inserted while the next slice is encoded.
@@ -649,8 +707,115 @@ def write_sqlite_table(db_path: Path, table: str, rows: "SqliteRows | Iterable[S
             _insert_sqlite_slices(conn, building, rows)
             conn.execute(f"DROP TABLE {quoted}")
             conn.execute(f"ALTER TABLE {building} RENAME TO {quoted}")
+            _set_state(conn, table, epoch or uuid.uuid4().hex)  # the id of the publish the table now holds
     finally:
         conn.close()
+
+
+def write_sqlite_changes(db_path: Path, table: str, rows: SqliteRows, removed_keys: list[bytes], expected_epoch: str, epoch: str, busy_timeout_s: float = 30.0) -> bool:
+    """In one transaction: if the table still holds the publish `expected_epoch` (same table, not
+    written since by anything but these functions), INSERT OR REPLACE `rows` (every feature of
+    each person), DELETE the persons of `removed_keys`, and record `epoch`; True when written.
+    Readers see the table before or after, never part of it."""
+    quoted = _quote(table)
+    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        conn.execute("PRAGMA temp_store=MEMORY")
+        with _immediate(conn):
+            if _get_state(conn, table) != expected_epoch:
+                return False
+            conn.executemany(f"DELETE FROM {quoted} WHERE entity_key = ?", ((bytearray(k),) for k in removed_keys))
+            _insert_sqlite_slices(conn, quoted, [rows])
+            _set_state(conn, table, epoch)
+        return True
+    finally:
+        conn.close()
+
+
+def _ensure_state_table(conn: sqlite3.Connection) -> None:
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_STATE_TABLE} (tbl TEXT PRIMARY KEY, epoch TEXT NOT NULL, rootpage INTEGER NOT NULL)")
+
+
+def _set_state(conn: sqlite3.Connection, table: str, epoch: str) -> None:
+    """Record that `table` (at its current b-tree root page) holds the publish `epoch`."""
+    _ensure_state_table(conn)
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    conn.execute(f"INSERT OR REPLACE INTO {_STATE_TABLE} VALUES (?, ?, ?)", (table, epoch, root[0] if root else -1))
+
+
+def _get_state(conn: sqlite3.Connection, table: str) -> str | None:
+    """The publish `table` holds, or None: never recorded, written since, or re-created (by Feast)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_STATE_TABLE,)).fetchone():
+        return None
+    held = conn.execute(f"SELECT epoch, rootpage FROM {_STATE_TABLE} WHERE tbl = ?", (table,)).fetchone()
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return held[0] if held and root and held[1] == root[0] else None
+
+
+def _forget_state(conn: sqlite3.Connection, table: str) -> None:
+    """A write other than a publish (a pushed event, a deletion): the next publish rebuilds."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_STATE_TABLE,)).fetchone():
+        conn.execute(f"DELETE FROM {_STATE_TABLE} WHERE tbl = ?", (table,))
+
+
+@dataclass
+class _RowSnapshot:
+    """Each person's row hash (all the view's columns but none other) of one publish."""
+
+    ids: pd.Series
+    hashes: np.ndarray
+    columns: list[str]
+    epoch: str | None = None
+
+    @classmethod
+    def of(cls, view, rows: pd.DataFrame) -> "_RowSnapshot | None":
+        """None when the rows cannot be compared person by person (several join keys, duplicates)."""
+        if len(view.entity_columns) != 1:
+            return None
+        key = view.entity_columns[0].name
+        if key not in rows.columns or rows[key].duplicated().any():
+            return None
+        source = view.batch_source
+        wanted = {key, *(f.name for f in view.features), source.timestamp_field, *([source.created_timestamp_column] if source.created_timestamp_column else [])}
+        columns = sorted(wanted & set(rows.columns))
+        hashes = pd.util.hash_pandas_object(rows[columns].reset_index(drop=True), index=False).to_numpy()
+        return cls(rows[key].reset_index(drop=True).astype(str), hashes, columns)
+
+    def changes_from(self, previous: "_RowSnapshot") -> tuple[np.ndarray, list[str]]:
+        """(positions of the rows new or changed since `previous`, ids of the persons it had and these rows lack)."""
+        at = pd.Index(previous.ids).get_indexer(pd.Index(self.ids))  # -1: a new person
+        held = previous.hashes[np.maximum(at, 0)] if len(previous.hashes) else np.zeros(len(at), dtype=np.uint64)
+        same = (at >= 0) & (held == self.hashes)
+        removed = previous.ids[~previous.ids.isin(self.ids)].tolist()
+        return np.flatnonzero(~same), removed
+
+    def save(self, path: Path, epoch: str) -> None:
+        import json
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"person_id": pa.array(self.ids.tolist(), pa.string()), "row_hash": pa.array(self.hashes, pa.uint64())})
+        table = table.replace_schema_metadata({"epoch": epoch, "columns": json.dumps(self.columns)})
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "_RowSnapshot | None":
+        import json
+
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            return None
+        try:
+            table = pq.read_table(path)
+            meta = table.schema.metadata or {}
+            return cls(pd.Series(table.column("person_id").to_pylist(), dtype=object), table.column("row_hash").to_numpy(), json.loads(meta[b"columns"]), meta[b"epoch"].decode())
+        except (OSError, KeyError, ValueError):  # unreadable or rewritten without its metadata: rebuild
+            return None
 
 
 # --- Redis --------------------------------------------------------------------------------------
@@ -836,6 +1001,7 @@ def delete_persons(store, person_ids: list[str]) -> dict[str, int]:
                     if table not in existing:
                         continue
                     keys = entity_keys("person_id", view.entity_columns[0].dtype.to_value_type(), np.array(ids, dtype=object), version)
+                    _forget_state(conn, table)
                     cur = conn.executemany(f"DELETE FROM {_quote(table)} WHERE entity_key = ?", [(k,) for k in keys])
                     out[view.name] = max(cur.rowcount, 0)
         finally:

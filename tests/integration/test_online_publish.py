@@ -13,7 +13,7 @@ import pytest
 
 from personaops.config import load_config
 from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feature_store, repo_objects, write_table
-from personaops.online_publish import OnlineEntity, SqlitePublisher, online_publisher, write_sqlite_table
+from personaops.online_publish import OnlineEntity, SqlitePublisher, delete_persons, online_publisher, publishing_changes_only, write_sqlite_table
 from personaops.workspace import Workspace
 
 from tests.helpers import assignment_rows
@@ -204,6 +204,62 @@ def test_concurrent_person_updates_add_up(store):
     assert served["persona_id"].tolist()[1] == 0  # the other person is untouched
     assert seen[0].event_time == AT and sorted(e.values["persona_id"] for e in seen) == list(range(20))
     assert len(_table_rows(store)) == 2 * len(ASSIGNMENT_FEATURES)
+
+
+def test_a_changes_only_publish_writes_the_changed_persons_and_equals_a_full_publish(store):
+    """Republishing the same view (the incremental run with an unchanged champion): only new,
+    changed and removed persons are written, in one transaction; the table is then row for row
+    what a full rebuild writes, and the stock SDK reads the new persons and the unchanged ones."""
+    publisher = SqlitePublisher(store)
+    v1 = _assignments([f"p{i}" for i in range(3_000)], 4, 20)
+    with publishing_changes_only() as report:
+        publisher.replace(ASSIGNMENT_VIEW, v1)
+    assert report[ASSIGNMENT_VIEW]["mode"] == "full"  # nothing to compare with yet
+    with publishing_changes_only() as report:
+        publisher.replace(ASSIGNMENT_VIEW, v1)
+    assert report[ASSIGNMENT_VIEW] == {"mode": "changes", "persons_written": 0, "persons_removed": 0}
+    v2 = pd.concat([v1.iloc[10:].copy(), _assignments([f"new{i}" for i in range(30)], 4, 21)], ignore_index=True)
+    v2.loc[v2["person_id"].isin(["p100", "p200"]), "persona_id"] = 99  # two persons re-assigned
+    v2.loc[v2["person_id"] == "p300", "confidence"] = np.nan
+    with publishing_changes_only() as report:
+        publisher.replace(ASSIGNMENT_VIEW, v2)
+    assert report[ASSIGNMENT_VIEW] == {"mode": "changes", "persons_written": 33, "persons_removed": 10}
+    changed = _table_rows(store)
+    served = _online(store, ["new0", "new29", "p100", "p300", "p0", "p9", "p10", "p2999"])
+    expected = v2.set_index("person_id")
+    assert served["persona_id"].tolist()[:3] == [expected.loc["new0", "persona_id"], expected.loc["new29", "persona_id"], 99]
+    assert np.isnan(served["confidence"].tolist()[3])
+    assert served["model_version"].isna().tolist() == [False, False, False, False, True, True, False, False]  # p0-p9 removed
+    assert served["confidence"].tolist()[6:] == [expected.loc["p10", "confidence"], expected.loc["p2999", "confidence"]]  # unchanged
+    publisher.replace(ASSIGNMENT_VIEW, v2)  # a full rebuild of the same rows
+    assert _table_rows(store) == changed
+
+
+def test_a_changes_only_publish_rebuilds_after_any_other_write_or_many_changes(store):
+    """A pushed update, a deletion, a full publish outside the block, or more than 30% of persons
+    changed: the next changes-only publish rebuilds the table (the pushed person back to batch)."""
+    publisher = SqlitePublisher(store)
+    v1 = _assignments([f"p{i}" for i in range(1_000)], 5, 30)
+
+    def mode() -> str:
+        with publishing_changes_only() as report:
+            publisher.replace(ASSIGNMENT_VIEW, v1)
+        return report[ASSIGNMENT_VIEW]["mode"]
+
+    assert mode() == "full" and mode() == "changes"
+    publisher.update_entity("p1", [ASSIGNMENT_VIEW], lambda current: ({ASSIGNMENT_VIEW: _assignments(["p1"], 5, 31).assign(persona_id=77)}, None))
+    assert _online(store, ["p1"])["persona_id"].tolist() == [77]
+    assert mode() == "full"
+    assert _online(store, ["p1"])["persona_id"].tolist() == [v1.set_index("person_id").loc["p1", "persona_id"]]
+    assert mode() == "changes"
+    assert delete_persons(store, ["p2"])[ASSIGNMENT_VIEW] == len(ASSIGNMENT_FEATURES)
+    assert mode() == "full" and _online(store, ["p2"])["model_version"].tolist() == [5]
+    publisher.replace(ASSIGNMENT_VIEW, v1)  # outside the block: no snapshot is kept for it
+    assert mode() == "full" and mode() == "changes"
+    with publishing_changes_only() as report:
+        publisher.replace(ASSIGNMENT_VIEW, v1.assign(model_version=6))  # a new model version: every person changed
+    assert report[ASSIGNMENT_VIEW]["mode"] == "full"
+    assert _online(store, ["p999"])["model_version"].tolist() == [6]
 
 
 @pytest.fixture(scope="module")
