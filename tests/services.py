@@ -71,18 +71,28 @@ def isolated_backends(env: dict[str, str]):
 
     admin_url = env["PERSONAS_PG_URL"]
     name = f"personas_feast_test_{uuid.uuid4().hex[:10]}"
+    base = env["PERSONAS_REDIS_URL"].rsplit("/", 1)[0]
+    # Claimed in database 0 (SET NX, expiring after 3 h should a session die): two sessions or
+    # xdist workers at once never share a number, and neither flushes the other's database.
+    claims = redis.Redis.from_url(f"{base}/0")
+    numbers = random.Random(uuid.uuid4().int).sample(range(1, 16), 15)
+    db = next((n for n in numbers if claims.set(f"personas-test-db:{n}", name, nx=True, ex=3 * 3600)), None)
+    if db is None:
+        claims.close()
+        raise AssertionError(f"Redis databases 1-15 at {base.rsplit('@', 1)[-1]} are all claimed by other test sessions; wait for them or delete the personas-test-db:* keys in database 0.")
+    redis_url = f"{base}/{db}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     registry_url = env["PERSONAS_FEAST_REGISTRY_URL"].rsplit("/", 1)[0] + "/" + name
-    base = env["PERSONAS_REDIS_URL"].rsplit("/", 1)[0]
-    db = random.Random(uuid.uuid4().int).randint(1, 15)
-    redis_url = f"{base}/{db}"
     try:
         yield {**env, "PERSONAS_FEAST_REGISTRY_URL": registry_url, "PERSONAS_REDIS_URL": redis_url, "PERSONAS_FEAST_REDIS": redis_connection_string(redis_url)}
     finally:
         client = redis.Redis.from_url(redis_url)
         client.flushdb()
         client.close()
+        if claims.get(f"personas-test-db:{db}") == name.encode():
+            claims.delete(f"personas-test-db:{db}")
+        claims.close()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
