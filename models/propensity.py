@@ -42,28 +42,35 @@ def train_opportunity_model(inputs: pd.DataFrame, converted: pd.Series, test_siz
     return train_calibrated(inputs, converted, test_size, seed, max_signals, what="opportunity labels", outcomes=("converted", "not converted"))
 
 
-def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float = 0.05) -> pd.DataFrame:
+def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float = 0.05, chunk: int = 256) -> pd.DataFrame:
     """Per input column, over the labelled people: mean among converters and others, the
     standardised mean difference `effect` (pooled sd), Welch t-test p-value and its BH-adjusted
-    `p_adjusted`; only columns with |effect| >= MIN_EFFECT and p_adjusted < alpha, strongest first."""
+    `p_adjusted`; only columns with |effect| >= MIN_EFFECT and p_adjusted < alpha, strongest first.
+    Computed `chunk` columns at a time (every statistic is per column): a float64 copy of all
+    inputs was GBs at 100k people with thousands of graph signals."""
     from scipy import stats
     from statsmodels.stats.multitest import multipletests
 
     y = converted.reindex(inputs.index)
-    labelled = y.notna()
-    x = inputs[labelled].astype(float)
+    labelled = y.notna().to_numpy()
     yes = y[labelled].to_numpy() > 0.5
     empty = pd.DataFrame(columns=["column", "mean_converted", "mean_other", "effect", "p_value", "p_adjusted"])
-    if yes.sum() < 2 or (~yes).sum() < 2 or x.empty:
+    if yes.sum() < 2 or (~yes).sum() < 2 or not labelled.any() or not len(inputs.columns):
         return empty
-    a, b = x[yes], x[~yes]
-    ma, mb = a.mean(), b.mean()
-    pooled = np.sqrt((a.var(ddof=1).fillna(0) * (len(a) - 1) + b.var(ddof=1).fillna(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
-    effect = (ma - mb) / pooled.where(pooled > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = stats.ttest_ind(a.to_numpy(), b.to_numpy(), equal_var=False, nan_policy="omit").pvalue
-    table = pd.DataFrame({"column": x.columns, "mean_converted": ma.to_numpy(), "mean_other": mb.to_numpy(), "effect": effect.to_numpy(),
-                          "p_value": np.asarray(p, dtype=float)}).dropna(subset=["effect"])  # fmt: skip
+    rows = np.flatnonzero(labelled)
+    parts = []
+    for start in range(0, len(inputs.columns), chunk):
+        x = inputs.iloc[rows, start : start + chunk].astype(float)
+        a, b = x[yes], x[~yes]
+        ma, mb = a.mean(), b.mean()
+        pooled = np.sqrt((a.var(ddof=1).fillna(0) * (len(a) - 1) + b.var(ddof=1).fillna(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
+        effect = (ma - mb) / pooled.where(pooled > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = stats.ttest_ind(a.to_numpy(), b.to_numpy(), equal_var=False, nan_policy="omit").pvalue
+        parts.append(pd.DataFrame({"column": x.columns, "mean_converted": ma.to_numpy(), "mean_other": mb.to_numpy(), "effect": effect.to_numpy(),
+                                   "p_value": np.asarray(p, dtype=float)}))  # fmt: skip
+        del x, a, b
+    table = pd.concat(parts, ignore_index=True).dropna(subset=["effect"])
     if table.empty:
         return empty
     table["p_value"] = table["p_value"].fillna(1.0)

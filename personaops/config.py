@@ -158,6 +158,7 @@ class InsightsConfig(_Section):
     opportunity_campaign: str = Field("upgrade_offer", description="the expansion offer whose conversion (among exposed people) the opportunity flag predicts")
     opportunity_threshold: float = Field(0.4, description="conversion probability (0-1) at or above which the opportunity flag is amber")
     seed: int = 42
+    retrain: Literal["auto", "always"] = Field("auto", description="flag models: auto = a run that only adds records (same champion, settings and intents) scores everyone with the last trained risk and opportunity models; always = train them every run")
 
 
 class ComputeConfig(_Section):

@@ -75,10 +75,11 @@ def _session_pairs(session: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, n
     return rows, left, right
 
 
-def sequence_signals(sessions: pd.DataFrame) -> pd.DataFrame:
+def sequence_signals(sessions: pd.DataFrame, categorical: bool = False) -> pd.DataFrame:
     """Per person the sequence signals they show (person_id, signal): `next:a>b` (consecutive
     transition, a != b), `seq:a>b>c` (three consecutive distinct steps) and `co:a+b` (both in one
-    session, a < b)."""
+    session, a < b). `categorical`: both columns as pandas categoricals (the same values; at 100k
+    people the rows are tens of millions, and one Python string per cell was GBs)."""
     if sessions.empty:
         return pd.DataFrame(columns=["person_id", "signal"])
     # Worked on integer codes (a signal's text is built once, not once per row): at 100k people the
@@ -110,6 +111,9 @@ def sequence_signals(sessions: pd.DataFrame) -> pd.DataFrame:
     pairs = pd.DataFrame({"p": np.concatenate([p for p, _ in parts]), "sig": np.concatenate([q for _, q in parts])}).drop_duplicates()
     codes, signals = pd.factorize(pairs["sig"].to_numpy())
     text = np.array([_signal_text(int(v), k, types) for v in signals], dtype=object)
+    if categorical:
+        return pd.DataFrame({"person_id": pd.Categorical.from_codes(pairs["p"].to_numpy(), categories=pd.Index(np.asarray(persons, dtype=object))),
+                             "signal": pd.Categorical.from_codes(codes, categories=pd.Index(text))})  # fmt: skip
     return pd.DataFrame({"person_id": np.asarray(persons, dtype=object)[pairs["p"].to_numpy()], "signal": text[codes]})
 
 
@@ -154,12 +158,14 @@ def build_graph(
     text_intents: pd.DataFrame,
     intents: pd.DataFrame,
     exposures: pd.DataFrame,
+    sessions: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(nodes, edges) of the persona graph.
 
     assignments: person_id, persona_id, persona_name, confidence; events: person_id, event_type,
     event_time, session_id; text_intents: person_id, source, source_key, intent_id, event_time;
-    intents: intent_id, label, n_texts; exposures: person_id, campaign, converted, event_time, cat__arm.
+    intents: intent_id, label, n_texts; exposures: person_id, campaign, converted, event_time, cat__arm;
+    sessions: `session_frame(events)` when the caller already has it (it is not built twice).
     """
     edges = []
     persons = pd.Index(assignments["person_id"].astype(str).unique())
@@ -171,7 +177,7 @@ def build_graph(
     nodes.append(pd.DataFrame({"node_id": sizes["persona_node"], "kind": "persona", "name": sizes["persona_name"].astype(str), "weight": sizes["weight"].astype(float)}))
     edges.append(_edges(pd.DataFrame({"src": "person:" + personas["person_id"].astype(str), "dst": personas["persona_node"], "weight": personas["confidence"].fillna(0.0)}), "belongs_to"))
     # behaviour: did, co_occurs, next
-    sessions = session_frame(events)
+    sessions = session_frame(events) if sessions is None else sessions
     if len(sessions):
         did = sessions.groupby(["person_id", "event_type"]).agg(weight=("event_time", "size"), last_seen=("event_time", "max")).reset_index()
         edges.append(_edges(pd.DataFrame({"src": "person:" + did["person_id"].astype(str), "dst": "event_type:" + did["event_type"].astype(str), "weight": did["weight"], "last_seen": did["last_seen"]}), "did"))
@@ -221,13 +227,22 @@ def build_graph(
     return node_table[NODE_COLUMNS], edge_table.reset_index(drop=True)
 
 
-def person_signals(sessions: pd.DataFrame, text_intents: pd.DataFrame, intents: pd.DataFrame) -> pd.DataFrame:
-    """Every graph signal each person shows (person_id, signal): sequence signals + `intent:<label>`."""
-    parts = [sequence_signals(sessions)]
+def person_signals(sessions: pd.DataFrame, text_intents: pd.DataFrame, intents: pd.DataFrame, categorical: bool = False) -> pd.DataFrame:
+    """Every graph signal each person shows (person_id, signal): sequence signals + `intent:<label>`.
+    `categorical`: the same rows in the same order, both columns as categoricals (see sequence_signals)."""
+    parts = [sequence_signals(sessions, categorical)]
     if len(text_intents):
         label_of = intents.set_index("intent_id")["label"]
         parts.append(pd.DataFrame({"person_id": text_intents["person_id"], "signal": "intent:" + text_intents["intent_id"].map(label_of).astype(str)}))
-    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    if not categorical:
+        return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    from pandas.api.types import union_categoricals
+
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame({"person_id": pd.Categorical([]), "signal": pd.Categorical([])})
+    columns = {c: union_categoricals([pd.Categorical(p[c].astype(object)) if not isinstance(p[c].dtype, pd.CategoricalDtype) else p[c].array for p in parts]) for c in ("person_id", "signal")}
+    return pd.DataFrame(columns).drop_duplicates().reset_index(drop=True)
 
 
 def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 10, max_share: float = 0.95) -> pd.DataFrame:
@@ -235,13 +250,23 @@ def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 1
     by at most `max_share` (0-1) of them (near-universal signals say nothing)."""
     if signals.empty:
         return pd.DataFrame(index=persons)
-    support = signals.groupby("signal")["person_id"].nunique()
-    keep = support[(support >= min_persons) & (support <= max_share * len(persons))].index
-    kept = signals[signals["signal"].isin(keep) & signals["person_id"].isin(persons)]
+    # On integer codes (object or categorical columns alike): a string groupby and isin over tens
+    # of millions of rows were most of the stage at 100k people. Same columns and cells as
+    # "support = distinct people per signal; keep; fill the kept (person, signal) pairs".
+    p_codes, p_values = pd.factorize(signals["person_id"])
+    s_codes, s_values = pd.factorize(signals["signal"])
+    p_values, s_values = np.asarray(p_values, dtype=object), np.asarray(s_values, dtype=object)
+    pairs = np.unique(p_codes.astype(np.int64) * max(len(s_values), 1) + s_codes)
+    support = np.bincount(pairs % max(len(s_values), 1), minlength=len(s_values))
+    keep = (support >= min_persons) & (support <= max_share * len(persons))
+    row_of = persons.get_indexer(p_values)
+    rows, sigs = row_of[p_codes], s_codes
+    valid = keep[sigs] & (rows >= 0)
+    rows, sigs = rows[valid], sigs[valid]
     # Filled by position (a crosstab pivots through a dense unstack: minutes at 100k persons).
-    columns = pd.Index(np.sort(kept["signal"].unique()), name="signal")
+    columns = pd.Index(np.sort(s_values[np.unique(sigs)]), name="signal")
     m = np.zeros((len(persons), len(columns)), dtype="uint8")
-    m[persons.get_indexer(kept["person_id"]), columns.get_indexer(kept["signal"])] = 1
+    m[rows, columns.get_indexer(s_values)[sigs]] = 1
     return pd.DataFrame(m, index=persons, columns=columns)
 
 

@@ -249,7 +249,7 @@ def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intent
                 rec["mean_opportunity_probability"] = float(f["opportunity_probability"].mean())
         ti = text_intents[text_intents["person_id"].isin(members)]
         rec["top_intents"] = json.dumps({label_of.get(i, str(i)): round(float(v), 3) for i, v in ti["intent_id"].value_counts(normalize=True).head(5).items()})
-        sig = signals[signals["person_id"].isin(members)]["signal"].value_counts() / max(len(members), 1)
+        sig = signals.loc[signals["person_id"].isin(members).to_numpy(), "signal"].astype(object).value_counts() / max(len(members), 1)  # object: categorical counts list unseen signals too
         rec["top_signals"] = json.dumps({k: round(float(v), 3) for k, v in sig.head(10).items()})
         rows.append(rec)
     return pd.DataFrame(rows)
@@ -264,7 +264,7 @@ def business_kpis(assignments: pd.DataFrame, signals: pd.DataFrame, exposures: p
     a = assignments.dropna(subset=["persona_id"])[["person_id", "persona_id", "persona_name"]].copy()
     a["persona_id"] = a["persona_id"].astype(int)
     everyone = max(len(a), 1)
-    did = signals[signals["signal"].str.startswith("did:")].merge(a[["person_id", "persona_id"]], on="person_id") if len(signals) else pd.DataFrame(columns=["signal", "persona_id"])
+    did = signals[signals["signal"].str.startswith("did:").to_numpy(dtype=bool)].astype(object).merge(a[["person_id", "persona_id"]], on="person_id") if len(signals) else pd.DataFrame(columns=["signal", "persona_id"])
     overall = did.groupby("signal")["person_id"].nunique() / everyone if len(did) else pd.Series(dtype=float)
     lift = {}
     if len(exposures) and {"campaign", "converted"} <= set(exposures.columns):
@@ -334,6 +334,40 @@ def write_insight_table(ws: Workspace, run_id: str, name: str, table: pd.DataFra
     return str(folder / f"{name}.parquet")
 
 
+def write_string_table(ws: Workspace, run_id: str, name: str, table: pd.DataFrame, rows_per_group: int = 1 << 20) -> str:
+    """Like write_insight_table, for a long table with categorical columns: stored as the plain
+    string columns an object table writes (same schema and values), converted one row group at a
+    time (one Python or Arrow string per cell of the whole table was GBs at 100k people)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = insights_dir(ws, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.parquet.tmp"
+
+    def plain(part: pd.DataFrame) -> pd.DataFrame:
+        return part.astype({c: object for c in part.columns if isinstance(part[c].dtype, pd.CategoricalDtype)})
+
+    schema = pa.Schema.from_pandas(plain(table.head(1000)), preserve_index=False)  # types as the whole table infers them (string)
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, max(len(table), 1), rows_per_group):
+            writer.write_table(pa.Table.from_pandas(plain(table.iloc[start : start + rows_per_group]), schema=schema, preserve_index=False))
+    tmp.replace(folder / f"{name}.parquet")
+    return str(folder / f"{name}.parquet")
+
+
+def read_signals(ws: Workspace, run_id: str | None = None) -> pd.DataFrame:
+    """A run's `person_signals` (person_id, signal) with both columns categorical: the same
+    values as read_insight_table, in a fraction of the memory (tens of millions of rows at 100k)."""
+    import pyarrow.parquet as pq
+
+    runs = insight_runs(ws, "person_signals")
+    run_id = run_id or (runs[-1] if runs else None)
+    if run_id is None:
+        raise NotFoundError(f"No insight table 'person_signals' in {ws.lake / 'insights'}; run `personas run` first.")
+    return pq.read_table(insights_dir(ws, run_id) / "person_signals.parquet", read_dictionary=["person_id", "signal"]).to_pandas()
+
+
 def insight_runs(ws: Workspace, name: str) -> list[str]:
     """Run ids (oldest first) that have the insight table `name`."""
     root = ws.lake / "insights"
@@ -388,7 +422,7 @@ def signal_inputs(ws: Workspace, run_id: str | None = None) -> tuple[pd.DataFram
     """(persons x signals 0/1, churned by person, persona by person) of a run."""
     from personaops import graph
 
-    signals = read_insight_table(ws, "person_signals", run_id)
+    signals = read_signals(ws, run_id)
     labels = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     persona = _assignments_from_graph(ws).set_index("person_id")["persona_id"]
     meta = json.loads((insights_dir(ws, run_id or insight_runs(ws, "person_signals")[-1]) / "meta.json").read_text())
@@ -486,17 +520,21 @@ def frame_records(table: pd.DataFrame) -> list[dict]:
 
 
 # --- pipeline stages (called by flows/build_personas.py) ----------------------------------------
-def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str) -> pd.DataFrame:
+def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One kind's lake rows with their person; only `columns` when given (else what graph, flags and KPIs read)."""
     from personaops import features as F
     from personaops.consent import exclude_without_analytics
     from personaops.ingest import read_lake
 
-    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))  # no analytics consent, no graph
+    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))  # no analytics consent, no graph
     parts = []
     for source, ids in batches.items():
         if kinds.get(source) != kind:
             continue
-        frame = read_lake(ws, source, ids, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)  # what graph, flags and KPIs read
+        if columns is not None:
+            frame = read_lake(ws, source, ids, columns=list(dict.fromkeys(["source_key", *columns])))
+        else:
+            frame = read_lake(ws, source, ids, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)  # what graph, flags and KPIs read
         ids_of = record_person[record_person["source"] == source][["source_key", "person_id"]]
         frame = frame.merge(ids_of, on="source_key", how="inner")
         frame["source"] = source
@@ -585,15 +623,19 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         return {"reused": True, "run_id": previous, "nodes": int(nodes.iloc[0, 0]), "edges": int(edges.iloc[0, 0]), "signals": 0}
     run_id = insight_runs(ws, "intents")[-1]  # the intents this graph is built on (this run's, or reused)
     assignments, version = _published_assignments(ws)
-    events = _lake_kind(ws, batches, kinds, "events")
+    events = _lake_kind(ws, batches, kinds, "events", ("event_time", "event_type", "session_id"))  # what the sessions read
     exposures = _lake_kind(ws, batches, kinds, "campaigns")
     intents = read_insight_table(ws, "intents", run_id)
     text_intents = read_insight_table(ws, "text_intents", run_id)
-    nodes, edges = graph.build_graph(assignments, events, text_intents, intents, exposures)
-    paths = graph.write_graph(ws, run_id, nodes, edges)
     sessions = graph.session_frame(events) if len(events) and "event_type" in events.columns else graph.session_frame(pd.DataFrame())
-    signals = graph.person_signals(sessions, text_intents, intents)
-    write_insight_table(ws, run_id, "person_signals", signals)
+    del events  # the sessions hold what the graph reads from the events
+    nodes, edges = graph.build_graph(assignments, sessions, text_intents, intents, exposures, sessions=sessions)
+    paths = graph.write_graph(ws, run_id, nodes, edges)
+    n_nodes, n_edges = len(nodes), len(edges)
+    del nodes, edges, exposures
+    signals = graph.person_signals(sessions, text_intents, intents, categorical=True)
+    del sessions
+    write_string_table(ws, run_id, "person_signals", signals)
     labels_path = ws.feature_table("person_labels")
     labels = pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(columns=["person_id"])
     label = cfg.insights.churn_label
@@ -613,7 +655,101 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
     (insights_dir(ws, run_id) / "meta.json").write_text(json.dumps({"min_signal_persons": cfg.insights.min_signal_persons, "model_version": version}))
     _mark(ws, run_id, "graph", fingerprint)
-    return {"run_id": run_id, **paths, "nodes": int(len(nodes)), "edges": int(len(edges)), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
+    return {"run_id": run_id, **paths, "nodes": int(n_nodes), "edges": int(n_edges), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
+
+
+FLAG_MODELS = "flag_models.joblib"
+
+
+def record_digest(ws: Workspace) -> np.ndarray:
+    """Sorted 64-bit hashes of every resolved record (source, source_key, content hash): a later
+    run whose records contain all of these only added records (none changed or was removed)."""
+    import duckdb
+
+    path = str(ws.identity / "record_person.parquet").replace("'", "''")  # read_parquet takes no parameter
+    con = duckdb.connect()
+    try:
+        column = con.execute(f"SELECT hash(source, source_key, _row_hash) AS h FROM read_parquet('{path}') ORDER BY h").fetchnumpy()["h"]
+    finally:
+        con.close()
+    return np.asarray(column, dtype=np.uint64)
+
+
+def _intent_key(intents: pd.DataFrame) -> str:
+    """The intents as (id, label) pairs in id order: what the models' intent-mix inputs mean."""
+    return json.dumps(sorted((int(i), str(label)) for i, label in zip(intents["intent_id"], intents["label"]))) if len(intents) else "[]"
+
+
+def _training_settings(cfg) -> str:
+    return json.dumps(cfg.insights.model_dump(mode="json", exclude={"retrain"}), sort_keys=True)
+
+
+def save_flag_models(ws: Workspace, cfg, run_id: str, version: int | None, intents: pd.DataFrame,
+                     model, opportunity_model, extra: dict) -> None:  # fmt: skip
+    """Keep the run's trained risk and opportunity models with what they were trained on (the
+    records' digest, persona model version, insight settings, intents), so a run that only adds records
+    can score with them instead of training again."""
+    import joblib
+
+    folder = insights_dir(ws, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{FLAG_MODELS}.tmp"
+    joblib.dump({"churn": model, "opportunity": opportunity_model, "records": record_digest(ws), "model_version": version, "settings": _training_settings(cfg),
+                 "intents": _intent_key(intents), **extra}, tmp)  # fmt: skip
+    tmp.replace(folder / FLAG_MODELS)
+
+
+def kept_flag_models(ws: Workspace, cfg, version: int | None, intents: pd.DataFrame,
+                     inputs: pd.DataFrame, signals: pd.DataFrame) -> tuple[dict | None, str]:  # fmt: skip
+    """(the last trained flag models, "") when this run only added records to what they were
+    trained on: the same persona model version (the champion was kept), the same insight settings
+    and intents, every record they were trained on still there unchanged (record_digest), and every
+    input they read available; else (None, why they are trained again). `insights.retrain: always`
+    trains every run."""
+    import joblib
+
+    if getattr(cfg.insights, "retrain", "auto") == "always":
+        return None, "insights.retrain is always"
+    root = ws.lake / "insights"
+    found = sorted((p for p in root.glob(f"run_id=*/{FLAG_MODELS}")), reverse=True) if root.is_dir() else []
+    if not found:
+        return None, "no earlier flag models"
+    try:
+        kept = joblib.load(found[0])
+    except Exception as exc:  # an unreadable file (other library versions): train again
+        return None, f"earlier flag models unreadable ({type(exc).__name__})"
+    kept["run_id"] = found[0].parent.name.split("=", 1)[1]
+    if kept.get("model_version") != version:
+        return None, f"persona model version {version} (the flag models were trained with {kept.get('model_version')})"
+    if kept.get("settings") != _training_settings(cfg):
+        return None, "insight settings changed"
+    if kept.get("records") is None:
+        return None, "earlier flag models carry no record digest"
+    earlier, now = kept["records"], record_digest(ws)
+    at = np.searchsorted(now, earlier)
+    if len(earlier) and (at.max() >= len(now) or not np.array_equal(now[at], earlier)):
+        return None, "records the flag models were trained on changed or are gone (not only added)"
+    if kept.get("intents") != _intent_key(intents):
+        return None, "the intents changed"
+    names = set(signals["signal"].cat.categories if isinstance(signals["signal"].dtype, pd.CategoricalDtype) else signals["signal"].unique())
+    for m in (kept["churn"], kept["opportunity"]):
+        missing = [c for c in (m.columns if m is not None else []) if c not in inputs.columns and not (c.startswith("sig_") and c[4:] in names)]
+        if missing:
+            return None, f"inputs the flag models read are gone ({', '.join(missing[:3])})"
+    return kept, ""
+
+
+def _with_signal_columns(inputs: pd.DataFrame, models: list, signals: pd.DataFrame) -> pd.DataFrame:
+    """`inputs` plus any 0/1 signal column a kept model reads that this run's signal matrix
+    dropped (its support moved across the min/max share): who shows it, from the long table."""
+    missing = sorted({c for m in models for c in m.columns if c not in inputs.columns})
+    if not missing:
+        return inputs
+    extra = pd.DataFrame(0, index=inputs.index, columns=missing, dtype=np.uint8)
+    for c in missing:
+        who = signals.loc[(signals["signal"] == c[4:]).to_numpy(), "person_id"].astype(object)
+        extra.loc[extra.index.isin(who), c] = 1
+    return inputs.join(extra)
 
 
 GRAPH_FEATURES = ["intent_centrality", "n_sequence_patterns", "n_signals", "neighbourhood_churn_rate", "top_intent", "n_intent_texts"]
@@ -643,41 +779,50 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     assignments, version = _published_assignments(ws)
     persona = assignments.set_index("person_id")["persona_id"]
     _, frame, _ = F.current_model_frame(ws)
-    signals = read_insight_table(ws, "person_signals", run_id)
+    signals = read_signals(ws, run_id)
     churned = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     mix = read_insight_table(ws, "person_intent_mix", run_id)
     matrix = graph.signal_matrix(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
     stamp = pd.Timestamp(as_of)
-    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events"), stamp)
+    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events", ("event_time",)), stamp)
     out: dict = {"model_version": version}
     inputs = churn.churn_inputs(frame, persona, mix, matrix)
-    try:
-        model = churn.train_churn_model(inputs, churned, cfg.insights.test_size, cfg.insights.seed) if churned.notna().any() else None
-    except ValueError as exc:  # too few labelled people of one outcome: no risk model this run
-        model, out["skipped_risk"] = None, str(exc)
+    del frame
+    intents = read_insight_table(ws, "intents", run_id)
+    campaign = cfg.insights.opportunity_campaign
+    converted = propensity.conversion_labels(_lake_kind(ws, batches, kinds, "campaigns"), campaign).reindex(inputs.index)
+    write_insight_table(ws, run_id, "person_opportunity_labels", converted.rename("converted").rename_axis("person_id").reset_index())
+    kept, why = kept_flag_models(ws, cfg, version, intents, inputs, signals)
+    if kept is not None:  # only records were added: score everyone with the last trained models
+        model, opportunity_model = kept["churn"], kept["opportunity"]
+        inputs = _with_signal_columns(inputs, [m for m in (model, opportunity_model) if m is not None], signals)
+        out.update({k: kept[k] for k in ("skipped_risk", "skipped_opportunity") if k in kept})
+        out["retrained"], out["models_from_run"] = False, kept["run_id"]
+    else:
+        out["retrained"], out["retrain_reason"] = True, why
+        try:
+            model = churn.train_churn_model(inputs, churned, cfg.insights.test_size, cfg.insights.seed) if churned.notna().any() else None
+        except ValueError as exc:  # too few labelled people of one outcome: no risk model this run
+            model, out["skipped_risk"] = None, str(exc)
+        # Opportunity: propensity to convert on the expansion offer, trained on the people it was offered to.
+        try:
+            opportunity_model = propensity.train_opportunity_model(inputs, converted, cfg.insights.test_size, cfg.insights.seed) if converted.notna().any() else None
+        except ValueError as exc:  # too few exposed people of one outcome: no opportunity model this run
+            opportunity_model, out["skipped_opportunity"] = None, f"campaign {campaign!r}: {exc}"
     if model is None:
-        probability = pd.Series(np.nan, index=frame.index)
-        reasons = pd.Series("", index=frame.index)
+        probability = pd.Series(np.nan, index=inputs.index)
+        reasons = pd.Series("", index=inputs.index)
         out.setdefault("skipped_risk", f"no `{cfg.insights.churn_label}` label in the sources")
     else:
         probability = model.probability(inputs)
         ranked = churn_signals(matrix, churned, persona)
         reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
         out["metrics"] = model.metrics
-    # Opportunity: propensity to convert on the expansion offer, trained on the people it was offered to.
-    campaign = cfg.insights.opportunity_campaign
-    converted = propensity.conversion_labels(_lake_kind(ws, batches, kinds, "campaigns"), campaign).reindex(inputs.index)
-    write_insight_table(ws, run_id, "person_opportunity_labels", converted.rename("converted").rename_axis("person_id").reset_index())
-    try:
-        opportunity_model = propensity.train_opportunity_model(inputs, converted, cfg.insights.test_size, cfg.insights.seed) if converted.notna().any() else None
-    except ValueError as exc:  # too few exposed people of one outcome: no opportunity model this run
-        opportunity_model, out["skipped_opportunity"] = None, f"campaign {campaign!r}: {exc}"
     if opportunity_model is None:
         out.setdefault("skipped_opportunity", f"no exposures to campaign {campaign!r} (insights.opportunity_campaign) in the sources")
-        opportunity = propensity.opportunity_flags(pd.Series(np.nan, index=frame.index), pd.Series("", index=frame.index), cfg.insights.opportunity_threshold, stamp)
+        opportunity = propensity.opportunity_flags(pd.Series(np.nan, index=inputs.index), pd.Series("", index=inputs.index), cfg.insights.opportunity_threshold, stamp)
     else:
         effects = propensity.conversion_effects(inputs, converted)
-        intents = read_insight_table(ws, "intents", run_id)
         reasons_of = propensity.opportunity_reasons(
             inputs, effects, persona_names={str(k): v for k, v in assignments.drop_duplicates("persona_id").set_index("persona_id")["persona_name"].items()},
             intent_labels={str(k): v for k, v in intents.set_index("intent_id")["label"].items()} if len(intents) else {},
@@ -686,9 +831,15 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         out["opportunity_metrics"] = {**opportunity_model.metrics, "campaign": campaign}
         (insights_dir(ws, run_id) / "opportunity.json").write_text(json.dumps({"campaign": campaign, "threshold": cfg.insights.opportunity_threshold,
                                                                                "metrics": opportunity_model.metrics, "effects": frame_records(effects.head(20))}))  # fmt: skip
-    if model is not None or opportunity_model is not None:
-        out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics if model is not None else {}, len(inputs.columns),
-                                              opportunity_model.metrics if opportunity_model is not None else None)  # fmt: skip
+    if kept is not None:
+        if kept.get("mlflow_run_id"):
+            out["mlflow_run_id"] = kept["mlflow_run_id"]  # the run that trained and measured these models
+    else:
+        if model is not None or opportunity_model is not None:
+            out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics if model is not None else {}, len(inputs.columns),
+                                                  opportunity_model.metrics if opportunity_model is not None else None)  # fmt: skip
+        save_flag_models(ws, cfg, run_id, version, intents, model, opportunity_model, {k: out[k] for k in ("skipped_risk", "skipped_opportunity", "mlflow_run_id") if k in out})
+    del inputs, matrix
     flags = churn.amber_flags(probability, trend, reasons, cfg.insights.risk_threshold, cfg.insights.engagement_threshold, stamp)
     write_table(ws, "person_flags", flags)
     write_table(ws, "person_opportunity", opportunity)
