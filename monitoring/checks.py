@@ -44,18 +44,23 @@ def centroid_shift(reference_x: np.ndarray, reference_labels: np.ndarray, curren
     return {"by_persona": out, "max_shift": max(out.values()) if out else 0.0}
 
 
-def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, seed: int, snapshots: list | None = None) -> dict:
+def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, seed: int, snapshots: list | None = None, drawn: tuple[int, int] | None = None) -> dict:
     """Evidently's embeddings drift (its default method: a classifier telling the two samples
     apart; score = ROC AUC, 0.5 = indistinguishable) on up to `sample` vectors per side (uniform
-    without replacement, seeded). The Evidently snapshot is appended to `snapshots` if given."""
+    without replacement, seeded). The Evidently snapshot is appended to `snapshots` if given.
+    `drawn`: (reference texts, current texts) when `reference` and `current` are already that
+    seeded sample (monitoring/monitor.py draws it without stacking every vector)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift
 
-    if len(reference) < 20 or len(current) < 20:
+    if min(drawn or (len(reference), len(current))) < 20:
         return {"score": None, "reason": "fewer than 20 texts on one side"}
-    rng = np.random.default_rng(seed)
-    ref = reference[rng.choice(len(reference), size=min(sample, len(reference)), replace=False)]
-    cur = current[rng.choice(len(current), size=min(sample, len(current)), replace=False)]
+    if drawn is not None:
+        ref, cur = reference, current
+    else:
+        rng = np.random.default_rng(seed)
+        ref = reference[rng.choice(len(reference), size=min(sample, len(reference)), replace=False)]
+        cur = current[rng.choice(len(current), size=min(sample, len(current)), replace=False)]
     cols = [f"e{i}" for i in range(ref.shape[1])]
     definition = DataDefinition(numerical_columns=cols, embeddings={"text": cols})
     report = Report([EmbeddingsDrift(embeddings_name="text")])

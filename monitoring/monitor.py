@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.clustering import UNASSIGNED, assign
 from monitoring.checks import data_quality, embedding_drift, group_representation, persona_mix
 from monitoring.drift import ReferenceProfile, build_profile, centroid_shift, column_drift
 from monitoring.policy import Decision, decide, load_policy
@@ -41,6 +42,40 @@ def _vectors(column: pd.Series) -> np.ndarray:
     return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
+def _with_vector(column: pd.Series) -> np.ndarray:
+    """Positions of the rows of `column` that hold a vector (the rows `_vectors` stacks)."""
+    return np.flatnonzero([v is not None and not isinstance(v, float) for v in column])
+
+
+def _draw(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(n, size=min(sample, n), replace=False)
+
+
+def _reference_draw(column: pd.Series, sample: int, seed: int) -> tuple[np.ndarray, int]:
+    """(positions drawn, rows with a vector) on the reference side."""
+    rows = _with_vector(column)
+    return (rows[_draw(len(rows), sample, np.random.default_rng(seed))] if len(rows) else rows), len(rows)
+
+
+def reference_embeddings(column: pd.Series, sample: int, seed: int) -> tuple[np.ndarray, int]:
+    """(the reference side's text-embedding sample, its texts): what `checks.embedding_drift`
+    draws from `_vectors(column)` (seeded, the reference first), stacking only the drawn rows."""
+    picked, texts = _reference_draw(column, sample, seed)
+    return _vectors(column.iloc[picked]), texts
+
+
+def current_embeddings(column: pd.Series, reference_texts: int, sample: int, seed: int) -> tuple[np.ndarray, int]:
+    """(the current side's sample, its texts): the same generator replays the reference's draw of
+    `reference_texts` first, so the sample is the one `checks.embedding_drift` would draw."""
+    rows = _with_vector(column)
+    rng = np.random.default_rng(seed)
+    if reference_texts:
+        _draw(reference_texts, sample, rng)
+    if not len(rows):
+        return np.zeros((0, 0), dtype=np.float32), 0
+    return _vectors(column.iloc[rows[_draw(len(rows), sample, rng)]]), len(rows)
+
+
 def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], previous_ingest: list[dict] | None) -> tuple[dict, Decision]:
     """The data-quality checks alone (before training): results and what the policy says of them."""
     from models import registry
@@ -51,7 +86,10 @@ def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], 
     if version is None:
         reference = current
     elif (reference_folder(ws, version) / "training_frame.parquet").exists():
-        reference = pd.read_parquet(reference_folder(ws, version) / "training_frame.parquet")
+        import pyarrow.parquet as pq
+
+        path = reference_folder(ws, version) / "training_frame.parquet"  # all but the embeddings: the checks read the features
+        reference = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c != EMBEDDING and not c.startswith("__index_level_")])
     else:
         reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
     quality = data_quality(reference, current, columns, ingest_report, previous_ingest, tables.get("person_profile"))
@@ -76,24 +114,85 @@ def reference_folder(ws: Workspace, version: int) -> Path:
     return ws.root / "monitoring" / "reference" / f"v{version}"
 
 
-def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: list[str]) -> tuple[pd.DataFrame, ReferenceProfile, bool]:
-    """(reference frame, reference profile, built now?) of one model version: built on first use,
-    then read back from the workspace cache."""
+EMBEDDING = "text_embedding"
+
+
+def _frame_fingerprint(path: Path) -> str:
+    """Rows and bytes of a cached reference frame: an erasure rewrites it with fewer rows."""
+    import pyarrow.parquet as pq
+
+    return f"{pq.ParquetFile(path).metadata.num_rows}:{path.stat().st_size}"
+
+
+def _embedding_cache(folder: Path, sample: int, seed: int) -> tuple[Path, Path]:
+    stem = f"embedding_sample-{sample}-{seed}"
+    return folder / f"{stem}.parquet", folder / f"{stem}.json"
+
+
+def _load_reference_embeddings(folder: Path, sample: int, seed: int) -> tuple[np.ndarray, int] | None:
+    """The cached reference embedding sample, if it was drawn from the frame as it is now."""
+    vectors, meta = _embedding_cache(folder, sample, seed)
+    if not (vectors.exists() and meta.exists()):
+        return None
+    info = json.loads(meta.read_text(encoding="utf-8"))
+    if info.get("fingerprint") != _frame_fingerprint(folder / "training_frame.parquet"):
+        return None
+    table = pd.read_parquet(vectors)
+    if len(table) != min(sample, info["reference_texts"]):  # rows erased since: draw again
+        return None
+    ref = _vectors(table["vector"])
+    return (ref if len(ref) else np.zeros((0, 0), dtype=np.float32)), int(info["reference_texts"])
+
+
+def _cached_reference_embeddings(folder: Path, sample: int, seed: int, reference: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Draw the reference sample and cache it with its person ids (an erasure drops their rows)
+    and the fingerprint of the frame it was drawn from."""
+    picked, texts = _reference_draw(reference[EMBEDDING], sample, seed)
+    ref = _vectors(reference[EMBEDDING].iloc[picked])
+    ids = reference["person_id"].iloc[picked] if "person_id" in reference.columns else reference.index[picked].to_series()
+    vectors, meta = _embedding_cache(folder, sample, seed)
+    pd.DataFrame({"person_id": ids.astype(str).tolist(), "vector": list(ref)}).to_parquet(vectors, index=False)
+    meta.write_text(json.dumps({"reference_texts": texts, "fingerprint": _frame_fingerprint(folder / "training_frame.parquet")}), encoding="utf-8")
+    return ref, texts
+
+
+def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: list[str], embedding_sample: int | None = None,
+                       seed: int = 0) -> tuple[pd.DataFrame, ReferenceProfile, bool, tuple[np.ndarray, int] | None]:  # fmt: skip
+    """(reference frame, reference profile, built now?, embedding sample) of one model version:
+    built on first use, then read back from the workspace cache. With `embedding_sample`, the
+    last item is the reference side of the text-embedding check (vectors, texts), drawn once per
+    version and frame (seeded by `seed`) and cached beside the frame, and the frame comes without
+    its embedding column (its largest, which nothing else reads); else it is None."""
     from models import registry
     from models.train import load_reference
 
     folder = reference_folder(ws, version)
     frame_path = folder / "training_frame.parquet"
     if frame_path.exists() and (folder / "profile.json").exists():
-        return pd.read_parquet(frame_path), ReferenceProfile.load(folder), False
-    reference = load_reference(ws, registry.version_run_id(ws, name, version))
-    ref_idx, _ = scorer.centroid_labels(reference)
-    profile = build_profile(reference, [c for c in columns if c in reference.columns], version, scorer.represent(reference), ref_idx)
-    profile.save(folder)
-    tmp = frame_path.with_suffix(".tmp")
-    reference.to_parquet(tmp)
-    tmp.replace(frame_path)  # written last: its presence means the cache is complete
-    return reference, profile, True
+        profile, built = ReferenceProfile.load(folder), False
+        cached = _load_reference_embeddings(folder, embedding_sample, seed) if embedding_sample else None
+        if cached is not None:
+            import pyarrow.parquet as pq
+
+            keep = [c for c in pq.read_schema(frame_path).names if c != EMBEDDING and not c.startswith("__index_level_")]
+            return pd.read_parquet(frame_path, columns=keep), profile, built, cached
+        reference = pd.read_parquet(frame_path)
+    else:
+        reference = load_reference(ws, registry.version_run_id(ws, name, version))
+        x = scorer.represent(reference)  # once: centroid_labels would represent the frame again
+        ref_idx, _ = assign(x, scorer.clustering)
+        profile, built = build_profile(reference, [c for c in columns if c in reference.columns], version, x, ref_idx), True
+        del x
+        profile.save(folder)
+        tmp = frame_path.with_suffix(".tmp")
+        reference.to_parquet(tmp)
+        tmp.replace(frame_path)  # written last: its presence means the cache is complete
+    if not embedding_sample:
+        return reference, profile, built, None
+    if EMBEDDING not in reference.columns:
+        return reference, profile, built, None  # no text check, as before
+    drawn = _cached_reference_embeddings(folder, embedding_sample, seed, reference)
+    return reference.drop(columns=[EMBEDDING]), profile, built, drawn
 
 
 def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -114,6 +213,9 @@ class Champion:
     profile: ReferenceProfile
     baseline_dp_difference: float | None = None
     reference_built_now: bool = False
+    # the reference side of the text-embedding check, (sample, texts), when it was drawn (and
+    # cached) beforehand: `reference` may then lack its `text_embedding` column
+    reference_embeddings: tuple[np.ndarray, int] | None = None
 
 
 ONE_THREAD = 1  # OpenMP / BLAS threads while the checks run (see the module docstring)
@@ -143,18 +245,26 @@ def _compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, col
         features = {"drifted_share": full["drifted_share"], "drifted_columns": full["drifted_columns"], "method": "reference profile", "evidently_sample_drifted_share": drift.drifted_share}
     features["reference_built_now"] = champion.reference_built_now
 
-    now = scorer.predict(current)["persona_id"]
-    cur_idx, _ = scorer.centroid_labels(current)
+    # one representation of the current frame for the personas and the centroid shift (the
+    # scorer's predict, centroid_labels and represent would each compute it again)
+    current_x = scorer.represent(current)
+    cur_idx, _ = assign(current_x, scorer.clustering)
+    ids = np.array(list(scorer.persona_ids) + [UNASSIGNED], dtype=np.int64)
+    now = pd.Series(ids[np.where(cur_idx == UNASSIGNED, len(scorer.persona_ids), cur_idx)], index=current.index, name="persona_id")
     results: dict = {
         "model_version": champion.version,
         "features": features,
         "persona_mix": persona_mix(reference["persona_id"], now),
-        "centroids": centroid_shift(profile, scorer.represent(current), cur_idx),
+        "centroids": centroid_shift(profile, current_x, cur_idx),
         "quality": data_quality(reference, current, columns, ingest_report or [], previous_ingest, person_profile),
     }
+    del current_x
     snapshots = [snapshot]
-    if "text_embedding" in reference.columns:
-        results["embeddings"] = embedding_drift(_vectors(reference["text_embedding"]), _vectors(current["text_embedding"]), cfg.monitoring.embedding_sample, seed, snapshots)
+    if champion.reference_embeddings is not None or EMBEDDING in reference.columns:
+        sample = cfg.monitoring.embedding_sample
+        ref, ref_texts = champion.reference_embeddings or reference_embeddings(reference[EMBEDDING], sample, seed)
+        cur, cur_texts = current_embeddings(current[EMBEDDING], ref_texts, sample, seed)
+        results["embeddings"] = embedding_drift(ref, cur, sample, seed, snapshots, drawn=(ref_texts, cur_texts))
     if sensitive is not None and len(sensitive.columns):
         bias = persona_parity(now, sensitive)
         baseline = champion.baseline_dp_difference
@@ -205,8 +315,8 @@ def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: l
     _, model = registry.load_champion(ws, name)
     scorer = model.unwrap_python_model().scorer
     tables, current, columns = F.current_model_frame(ws)
-    reference, profile, built = champion_reference(ws, name, version, scorer, columns)
-    champion = Champion(version, scorer, reference, profile, champion_metrics.get("bias_max_dp_difference"), built)
+    reference, profile, built, embeddings = champion_reference(ws, name, version, scorer, columns, cfg.monitoring.embedding_sample, cfg.model.seed)
+    champion = Champion(version, scorer, reference, profile, champion_metrics.get("bias_max_dp_difference"), built, embeddings)
     sensitive_path = ws.root / "audit" / "person_sensitive.parquet"
     sensitive = pd.read_parquet(sensitive_path).set_index("person_id") if sensitive_path.exists() else None
     labels = tables.get("person_labels")

@@ -108,6 +108,41 @@ def test_a_period_without_change_raises_no_alarm(monitored):
     assert summary["results"]["features"]["reference_built_now"] is False  # the build's monitor pass cached it
 
 
+def test_the_reference_embedding_sample_is_drawn_once_per_version_and_matches_a_full_draw(monitored, tmp_path):
+    """A pass reads the champion's reference frame without its embeddings: the reference side of
+    the text check is cached per version, and it and the current side are exactly the vectors
+    `embedding_drift` draws when given every stacked vector (the pass before the cache); an
+    erasure that rewrites the reference frame makes the next pass draw again."""
+    import shutil
+
+    import numpy as np
+
+    from models import registry
+    from monitoring.monitor import _load_reference_embeddings, _vectors, current_embeddings, reference_folder
+    from personaops.config import load_config
+
+    home, _ = monitored
+    cfg = load_config()
+    sample, seed = cfg.monitoring.embedding_sample, cfg.model.seed
+    folder = reference_folder(Workspace(home), registry.alias_version(Workspace(home), "persona-model", "champion"))
+    cached = _load_reference_embeddings(folder, sample, seed)
+    assert cached is not None, "the build's monitor pass cached no reference embedding sample"
+    reference = pd.read_parquet(folder / "training_frame.parquet")
+    every = _vectors(reference["text_embedding"])
+    assert cached[1] == len(every) >= 20
+    rng = np.random.default_rng(seed)  # checks.embedding_drift's draw on every stacked vector
+    assert np.array_equal(cached[0], every[rng.choice(len(every), size=min(sample, len(every)), replace=False)])
+    current = reference["text_embedding"].iloc[::-1].reset_index(drop=True)  # another frame, same kind of column
+    drawn, texts = current_embeddings(current, cached[1], sample, seed)
+    stacked = _vectors(current)
+    assert texts == len(stacked) and np.array_equal(drawn, stacked[rng.choice(len(stacked), size=min(sample, len(stacked)), replace=False)])
+
+    copy = tmp_path / "reference"
+    shutil.copytree(folder, copy)
+    reference.iloc[1:].to_parquet(copy / "training_frame.parquet")  # as an erasure rewrites it
+    assert _load_reference_embeddings(copy, sample, seed) is None
+
+
 def test_a_broken_source_goes_to_review_and_trains_nothing(monitored):
     home, data = monitored
     before = _versions(home)
