@@ -113,3 +113,25 @@ def test_signals_and_co_occurrences_on_codes_equal_the_string_definition():
         signals, co = _reference_signals(sessions)
         pd.testing.assert_frame_equal(graph.sequence_signals(sessions), signals)
         pd.testing.assert_frame_equal(graph._co_occurrences(sessions.reset_index(drop=True)), co)
+        # the categorical form (what the graph stage keeps and writes): the same rows, values and order
+        ti = pd.DataFrame({"person_id": events["person_id"].iloc[: n // 3].tolist(), "intent_id": [i % 2 for i in range(n // 3)]})
+        intents = pd.DataFrame({"intent_id": [0, 1], "label": ["cancel", "api"]})
+        plain = graph.person_signals(sessions, ti, intents)
+        cat = graph.person_signals(sessions, ti, intents, categorical=True)
+        assert all(isinstance(cat[c].dtype, pd.CategoricalDtype) for c in cat.columns) or cat.empty
+        pd.testing.assert_frame_equal(cat.astype(object), plain.astype(object))
+        persons = pd.Index(sorted(set(events["person_id"])) + ["nobody"], name="person_id")
+        expected = _reference_matrix(plain, persons, 3)
+        pd.testing.assert_frame_equal(graph.signal_matrix(plain, persons, 3), expected)
+        pd.testing.assert_frame_equal(graph.signal_matrix(cat, persons, 3), expected)
+
+
+def _reference_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int, max_share: float = 0.95) -> pd.DataFrame:
+    """signal_matrix by its definition, on strings: support, keep, fill the kept pairs."""
+    support = signals.groupby("signal")["person_id"].nunique()
+    keep = support[(support >= min_persons) & (support <= max_share * len(persons))].index
+    kept = signals[signals["signal"].isin(keep) & signals["person_id"].isin(persons)]
+    columns = pd.Index(np.sort(kept["signal"].unique()), name="signal")
+    m = np.zeros((len(persons), len(columns)), dtype="uint8")
+    m[persons.get_indexer(kept["person_id"]), columns.get_indexer(kept["signal"])] = 1
+    return pd.DataFrame(m, index=persons, columns=columns)

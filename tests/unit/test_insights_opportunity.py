@@ -96,3 +96,17 @@ def test_opportunity_question_ranks_personas_and_people(tmp_path):
     assert [p["person_id"] for p in answer["people"]] == ["c", "d", "b"]
     only_x = insights.ask_opportunities(ws, persona="x")
     assert [p["person_id"] for p in only_x["people"]] == ["b", "a"] and len(only_x["personas"]) == 1
+
+
+def test_conversion_effects_column_chunks_give_the_same_table():
+    rng = np.random.default_rng(3)
+    n = 400
+    inputs = pd.DataFrame({f"num_{i}": rng.normal(size=n) for i in range(7)}, index=[f"P{i}" for i in range(n)])
+    for i in range(9):
+        inputs[f"sig_{i}"] = (rng.random(n) < 0.3).astype(np.uint8)
+    converted = pd.Series((rng.random(n) < 0.3).astype(float), index=inputs.index)
+    converted[inputs["sig_2"] == 1] = 1.0  # one strong effect
+    converted.iloc[::5] = np.nan  # unlabelled people
+    whole = propensity.conversion_effects(inputs, converted, chunk=10_000)
+    assert "sig_2" in set(whole["column"])
+    pd.testing.assert_frame_equal(propensity.conversion_effects(inputs, converted, chunk=3), whole)
