@@ -783,7 +783,8 @@ def _fingerprint(ws: Workspace, spec: SourceSpec, cfg: IngestConfig) -> str:
     from personaops import __version__, erasure
 
     h = hashlib.sha256()
-    h.update(json.dumps([spec.model_dump(mode="json", exclude={"path"}), spec.path.is_dir(), cfg.model_dump(mode="json"), __version__, STATE_VERSION], sort_keys=True, default=str).encode())
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "incremental"}
+    h.update(json.dumps([spec.model_dump(mode="json", exclude={"path"}), spec.path.is_dir(), settings, __version__, STATE_VERSION], sort_keys=True, default=str).encode())
     for code in (Path(__file__), Path(erasure.__file__)):
         h.update(hashlib.sha256(code.read_bytes()).digest())
     tomb = erasure.tombstone_path(ws)
@@ -995,10 +996,12 @@ def _ingest_incremental(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg:
     return report
 
 
-def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str, incremental: bool = True) -> list[SourceReport]:
+def ingest_sources(specs: list[SourceSpec], ws: Workspace, cfg: IngestConfig, run_id: str, incremental: bool | None = None) -> list[SourceReport]:
     """Ingest every source; return per-source reports (rows in, accepted, quarantined, batches).
-    With `incremental`, a source whose files only grew since its last ingest in this workspace
-    has only the added rows validated (see _ingest_incremental); the lake's content is the same."""
+    With `incremental` (default: `ingest.incremental`), a source whose files only grew since its
+    last ingest in this workspace has only the added rows validated (see _ingest_incremental); the
+    lake's content is the same. Either way the state for a later incremental ingest is written."""
+    incremental = getattr(cfg, "incremental", False) if incremental is None else incremental
     reports = []
     for spec in specs:
         paths = spec.files()

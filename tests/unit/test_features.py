@@ -96,3 +96,24 @@ def test_feature_tables_from_the_projected_lake_equal_those_from_every_column(tm
     for name, table in tables(projected).items():
         assert len(table) > 0, name
         pd.testing.assert_frame_equal(table, expected[name], check_exact=True, obj=name)
+
+
+def test_behaviour_of_some_persons_with_the_population_types_equals_their_rows_of_the_whole_table():
+    import numpy as np
+
+    from personaops.features import behaviour_features
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    events = pd.DataFrame({
+        "person_id": rng.choice([f"p{i:03d}" for i in range(200)], n),
+        "event_time": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10**7, n), unit="s"),
+        "event_type": rng.choice(["view", "click", "buy", "rare"], n, p=[0.5, 0.3, 0.19, 0.01]),
+        "session_id": np.where(rng.random(n) < 0.2, None, rng.choice([f"s{i}" for i in range(700)], n)).astype(object),
+    })  # fmt: skip
+    as_of = events["event_time"].max()
+    whole = behaviour_features(events, as_of).set_index("person_id")
+    some = events[events["person_id"].isin(["p001", "p002", "p003"])]
+    part = behaviour_features(some, as_of, types=sorted(events["event_type"].unique())).set_index("person_id")
+    assert list(part.columns) == list(whole.columns)  # every population type has its column, even one these persons lack
+    pd.testing.assert_frame_equal(part, whole.loc[part.index])

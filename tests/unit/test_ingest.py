@@ -203,11 +203,11 @@ def _ingest_twice(tmp_path, spec_of, before: bytes | None, after_files: dict[str
         for name, data in before.items():
             (src / name).write_bytes(data)
         ws_inc = Workspace(tmp_path / "ws-inc")
-        ingest_sources([spec_of(target)], ws_inc, IngestConfig(), "r1")
+        ingest_sources([spec_of(target)], ws_inc, IngestConfig(incremental=True), "r1")
     for name, data in after_files.items():
         (src / name).write_bytes(data)
     ws_full = Workspace(tmp_path / "ws-full")
-    inc = ingest_sources([spec_of(target)], ws_inc, IngestConfig(), "r2")
+    inc = ingest_sources([spec_of(target)], ws_inc, IngestConfig(incremental=True), "r2")
     full = ingest_sources([spec_of(target)], ws_full, IngestConfig(), "r3")
     return inc, full, ws_inc, ws_full
 
@@ -242,7 +242,7 @@ def test_a_grown_csv_validates_only_its_tail_and_equals_a_full_ingest(tmp_path):
     reasons = read_quarantine(ws_inc, "tickets", report.batch_ids[1:])["reason"].tolist()
     assert any("duplicate of row 1" in r for r in reasons) and any("duplicate key 'T-2' (first at t.csv row 2)" in r for r in reasons)
     # unchanged on the next run: nothing validated, the same batches and counts
-    [again] = ingest_sources([_spec(tmp_path / "src" / "t.csv")], ws_inc, IngestConfig(), "r4")
+    [again] = ingest_sources([_spec(tmp_path / "src" / "t.csv")], ws_inc, IngestConfig(incremental=True), "r4")
     assert again.files[0].mode == "unchanged" and again.batch_ids == report.batch_ids and again.rows_in == report.rows_in
 
 
@@ -256,9 +256,9 @@ def test_a_changed_earlier_row_or_an_unsettled_file_ingests_in_full(tmp_path):
     future = changed + corrupt_rows()[2]
     path = tmp_path / "src" / "t.csv"
     path.write_bytes(future)
-    [first] = ingest_sources([_spec(path)], ws_inc, IngestConfig(), "r5")
+    [first] = ingest_sources([_spec(path)], ws_inc, IngestConfig(incremental=True), "r5")
     path.write_bytes(future + b"T-8,eve@example.com,,More,2026-01-09T10:00:00Z\n")
-    [second] = ingest_sources([_spec(path)], ws_inc, IngestConfig(), "r6")
+    [second] = ingest_sources([_spec(path)], ws_inc, IngestConfig(incremental=True), "r6")
     assert first.mode == "incremental" and second.mode == "full" and "future" in second.full_reason
 
 
