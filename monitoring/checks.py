@@ -158,7 +158,7 @@ def group_representation(before: pd.DataFrame, now: pd.DataFrame, groups: pd.Dat
             for attr in groups.columns:
                 labels = groups[attr].reindex(counts.index).astype("string")
                 for group in labels.dropna().unique():
-                    member = (labels == group).to_numpy(bool)
+                    member = (labels == group).to_numpy(dtype=bool, na_value=False)  # a person without this attribute is in no group of it
                     share = values[member].sum() / total
                     var = float(((values * (member - share)) ** 2).sum() / total**2)
                     out[(source, attr, str(group))] = (float(share), var)

@@ -139,3 +139,19 @@ def test_group_representation_flags_a_group_that_went_missing_and_not_noise():
     assert {(s["group"], s["shift"] < 0) for s in biased["shifts"]} >= {("north", True)}
     # nothing earlier to compare with: measured as no shift, said so
     assert group_representation(before.iloc[:0], before, groups)["max_shift"] == 0.0
+
+
+def test_group_representation_counts_persons_without_the_attribute_in_no_group():
+    """New persons of an incremental run may have no CRM/sensitive row yet (NA group): they belong
+    to no group of that attribute instead of failing the pass."""
+    import pandas as pd
+
+    from monitoring.checks import group_representation
+
+    groups = pd.DataFrame({"region": pd.array(["north" if i % 2 else "south" for i in range(60)], dtype="string")}, index=[f"P{i}" for i in range(60)])
+    before = pd.DataFrame({"source": "events", "person_id": [f"P{i % 60}" for i in range(600)]})
+    now = pd.DataFrame({"source": "events", "person_id": [f"P{i % 70}" for i in range(700)]})  # P60-P69: no region
+    out = group_representation(before, now, groups)
+    assert out["cells"] == 2
+    shares = {s["group"]: s for s in group_representation(before, now, groups, z_alert=0.0)["shifts"]}
+    assert shares["north"]["share_now"] == shares["south"]["share_now"] == round(300 / 700, 4)
