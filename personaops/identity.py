@@ -109,7 +109,12 @@ def record_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int]:
-    """Long table (record_idx, key_kind, key) of usable normalised link keys."""
+    """Long table (record_idx, kind, key, node = 'kind:key') of usable normalised link keys.
+
+    Each distinct raw value is normalised once and every record holding it points at the same
+    key and node string objects: a key is shared by tens of records (a person's events), so at
+    100,000 people this holds a few hundred thousand strings instead of one per record and key.
+    """
     junk = {j.strip().lower() for j in cfg.junk_values}
     parts = []
     for kind in cfg.link_keys:
@@ -119,10 +124,15 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         if cfg.source_link_keys:  # per-source rules: a source may be barred from linking on this kind
             allowed = [src for src in pd.unique(records["source"]) if cfg.source_may_link_on(src, kind)]
             values = values[records.loc[values.index, "source"].isin(allowed)]
-        norm = NORMALISERS[kind](values).dropna()
-        norm = norm[~norm.isin(junk) & (norm != "")]
-        parts.append(pd.DataFrame({"record_idx": norm.index.to_numpy(), "kind": kind, "key": norm.to_numpy()}))
-    keys = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["record_idx", "kind", "key"])
+        codes, uniques = pd.factorize(values.to_numpy(dtype=object))
+        norm = NORMALISERS[kind](pd.Series(uniques, dtype=object))
+        usable = (norm.notna() & ~norm.isin(junk) & (norm != "")).to_numpy()
+        keep = usable[codes] if len(codes) else np.zeros(0, bool)
+        key_u = norm.to_numpy(dtype=object)
+        node_u = (kind + ":" + norm.where(pd.Series(usable), "")).to_numpy(dtype=object)
+        c = codes[keep]
+        parts.append(pd.DataFrame({"record_idx": values.index.to_numpy()[keep], "kind": kind, "key": key_u[c], "node": node_u[c]}))
+    keys = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["record_idx", "kind", "key", "node"])
     keys["record_idx"] = keys["record_idx"].astype(np.int64)
     shared_devices = 0
     if "device_id" in set(keys["kind"]) and "customer_id" in set(keys["kind"]):
@@ -204,32 +214,41 @@ class _GuardedUnion:
         return None
 
 
-def _rule_edges(keys: pd.DataFrame) -> pd.DataFrame:
-    """Star edges: every record holding a shared key links to that key's first record."""
-    keys = keys.sort_values(["node", "record_idx"])
-    first = keys.groupby("node")["record_idx"].transform("first")
-    e = keys[keys["record_idx"] != first]
-    return pd.DataFrame({"l": first[e.index].to_numpy(), "r": e["record_idx"].to_numpy(), "rule": e["kind"].to_numpy(), "key": e["key"].to_numpy()})
+def _rule_edges(keys: pd.DataFrame, node_rank: np.ndarray) -> pd.DataFrame:
+    """Star edges: every record holding a shared key links to that key's first record.
+
+    `node_rank` orders the rows' nodes as their strings sort; edges come out by node, then record
+    (a record holds a node at most once, so only each node's first row is not an edge)."""
+    rec = keys["record_idx"].to_numpy()
+    order = np.lexsort((rec, node_rank))
+    ranks, rec = node_rank[order], rec[order]
+    start = np.ones(len(order), bool)
+    start[1:] = ranks[1:] != ranks[:-1]
+    first = rec[np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))] if len(order) else rec
+    e = order[~start]
+    return pd.DataFrame({"l": first[~start], "r": rec[~start], "rule": keys["kind"].to_numpy()[e], "key": keys["key"].to_numpy()[e]})
 
 
 def _deterministic(n: int, keys: pd.DataFrame, cfg: IdentityConfig, cannot: dict[int, set[int]]) -> tuple[np.ndarray, pd.DataFrame, list[dict]]:
     """(cluster label per record, rule edges used, refused links) of the rule pass."""
-    codes, uniques = pd.factorize(keys["node"])
+    codes, uniques = pd.factorize(keys["node"], sort=True)  # sorted: the codes order the nodes as their strings
     graph = coo_matrix((np.ones(len(keys)), (keys["record_idx"].to_numpy(dtype=np.int64), n + codes)), shape=(n + len(uniques),) * 2)
     _, labels = connected_components(graph, directed=False)
     labels = labels[:n].copy()
-    keys = keys.assign(component=labels[keys["record_idx"].to_numpy()])
+    component = labels[keys["record_idx"].to_numpy()]
 
-    distinct = keys.groupby(["component", "kind"])["key"].nunique().reset_index()
+    # distinct values per (component, kind): the node codes stand for the key strings (one node per kind and key)
+    distinct = pd.DataFrame({"component": component, "kind": keys["kind"].to_numpy(), "key": codes}).groupby(["component", "kind"])["key"].nunique().reset_index()
     distinct["cap"] = distinct["kind"].map(cfg.max_values_per_person)
     broken = set(distinct.loc[distinct["cap"].notna() & (distinct["key"] > distinct["cap"]), "component"])
+    del distinct
     for a, partners in cannot.items():
         broken |= {labels[a]} & {labels[b] for b in partners}
-    fast = keys[~keys["component"].isin(broken)]
-    edges = [_rule_edges(fast)]
+    in_broken = np.isin(component, list(broken)) if broken else np.zeros(len(keys), bool)
+    edges = [_rule_edges(keys[~in_broken], codes[~in_broken]) if broken else _rule_edges(keys, codes)]
     refused: list[dict] = []
     if broken:
-        slow = keys[keys["component"].isin(broken)]
+        slow = keys[in_broken].assign(component=component[in_broken])
         members = np.sort(slow["record_idx"].unique())
         local = {int(r): i for i, r in enumerate(members)}
         values: dict[int, dict[str, set]] = {}
@@ -336,16 +355,20 @@ def resolve_identities(
     ids stable and yields merge/split events); `decisions` holds review decisions (pair_id,
     record_l, record_r, decision = accept | reject; the latest per pair wins).
     """
-    records = records.reset_index(drop=True)
+    # Memory (100,000 people are 3.8M records): no copy of `records` unless its index needs
+    # resetting, and it is released (columns the caller does not hold) once the keys, entities,
+    # device pairs and lineage are taken from it; see docs/identity.md "Memory".
+    if not records.index.equals(pd.RangeIndex(len(records))):
+        records = records.reset_index(drop=True)
     n = len(records)
     rids = record_ids(records)
-    position = pd.Series(np.arange(n), index=rids.to_numpy())
-    position = position[~position.index.duplicated()]
     accept_pairs, cannot = [], {}
     if decisions is not None and len(decisions):
         latest = decisions.drop_duplicates("pair_id", keep="last")
+        named = rids[rids.isin(set(latest["record_l"]) | set(latest["record_r"]))]
+        position = dict(zip(named[~named.duplicated()].to_numpy(), named.index[~named.duplicated()]))  # a record id's first row
         for a, b, d in zip(latest["record_l"], latest["record_r"], latest["decision"]):
-            if a in position.index and b in position.index:
+            if a in position and b in position:
                 ia, ib = int(position[a]), int(position[b])
                 if d == "reject":
                     cannot.setdefault(ia, set()).add(ib)
@@ -354,12 +377,14 @@ def resolve_identities(
                     accept_pairs.append((ia, ib))
 
     keys, shared_devices = _keys(records, cfg)
-    keys["node"] = keys["kind"] + ":" + keys["key"]
     labels, rule_edges, refused = _deterministic(n, keys, cfg, cannot)
     rule_labels = labels.copy()  # the rule clusters (Splink's entities), kept in the index
 
     # --- pass 2: Splink over one representative row per cluster ---------------------------------
     entities, representative, training = _entities(records, labels, cfg)
+    devices = _device_pairs(records, cfg)
+    out = records[["source", "source_key", "_batch_id", "_row_number", "_row_hash"]].copy()
+    del records  # the identifier and attribute columns are not needed any more
     sizes = pd.Series(labels).value_counts()
     prob_edges = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed", "method"])
     review = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed"])
@@ -410,46 +435,51 @@ def resolve_identities(
 
     # --- anchors, ids, history ------------------------------------------------------------------
     priority = {kind: i for i, kind in enumerate(cfg.link_keys)}
-    keyed = keys.assign(component=labels[keys["record_idx"].to_numpy()], priority=keys["kind"].map(priority))
-    anchors = keyed.sort_values(["component", "priority", "key"]).drop_duplicates("component").set_index("component")["node"]
-    # Each cluster's smallest record id, by sorting (a string groupby-min runs in Python).
-    own = pd.DataFrame({"label": labels, "own": ("record:" + rids).to_numpy()}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
-    joined = own.to_frame("own").join(anchors)
-    anchors = joined["node"].where(joined["node"].notna(), joined["own"])
+    rid = rids.to_numpy()
+    anchors = _anchors(keys, labels, priority, rid)
     person, events = _assign_ids(labels, anchors, rids, previous)
 
-    rid = rids.to_numpy()
-    edges = pd.concat(
-        [
-            pd.DataFrame({"record_l": rid[rule_edges["l"].to_numpy(dtype=np.int64)], "record_r": rid[rule_edges["r"].to_numpy(dtype=np.int64)],
-                          "method": "rule", "rule": rule_edges["rule"].to_numpy(), "key": rule_edges["key"].to_numpy(),
-                          "match_probability": 1.0, "match_weight": np.nan, "agreed": rule_edges["rule"].to_numpy()}),
-            pd.DataFrame({"record_l": [rid[m["l"]] for m in merges], "record_r": [rid[m["r"]] for m in merges],
-                          "method": [m["method"] for m in merges], "rule": "", "key": "",
-                          "match_probability": [float(m["match_probability"]) for m in merges],
-                          "match_weight": [float(m["match_weight"]) for m in merges], "agreed": [m["agreed"] for m in merges]}),
-        ],
-        ignore_index=True,
-    )[EDGE_COLUMNS]  # fmt: skip
+    # rule edges, then the merges; built column by column once (no concatenated and reordered copies)
+    n_rule, n_merge = len(rule_edges), len(merges)
+    rule_kind = rule_edges["rule"].to_numpy(dtype=object)
 
-    # What linked each record: the highest-priority evidence on an edge that touches it.
+    def _column(rule_part, merge_part, dtype=object):
+        return np.concatenate([np.asarray(rule_part, dtype=dtype), np.asarray(merge_part, dtype=dtype)])
+
+    edges = pd.DataFrame({
+        "record_l": _column(rid[rule_edges["l"].to_numpy(dtype=np.int64)], [rid[m["l"]] for m in merges]),
+        "record_r": _column(rid[rule_edges["r"].to_numpy(dtype=np.int64)], [rid[m["r"]] for m in merges]),
+        "method": _column(np.full(n_rule, "rule", dtype=object), [m["method"] for m in merges]),
+        "rule": _column(rule_kind, np.full(n_merge, "", dtype=object)),
+        "key": _column(rule_edges["key"].to_numpy(dtype=object), np.full(n_merge, "", dtype=object)),
+        "match_probability": _column(np.ones(n_rule), [float(m["match_probability"]) for m in merges], np.float64),
+        "match_weight": _column(np.full(n_rule, np.nan), [float(m["match_weight"]) for m in merges], np.float64),
+        "agreed": _column(rule_kind, [m["agreed"] for m in merges]),
+    })  # fmt: skip
+
+    # What linked each record: the highest-priority evidence on an edge that touches it (by record
+    # position: record ids are unique, ingest quarantines a repeated key).
     rank = {**priority, "review": len(priority), "splink": len(priority) + 1}
-    touch = pd.concat([edges[["record_l", "method", "rule"]].rename(columns={"record_l": "record"}), edges[["record_r", "method", "rule"]].rename(columns={"record_r": "record"})])
-    touch["by"] = touch["rule"].where(touch["method"] == "rule", touch["method"])
-    touch["rank"] = touch["by"].map(rank)
-    best = touch.sort_values(["record", "rank"]).drop_duplicates("record").set_index("record")["by"]
-    out = records[["source", "source_key", "_batch_id", "_row_number", "_row_hash"]].copy()
+    best = np.full(n, len(rank), np.int64)  # len(rank): unlinked
+    ends = [(rule_edges["l"].to_numpy(dtype=np.int64), rule_edges["r"].to_numpy(dtype=np.int64), rule_edges["rule"].map(rank).to_numpy(dtype=np.int64))]
+    if merges:
+        ends.append((np.array([m["l"] for m in merges], np.int64), np.array([m["r"] for m in merges], np.int64), np.array([rank[m["method"]] for m in merges], np.int64)))
+    for left, right, r in ends:
+        np.minimum.at(best, left, r)
+        np.minimum.at(best, right, r)
     out["person_id"] = person
-    out["linked_by"] = rids.map(best).fillna("unlinked").to_numpy()
+    out["linked_by"] = np.array([*rank, "unlinked"], dtype=object)[best]
+    del best, ends
 
-    pid_of = dict(zip(rid, person))
+    old_map = None
     for e in events:  # evidence: the edges joining the old persons (merge) or the refused links (split)
         label = e.pop("label")
         if e["event"] == "merge":
             members = set(rid[labels == label])
             crossing = edges[edges["record_l"].isin(members) & edges["record_r"].isin(members)]
-            old_of = rids.map(pd.Series(previous["person_id"].to_numpy(), index=record_ids(previous)))
-            old_map = dict(zip(rid, old_of))
+            if old_map is None:
+                old_of = rids.map(pd.Series(previous["person_id"].to_numpy(), index=record_ids(previous)))
+                old_map = dict(zip(rid, old_of))
             crossing = crossing[[old_map.get(a) != old_map.get(b) for a, b in zip(crossing["record_l"], crossing["record_r"])]]
             e["evidence"] = crossing.head(20).drop(columns=["key"]).to_dict("records")
         else:
@@ -457,7 +487,7 @@ def resolve_identities(
             e["evidence"] = [
                 {"record_l": rid[x["record_l"]], "record_r": rid[x["record_r"]], "rule": x["rule"], "reason": x["reason"]}
                 for x in refused
-                if pid_of[rid[x["record_l"]]] in pids and pid_of[rid[x["record_r"]]] in pids
+                if person[x["record_l"]] in pids and person[x["record_r"]] in pids
             ][:20] or [{"reason": "the evidence that joined these records is gone (changed data or a review decision)"}]
 
     review_out = pd.DataFrame(columns=REVIEW_COLUMNS)
@@ -469,10 +499,10 @@ def resolve_identities(
         for row in review.itertuples(index=False):
             a, b = rid[row.l], rid[row.r]
             pair = pair_id_for(a, b)
-            if pair in decided or pid_of[a] == pid_of[b]:
+            if pair in decided or person[row.l] == person[row.r]:
                 continue
             va, vb = values.loc[row.entity_l].dropna().to_dict(), values.loc[row.entity_r].dropna().to_dict()
-            rows.append([pair, a, b, float(row.match_probability), float(row.match_weight), row.agreed, pid_of[a], pid_of[b], str(va), str(vb)])
+            rows.append([pair, a, b, float(row.match_probability), float(row.match_weight), row.agreed, person[row.l], person[row.r], str(va), str(vb)])
         review_out = pd.DataFrame(rows, columns=REVIEW_COLUMNS)
 
     stats = {
@@ -488,26 +518,53 @@ def resolve_identities(
         "merges": sum(e["event"] == "merge" for e in events),
         "splits": sum(e["event"] == "split" for e in events),
     }
-    index = _build_index(records, cfg, keys, rule_labels, entities, representative, person, rids, model)
+    index = _build_index(devices, keys, rule_labels, entities, representative, person, rids, model)
     return IdentityResult(records=out, stats=stats, edges=edges, events=events, review=review_out, index=index)
 
 
-def _build_index(records, cfg, keys, rule_labels, entities, representative, person, rids, model) -> IdentityIndex:
+def _anchors(keys: pd.DataFrame, labels: np.ndarray, priority: dict[str, int], rid: np.ndarray) -> pd.Series:
+    """Each cluster's anchor (index: every label, sorted): its highest-priority key node (smallest
+    kind by priority, then smallest key), else 'record:' + its smallest record id. By integer
+    sorts on the key rows instead of a sorted copy of them."""
+    comp = labels[keys["record_idx"].to_numpy(dtype=np.int64)]
+    order = np.lexsort((pd.factorize(keys["key"], sort=True)[0], keys["kind"].map(priority).to_numpy(dtype=np.int64), comp))
+    cs = comp[order]
+    first = np.ones(len(order), bool)
+    first[1:] = cs[1:] != cs[:-1]
+    node = pd.Series(keys["node"].to_numpy(dtype=object)[order[first]], index=cs[first])
+    all_labels = np.unique(labels)
+    vals = node.reindex(all_labels).to_numpy(dtype=object)
+    missing = pd.isna(vals)
+    if missing.any():  # clusters without a key: their smallest record id (by sorting; a string groupby-min runs in Python)
+        lonely = np.isin(labels, all_labels[missing])
+        own = pd.DataFrame({"label": labels[lonely], "own": rid[lonely]}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
+        vals[missing] = ("record:" + own).reindex(all_labels[missing]).to_numpy(dtype=object)
+    return pd.Series(vals, index=all_labels)
+
+
+def _build_index(devices, keys, rule_labels, entities, representative, person, rids, model) -> IdentityIndex:
     """The identity index of a full pass (see IdentityIndex)."""
     idx = keys["record_idx"].to_numpy(dtype=np.int64)
-    k = pd.DataFrame({"node_hash": _hash(keys["node"].to_numpy()), "kind": keys["kind"].to_numpy(), "entity": rule_labels[idx].astype(np.int64),
-                      "person_id": person[idx], "record_idx": idx})  # fmt: skip
-    k = k.sort_values(["node_hash", "entity", "record_idx"]).drop_duplicates(["node_hash", "entity"])
-    k["first_record"] = rids.to_numpy()[k["record_idx"].to_numpy()]
+    codes, nodes = pd.factorize(keys["node"])  # each distinct node hashed once
+    node_hash = _hash(nodes)[codes] if len(keys) else np.array([], np.uint64)
+    entity = rule_labels[idx].astype(np.int64)
+    # one row per (node, entity): its first record, in (node_hash, entity, record) order
+    order = np.lexsort((idx, entity, node_hash))
+    h, e = node_hash[order], entity[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (h[1:] != h[:-1]) | (e[1:] != e[:-1])
+    rows = order[first]
+    k = pd.DataFrame({"node_hash": node_hash[rows], "kind": keys["kind"].to_numpy(dtype=object)[rows], "entity": entity[rows],
+                      "person_id": person[idx[rows]], "first_record": rids.to_numpy()[idx[rows]]})  # fmt: skip
     sizes = pd.Series(rule_labels).value_counts()
-    person_of = pd.Series(person, index=rule_labels)
-    person_of = person_of[~person_of.index.duplicated()]
+    uniq, first_pos = np.unique(rule_labels, return_index=True)
+    person_of = pd.Series(person[first_pos], index=uniq)  # each rule cluster's person (its first record's)
     ents = entities.copy()
     ents["entity"] = ents["entity"].astype(np.int64)
     ents["size"] = ents["entity"].map(sizes).fillna(0).astype(np.int64).to_numpy()
     ents["person_id"] = ents["entity"].map(person_of).to_numpy()
     ents["record"] = rids.to_numpy()[ents["entity"].map(representative).to_numpy(dtype=np.int64)]
-    return IdentityIndex(keys=k.drop(columns=["record_idx"]).reset_index(drop=True), devices=_device_pairs(records, cfg), entities=ents.reset_index(drop=True), model=model)
+    return IdentityIndex(keys=k, devices=devices, entities=ents.reset_index(drop=True), model=model)
 
 
 # --- incremental runs ---------------------------------------------------------------------------
@@ -544,7 +601,6 @@ def resolve_incremental(
     if decisions is not None and len(decisions) and (decisions["record_l"].isin(set(rids)).any() or decisions["record_r"].isin(set(rids)).any()):
         return None, "a review decision names a new record"
     keys, _ = _keys(new_records, cfg)
-    keys["node"] = keys["kind"] + ":" + keys["key"]
     # devices: a new (device, customer) pair must not make a device shared that was not
     pairs_new = _device_pairs(new_records, cfg)
     shared_devices = 0

@@ -14,6 +14,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from personaops.errors import NotFoundError, PipelineStateError
@@ -241,6 +242,7 @@ def split_known(ws: Workspace, batches: dict[str, list[str]]):
     cur = pa.concat_tables(parts) if parts else None
     if cur is None:
         return None, None, None, "no records"
+    cur = cur.append_column("_pos", pa.array(np.arange(cur.num_rows, dtype=np.int64)))  # the join's output order is arbitrary: restored below
     earlier = prev.select(["source", "source_key", "_row_hash", "person_id", "linked_by"]).rename_columns(["source", "source_key", "_prev_hash", "person_id", "linked_by"])
     earlier = earlier.cast(pa.schema([("source", pa.string()), ("source_key", pa.string()), ("_prev_hash", pa.string()), ("person_id", pa.string()), ("linked_by", pa.string())]))
     joined = cur.join(earlier, keys=["source", "source_key"], join_type="left outer")
@@ -252,7 +254,8 @@ def split_known(ws: Workspace, batches: dict[str, list[str]]):
     if changed:
         return None, None, None, f"{changed:,} records changed since the previous run"
     new = joined.filter(pc.invert(known)).select(["source", "source_key"]).to_pandas()
-    kept = joined.filter(known).select(RECORD_COLUMNS)
+    kept = joined.filter(known)
+    kept = kept.select(RECORD_COLUMNS).take(pc.sort_indices(kept["_pos"]))  # the lake's order, as a full resolve writes it
     return kept, new, set(pc.unique(prev["person_id"]).to_pylist()), ""
 
 
