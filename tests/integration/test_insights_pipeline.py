@@ -171,3 +171,46 @@ def test_ask_commands_answer_in_json_and_fail_in_one_sentence(ws):
     assert answer["campaign"] == "upgrade_offer" and answer["personas"][0]["uplift"] >= answer["personas"][-1]["uplift"]
     bad = subprocess.run([personas, "ask", "campaign", "no_such_campaign"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "known campaigns" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_flags_rerun_scores_with_the_kept_models_and_equals_a_full_retrain(pipeline, tmp_path):
+    """A flags pass whose inputs only gained records (here: none) scores with the last trained
+    risk and opportunity models instead of training again; the flag table equals both the first
+    run's and a forced retrain's (insights.retrain: always), and so do the held-out metrics."""
+    import shutil
+
+    from personaops.sources import load_sources
+
+    home, record = pipeline
+    copy = tmp_path / "ws"
+    shutil.copytree(home, copy, symlinks=True)
+    env = dict(os.environ)  # the stages point Feast and MLflow at the copy; later tests need the original
+    try:
+        cfg = load_config()
+        cfg.home = copy
+        w = Workspace.from_config(cfg)
+        kinds = {s.name: s.kind for s in load_sources(Path(record["sources"]))}
+        args = (record["batches"], kinds, record["features"]["as_of"])
+        first = insights.read_insight_table(w, "amber_flags")
+        assert record["flags"]["retrained"] is True
+
+        def again(run_id: str) -> tuple[dict, pd.DataFrame]:
+            for marker in (w.lake / "insights").glob("run_id=*/_flags.fingerprint"):
+                marker.unlink()  # not the whole-stage reuse of unchanged inputs: the flags pass itself
+            out = insights.flags_stage(cfg, w, run_id, *args)
+            return out, insights.read_insight_table(w, "amber_flags")
+
+        kept, kept_table = again("kept")
+        assert kept["retrained"] is False and kept["models_from_run"] == record["flags"]["run_id"]
+        assert kept["mlflow_run_id"] == record["flags"]["mlflow_run_id"]
+        cfg.insights.retrain = "always"
+        full, full_table = again("full")
+        assert full["retrained"] is True and full["retrain_reason"] == "insights.retrain is always"
+        pd.testing.assert_frame_equal(kept_table, full_table)
+        pd.testing.assert_frame_equal(kept_table, first)
+        assert kept["metrics"] == full["metrics"] == record["flags"]["metrics"]
+        assert kept["opportunity_metrics"] == full["opportunity_metrics"]
+        assert (kept_table["risk_flag"] == "amber").sum() > 0
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
