@@ -661,15 +661,18 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
 FLAG_MODELS = "flag_models.joblib"
 
 
-def record_digest(ws: Workspace) -> np.ndarray:
+def record_digest(ws: Workspace) -> np.ndarray | None:
     """Sorted 64-bit hashes of every resolved record (source, source_key, content hash): a later
-    run whose records contain all of these only added records (none changed or was removed)."""
+    run whose records contain all of these only added records (none changed or was removed).
+    None when the record map has no content hashes (then the flag models are trained every run)."""
     import duckdb
 
     path = str(ws.identity / "record_person.parquet").replace("'", "''")  # read_parquet takes no parameter
     con = duckdb.connect()
     try:
         column = con.execute(f"SELECT hash(source, source_key, _row_hash) AS h FROM read_parquet('{path}') ORDER BY h").fetchnumpy()["h"]
+    except duckdb.Error:
+        return None
     finally:
         con.close()
     return np.asarray(column, dtype=np.uint64)
@@ -726,6 +729,8 @@ def kept_flag_models(ws: Workspace, cfg, version: int | None, intents: pd.DataFr
     if kept.get("records") is None:
         return None, "earlier flag models carry no record digest"
     earlier, now = kept["records"], record_digest(ws)
+    if now is None:
+        return None, "the record map carries no content hashes"
     at = np.searchsorted(now, earlier)
     if len(earlier) and (at.max() >= len(now) or not np.array_equal(now[at], earlier)):
         return None, "records the flag models were trained on changed or are gone (not only added)"
