@@ -107,7 +107,8 @@ class Fusion:
         z, t = self._complete(frame)
         weights = self.column_weights()
         z = z * weights * (self.behaviour_weight / np.sqrt(max(float((weights**2).sum()), 1.0)))
-        return np.hstack([z, t * self.text_weight]).astype(np.float64) if self.text_dim else z.astype(np.float64)
+        # hstack of the float64 behaviour block and the text block is float64 already: no second copy
+        return np.hstack([z, t * self.text_weight]).astype(np.float64, copy=False) if self.text_dim else z.astype(np.float64)
 
     def fit(self, frame: pd.DataFrame, text_dim: int, seed: int = 0) -> "Fusion":
         x = self._behaviour(frame)
@@ -129,14 +130,18 @@ class Fusion:
         raw = self._raw(frame)
         self.pca_mean = raw.mean(axis=0)
         n_comp = int(min(self.pca_components, raw.shape[1], max(len(raw) - 1, 1)))
-        # PCA by SVD of the centred matrix: rows of vt are the principal directions.
-        _, _, vt = np.linalg.svd(raw - self.pca_mean, full_matrices=False)
+        # PCA by SVD of the centred matrix: rows of vt are the principal directions. Centred in
+        # place: the (persons x features+384) float64 matrix is the fit's largest; one copy of it.
+        raw -= self.pca_mean
+        _, _, vt = np.linalg.svd(raw, full_matrices=False)
         self.pca_matrix = vt[:n_comp].T
         return self
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """(n, pca_components) float32 representation of each row of `frame`."""
-        return ((self._raw(frame) - self.pca_mean) @ self.pca_matrix).astype(np.float32)
+        raw = self._raw(frame)
+        raw -= self.pca_mean  # in place: the same values as raw - pca_mean without a second matrix
+        return (raw @ self.pca_matrix).astype(np.float32)
 
     ARRAYS = ("medians", "means", "stds", "text_fill", "ref_z", "ref_text", "pca_mean", "pca_matrix")
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from models import registry
 from models.bias import persona_parity
-from models.clustering import UNASSIGNED, fit_personas
+from models.clustering import UNASSIGNED, assign, fit_personas
 from models.continuity import Continuity, match_personas
 from models.fusion import Fusion
 from models.persona_model import UNASSIGNED_NAME, PersonaModel, PersonaScorer
@@ -74,13 +74,19 @@ def optional_signature(example: pd.DataFrame, output: pd.DataFrame):
 
 def fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, cfg: ModelConfig) -> PersonaScorer:
     """Fit fusion + clustering (ids 0..k-1 and placeholder names until profiles name them)."""
+    return _fit_scorer(frame, feature_columns, text_dim, cfg)[0]
+
+
+def _fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, cfg: ModelConfig) -> tuple[PersonaScorer, np.ndarray]:
+    """(the fitted scorer, its representation of `frame`): the representation is what
+    `scorer.represent(frame)` returns, computed once here and reused by training."""
     fusion = Fusion(feature_columns, cfg.behaviour_weight, cfg.text_weight, cfg.pca_components).fit(frame, text_dim, seed=cfg.seed)
     x = fusion.transform(frame)
     clustering = fit_personas(
         x, cfg.k_min, cfg.k_max, cfg.restarts, cfg.iterations, cfg.seed, cfg.silhouette_sample,
         cfg.min_persona_share, cfg.outlier_mads, cfg.stability_floor, cfg.stability_rounds, cfg.selection_rows,
     )  # fmt: skip
-    return PersonaScorer(fusion=fusion, clustering=clustering, persona_names=[f"persona {i}" for i in range(clustering.k)])
+    return PersonaScorer(fusion=fusion, clustering=clustering, persona_names=[f"persona {i}" for i in range(clustering.k)]), x
 
 
 def partition_metrics(x: np.ndarray, centroid_idx: np.ndarray, confidence: np.ndarray, sample: int, seed: int) -> dict[str, float]:
@@ -126,9 +132,9 @@ def train_persona_model(
 
     experiment_id = registry.experiment_id(ws, cfg.experiment)
     text_dim = int(text_vectors.shape[1]) if len(text_vectors) else 0
-    scorer = fit_scorer(frame, feature_columns, text_dim, cfg)
-    x = scorer.represent(frame)
-    idx, confidence = scorer.centroid_labels(frame)
+    # fitting computed the frame's representation: reuse it rather than represent the frame twice more
+    scorer, x = _fit_scorer(frame, feature_columns, text_dim, cfg)
+    idx, confidence = assign(x, scorer.clustering)
     metrics = partition_metrics(x, idx, confidence, cfg.silhouette_sample, cfg.seed)
     metrics["stability"] = scorer.clustering.k_stability.get(scorer.clustering.k, float("nan"))
 
