@@ -29,6 +29,14 @@ from personaops.roles import ROLES, WRITER, allows, token_role  # noqa: E402
 TOKENS_ENV = "PERSONAS_API_TOKENS"
 # Person ids are opaque, printable and short; anything else is malformed input (422).
 PERSON_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@#+\-]{0,127}$"
+# The answers' messages, shared with the ASGI fast path (personaops.serving.FastPersonaRead).
+MISSING_TOKEN = "Missing API token; send 'Authorization: Bearer <token>'."
+UNKNOWN_TOKEN = "Unknown API token; ask an admin for a valid one."
+
+
+def no_persona_message(person_id: str) -> str:
+    """The 404 detail of a person the online store has no persona for."""
+    return f"Person {person_id!r} has no persona in the online store; check the id (see `personas assignments`)."
 
 
 def api_tokens(cfg: PersonasConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -262,8 +270,11 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
 
     from personaops.serving import FastPersonaRead
 
-    # Inside Measure (counted alike); the plain success case of GET /persons/{id}/persona only.
-    app.add_middleware(FastPersonaRead, service=service, tokens=tokens, router=app.router, id_pattern=PERSON_ID_PATTERN, on_found=persons_looked_up.labels("true").inc)
+    # Inside Measure (counted alike): the ordinary 200, 401 and 404 answers of the two lookups.
+    app.add_middleware(
+        FastPersonaRead, service=service, tokens=tokens, router=app.router, id_pattern=PERSON_ID_PATTERN,
+        on_found=persons_looked_up.labels("true").inc, on_missing=persons_looked_up.labels("false").inc, max_lookup_ids=cfg.api.max_lookup_ids,
+    )  # fmt: skip
     app.add_middleware(Measure)
     from personaops.http_limits import BodySizeLimit
 
@@ -284,10 +295,10 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
         if not tokens:  # --insecure-dev with nothing configured
             return "admin"
         if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(401, "Missing API token; send 'Authorization: Bearer <token>'.", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, MISSING_TOKEN, headers={"WWW-Authenticate": "Bearer"})
         role = token_role(credentials.credentials, tokens)
         if role is None:
-            raise HTTPException(401, "Unknown API token; ask an admin for a valid one.", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, UNKNOWN_TOKEN, headers={"WWW-Authenticate": "Bearer"})
         return role
 
     def require(minimum: str):
@@ -352,7 +363,7 @@ def create_app(cfg: PersonasConfig, insecure_dev: bool = False, environ: dict[st
     def one(person_id: str) -> dict:
         found = service.personas_of([person_id])[0]
         if found is None:
-            raise NotFoundError(f"Person {person_id!r} has no persona in the online store; check the id (see `personas assignments`).")
+            raise NotFoundError(no_persona_message(person_id))
         persons_looked_up.labels("true").inc()
         return found
 

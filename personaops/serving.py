@@ -503,65 +503,181 @@ class RedisOnlineReader:
 
 
 class FastPersonaRead:
-    """ASGI middleware of `personas serve`: the plain success case of `GET /persons/{id}/persona`
-    answered without FastAPI's per-request dependency solving, validation and response model
-    (about 5x less server CPU per lookup; bench/serve.py), byte-compatible JSON.
+    """ASGI middleware of `personas serve`: the ordinary answers of the two online lookups,
+    `GET /persons/{id}/persona` and `POST /personas/lookup`, given without FastAPI's per-request
+    dependency solving, body and parameter validation (about 3-6x less server CPU per request;
+    bench/serve.py), with FastAPI's own bytes.
 
-    It answers only when everything is ordinary: a GET of that path, an id matching the API's
-    pattern, a Bearer token of a role that may read (compared with every token by
-    `roles.token_role`, constant time), a SQLite or Redis online store read directly, and a person that
-    has a persona. Every
-    other request — errors (401, 403, 404, 422, 503), other stores, other routes — goes on to the
-    FastAPI app unchanged, so the API's answers and OpenAPI document stay FastAPI's.
+    It answers only what it can answer exactly as the FastAPI route would:
+    - 200: a valid id (or, for the batch, a JSON object `{"person_ids": [...]}` with 1 to
+      `api.max_lookup_ids` valid ids, sent as `application/json`), a Bearer token of a role that
+      may read, a SQLite or Redis online store read directly; the body is serialized by the
+      route's own response field (pydantic), so it is byte for byte the route's;
+    - 404: a valid id of a person the online store has no persona for (the route's message);
+    - 401: no or a malformed `Authorization` header, or an unknown token (the route's messages
+      and `WWW-Authenticate: Bearer`); the token is compared with every configured token by
+      `roles.token_role` (constant time), after the header is split as FastAPI's HTTPBearer does.
+    Everything else — 403, 422 (malformed ids or bodies), 503 (a read that fails), other methods,
+    routes and stores — goes on to the FastAPI app unchanged (a batch body already read is handed
+    on as it came), so those answers and the OpenAPI document stay FastAPI's. A test compares
+    every answer it gives with the FastAPI route's for the same request (status, headers, body).
     `scope["route"]` is set to the FastAPI route, so the metrics label the request alike."""
 
-    def __init__(self, app, *, service, tokens: dict[str, str], router, id_pattern: str, on_found=None):
+    PERSONA_PATH = "/persons/{person_id}/persona"
+    LOOKUP_PATH = "/personas/lookup"
+
+    def __init__(self, app, *, service, tokens: dict[str, str], router, id_pattern: str, on_found=None, on_missing=None, max_lookup_ids: int | None = None):
         import re
 
+        from fastapi.security.utils import get_authorization_scheme_param
+        from starlette.responses import JSONResponse
+
+        from personaops import api, roles
+
+        # Bound once: an import statement per request costs microseconds.
+        self._split, self._json_response = get_authorization_scheme_param, JSONResponse
+        self._missing, self._unknown, self._not_found = api.MISSING_TOKEN, api.UNKNOWN_TOKEN, api.no_persona_message
+        self._token_role, self._allows = roles.token_role, roles.allows
         self.app = app
         self.service = service
         self.tokens = tokens
         self.router = router
         self.valid_id = re.compile(id_pattern.removeprefix("^").removesuffix("$")).fullmatch
-        self.on_found = on_found
-        self._route = None
+        self.on_found = on_found  # called with the number of persons found (a counter's inc)
+        self.on_missing = on_missing  # ... and with the number of batch ids not found
+        self.max_lookup_ids = int(service.cfg.api.max_lookup_ids if max_lookup_ids is None else max_lookup_ids)
+        self._routes: dict[str, Any] = {}
 
-    def _role(self, headers) -> str | None:
-        from personaops.roles import token_role
+    def _route(self, path: str):
+        route = self._routes.get(path)
+        if route is None:
+            route = self._routes[path] = next(r for r in self.router.routes if getattr(r, "path", None) == path)
+        return route
 
+    def _caller(self, headers) -> tuple[str | None, str | None]:
+        """(role, None) of the caller, or (None, the 401 detail) as api.caller_role decides it."""
         if not self.tokens:  # --insecure-dev with no token configured: every caller is admin
-            return "admin"
+            return "admin", None
         value = next((v for k, v in headers if k == b"authorization"), None)
-        if value is None:
-            return None
-        scheme, _, given = value.partition(b" ")
-        if scheme.lower() != b"bearer" or not given:
-            return None
-        return token_role(given, self.tokens)
+        # starlette decodes header values as latin-1; HTTPBearer splits them like this.
+        authorization = None if value is None else value.decode("latin-1")
+        scheme, credentials = self._split(authorization)
+        if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+            return None, self._missing
+        role = self._token_role(credentials, self.tokens)
+        return (role, None) if role is not None else (None, self._unknown)
+
+    @staticmethod
+    async def _send(send, status: int, headers: list, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _ok(self, send, route, content) -> bool:
+        """The route's 200 (FastAPI's response-model validation and JSON serialization); False
+        when the content does not validate (the FastAPI route then answers)."""
+        field = route.response_field
+        value, errors = field.validate(content, {}, loc=("response",))
+        if errors:
+            return False
+        body = field.serialize_json(
+            value, include=route.response_model_include, exclude=route.response_model_exclude, by_alias=route.response_model_by_alias,
+            exclude_unset=route.response_model_exclude_unset, exclude_defaults=route.response_model_exclude_defaults, exclude_none=route.response_model_exclude_none,
+        )  # fmt: skip
+        # The headers starlette's Response(content=body, media_type="application/json") sets, in its order.
+        await self._send(send, route.status_code or 200, [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")], body)
+        return True
+
+    async def _error(self, send, status: int, detail: str) -> None:
+        """An error answer as the app's handlers give it (JSONResponse {"detail": ...})."""
+        response = self._json_response({"detail": detail}, status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        await self._send(send, response.status_code, response.raw_headers, response.body)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path") or not self.service.reads_locally():
+        if scope["type"] != "http" or scope.get("root_path") or not self.service.reads_locally():
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        person_id = path[9:-8] if path.startswith("/persons/") and path.endswith("/persona") else ""
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path.startswith("/persons/") and path.endswith("/persona"):
+            return await self._persona(scope, receive, send, path[9:-8])
+        if method == "POST" and path == self.LOOKUP_PATH:
+            return await self._lookup(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _persona(self, scope, receive, send, person_id: str):
         if not person_id or "/" in person_id or not self.valid_id(person_id):
             return await self.app(scope, receive, send)
-        from personaops.roles import allows
-
-        role = self._role(scope.get("headers") or ())
-        if role is None or not allows(role, "reader"):
+        role, refused = self._caller(scope.get("headers") or ())
+        if refused is None and not self._allows(role, "reader"):  # 403: FastAPI's
             return await self.app(scope, receive, send)
         try:
-            found = self.service.personas_of([person_id])[0]
+            found = None if refused else self.service.personas_of([person_id])[0]
         except Exception:  # noqa: BLE001 - the FastAPI route reads again and answers (503, ...)
-            found = None
-        if found is None:
             return await self.app(scope, receive, send)
-        if self._route is None:
-            self._route = next(r for r in self.router.routes if getattr(r, "path", None) == "/persons/{person_id}/persona")
-        scope["route"] = self._route
+        route = self._route(self.PERSONA_PATH)
+        scope["route"] = route
+        if refused:
+            return await self._error(send, 401, refused)
+        if found is None:
+            return await self._error(send, 404, self._not_found(person_id))
+        if not await self._ok(send, route, found):
+            scope.pop("route", None)
+            return await self.app(scope, receive, send)
         if self.on_found is not None:
-            self.on_found()
-        body = json.dumps(found, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
+            self.on_found(1)
+
+    async def _lookup(self, scope, receive, send):
+        messages: list[dict] = []
+        body = b""
+        while True:  # the whole body (BodySizeLimit, outside, bounds it)
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+
+        async def replay():  # the FastAPI app gets the body as it came
+            return messages.pop(0) if messages else await receive()
+
+        ids = self._lookup_ids(scope.get("headers") or (), body) if messages[-1]["type"] == "http.request" else None
+        if ids is None:
+            return await self.app(scope, replay, send)
+        role, refused = self._caller(scope.get("headers") or ())
+        if refused is None and not self._allows(role, "reader"):
+            return await self.app(scope, replay, send)
+        try:
+            found = None if refused else self.service.personas_of(ids)
+        except Exception:  # noqa: BLE001 - the FastAPI route reads again and answers (503, ...)
+            return await self.app(scope, replay, send)
+        route = self._route(self.LOOKUP_PATH)
+        scope["route"] = route
+        if refused:
+            return await self._error(send, 401, refused)
+        hits = [f for f in found if f is not None]
+        if not await self._ok(send, route, {"personas": hits, "not_found": [p for p, f in zip(ids, found) if f is None]}):
+            scope.pop("route", None)
+            return await self.app(scope, replay, send)
+        if self.on_found is not None:
+            self.on_found(len(hits))
+        if self.on_missing is not None:
+            self.on_missing(len(ids) - len(hits))
+
+    def _lookup_ids(self, headers, body: bytes) -> list[str] | None:
+        """The distinct ids of an ordinary batch body, in order; None for anything FastAPI would
+        treat otherwise (another content type, bad JSON, extra fields, bad or too many ids)."""
+        content_type = next((v for k, v in headers if k == b"content-type"), None)
+        if content_type is None or not (content_type == b"application/json" or content_type.startswith(b"application/json;")) or not body:
+            return None
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        if type(request) is not dict or len(request) != 1:
+            return None
+        ids = request.get("person_ids")
+        if type(ids) is not list or not 1 <= len(ids) <= self.max_lookup_ids:
+            return None
+        valid = self.valid_id
+        if not all(type(i) is str and valid(i) for i in ids):
+            return None
+        return list(dict.fromkeys(ids))

@@ -215,68 +215,135 @@ def test_personas_serve_answers_over_loopback(pipeline, served):
 
 
 def test_the_fast_persona_read_answers_like_the_fastapi_route_and_passes_everything_else_on(served, pipeline):
-    """personaops.serving.FastPersonaRead: the plain 200 of GET /persons/{id}/persona without
-    FastAPI's per-request machinery, JSON-equal to the FastAPI route's answer; every other case
-    (bad token, unknown person, malformed id, other methods) reaches the FastAPI app."""
+    """personaops.serving.FastPersonaRead: the ordinary 200, 404 and 401 answers of GET
+    /persons/{id}/persona and POST /personas/lookup without FastAPI's per-request machinery, byte
+    for byte the FastAPI routes' answers (status, headers, body) and counted alike in /metrics;
+    every other case (malformed ids or bodies, other methods and routes) reaches the FastAPI app,
+    a batch body it already read included."""
     import asyncio
+    import json
 
     from personaops.api import PERSON_ID_PATTERN
     from personaops.serving import FastPersonaRead
 
-    client, published, _ = served
+    _, published, _ = served
     home, _ = pipeline
-    plain_app = create_app(_cfg(home), environ={"PERSONAS_API_TOKENS": TOKENS})
+    environ = {"PERSONAS_API_TOKENS": TOKENS + ",w-tok:writer"}
+    fast_app = create_app(_cfg(home), environ=environ)
+    plain_app = create_app(_cfg(home), environ=environ)
     plain_app.user_middleware = [m for m in plain_app.user_middleware if m.cls is not FastPersonaRead]
-    plain = TestClient(plain_app, raise_server_exceptions=False)
+    fast, plain = TestClient(fast_app, raise_server_exceptions=False), TestClient(plain_app, raise_server_exceptions=False)
     persons = list(published.index[:25])
+    statuses: list[int] = []
+
+    def same(method: str, path: str, headers: dict, **body) -> None:
+        a, b = fast.request(method, path, headers=headers, **body), plain.request(method, path, headers=headers, **body)
+        assert (a.status_code, a.headers.raw, a.content) == (b.status_code, b.headers.raw, b.content), (method, path, headers, body)
+        assert a.status_code != 500
+        statuses.append(a.status_code)
+
     for person in persons:
-        fast, slow = client.get(f"/persons/{person}/persona", headers=AUTH["read"]), plain.get(f"/persons/{person}/persona", headers=AUTH["read"])
-        assert fast.status_code == slow.status_code == 200
-        assert fast.json() == slow.json() and fast.headers["content-type"] == slow.headers["content-type"]
-    for path, headers in [
-        (f"/persons/{persons[0]}/persona", {}),
-        (f"/persons/{persons[0]}/persona", {"Authorization": "Bearer not-a-token"}),
-        (f"/persons/{persons[0]}/persona", {"Authorization": "Basic cmVhZC10b2s6"}),
-        ("/persons/nobody-0001/persona", AUTH["read"]),
-        ("/persons/has%20space/persona", AUTH["read"]),
-    ]:
-        fast, slow = client.get(path, headers=headers), plain.get(path, headers=headers)
-        assert fast.status_code == slow.status_code and fast.json() == slow.json(), path
+        same("GET", f"/persons/{person}/persona", AUTH["read"])
+    for person in persons[:3]:
+        same("GET", f"/persons/{person}/persona", {"Authorization": "Bearer w-tok"})
+        same("GET", f"/persons/{person}/persona?x=1", AUTH["admin"])
+    json_ct = {"Content-Type": "application/json"}
+    cases = [
+        ("GET", "/persons/nobody-0001/persona", AUTH["read"], {}),
+        ("GET", "/persons/nobody-0002/persona", AUTH["analyst"], {}),
+        ("GET", f"/persons/{persons[0]}/persona", {}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": "Bearer not-a-token"}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": "Basic cmVhZC10b2s6"}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": "Bearer"}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": "Bearer "}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": "bearer   read-tok  "}, {}),
+        ("GET", f"/persons/{persons[0]}/persona", {"Authorization": b"Bearer t\xf6k"}, {}),
+        ("GET", "/persons/nobody-0001/persona", {}, {}),
+        ("GET", "/persons/has%20space/persona", AUTH["read"], {}),
+        ("GET", "/persons/-bad/persona", {}, {}),
+        ("GET", "/persons/a/b/persona", AUTH["read"], {}),
+        ("HEAD", f"/persons/{persons[0]}/persona", AUTH["read"], {}),
+        ("DELETE", f"/persons/{persons[0]}/persona", AUTH["read"], {}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": persons[:10]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": [persons[3], "nobody-1", persons[3], persons[1], "nobody-1"]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": ["nobody-1", "nobody-2"]}}),
+        ("POST", "/personas/lookup", {"Authorization": "Bearer w-tok", "Content-Type": "application/json; charset=utf-8"}, {"content": json.dumps({"person_ids": persons[:2]})}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": persons + [f"p{i}" for i in range(1000 - len(persons))]}}),
+        ("POST", "/personas/lookup", {**AUTH["read"], **json_ct}, {"content": [b'{"person_ids": ["', persons[0].encode(), b'"]}']}),
+        ("POST", "/personas/lookup", {}, {"json": {"person_ids": persons[:2]}}),
+        ("POST", "/personas/lookup", {"Authorization": "Bearer not-a-token"}, {"json": {"person_ids": persons[:2]}}),
+        ("POST", "/personas/lookup", {}, {"content": "not json", "headers": json_ct}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": [f"p{i}" for i in range(1001)]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": []}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": persons[:2], "extra": 1}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": [1, 2]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": persons[0]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": {"person_ids": ["ok", "bad id"]}}),
+        ("POST", "/personas/lookup", AUTH["read"], {"json": [persons[0]]}),
+        ("POST", "/personas/lookup", {**AUTH["read"], **json_ct}, {"content": b'{"person_ids": ["a",'}),
+        ("POST", "/personas/lookup", {**AUTH["read"], **json_ct}, {"content": b""}),
+        ("POST", "/personas/lookup", {**AUTH["read"], "Content-Type": "text/plain"}, {"content": json.dumps({"person_ids": persons[:2]})}),
+        ("POST", "/personas/lookup", AUTH["read"], {"content": json.dumps({"person_ids": persons[:2]})}),
+        ("GET", "/personas/lookup", AUTH["read"], {}),
+    ]
+    for method, path, headers, body in cases:
+        extra = body.pop("headers", {})
+        same(method, path, {**headers, **extra}, **body)
+    assert {200, 401, 404, 405, 422} <= set(statuses)
+    metric_lines = [
+        sorted(line for line in c.get("/metrics").text.splitlines() if line.startswith(("personas_api_requests_total", "personas_api_persons_looked_up_total")))
+        for c in (fast, plain)
+    ]  # fmt: skip
+    assert metric_lines[0] == metric_lines[1] and len(metric_lines[0]) >= 8
 
     # Which requests it answers itself: an ASGI app behind it records what reaches it.
     reached: list[str] = []
 
     async def behind(scope, receive, send):
-        reached.append(scope["path"])
+        body = b""
+        while True:  # the body, as the client sent it
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        reached.append(f"{scope['path']}:{body.decode()}")
         await send({"type": "http.response.start", "status": 599, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    service = client.app.state.service
-    fast_read = FastPersonaRead(behind, service=service, tokens={"read-tok": "reader", "w-tok": "writer"}, router=client.app.router, id_pattern=PERSON_ID_PATTERN)
+    service = fast_app.state.service
+    fast_read = FastPersonaRead(behind, service=service, tokens={"read-tok": "reader", "w-tok": "writer"}, router=fast_app.router, id_pattern=PERSON_ID_PATTERN)
 
-    def call(path: str, token: str | None, method: str = "GET") -> int:
+    def call(path: str, token: str | None, method: str = "GET", body: bytes = b"") -> int:
         sent: list[dict] = []
+        chunks = [body[:5], body[5:]]
 
         async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
 
         async def send(message):
             sent.append(message)
 
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        if method == "POST":
+            headers.append((b"content-type", b"application/json"))
         asyncio.run(fast_read({"type": "http", "method": method, "path": path, "headers": headers, "root_path": ""}, receive, send))
         return sent[0]["status"]
 
     assert service.reads_locally()
-    assert call(f"/persons/{persons[1]}/persona", "read-tok") == 200 and call(f"/persons/{persons[1]}/persona", "w-tok") == 200 and reached == []
-    for path, token, method in [
-        (f"/persons/{persons[1]}/persona", None, "GET"),
-        (f"/persons/{persons[1]}/persona", "read-to", "GET"),
-        (f"/persons/{persons[1]}/persona", "read-tok", "POST"),
-        ("/persons/nobody-0002/persona", "read-tok", "GET"),
-        ("/persons/-bad/persona", "read-tok", "GET"),
-        ("/persons/a/b/persona", "read-tok", "GET"),
-        (f"/persons/{persons[1]}/sensitive", "read-tok", "GET"),
-    ]:
-        assert call(path, token, method) == 599, (path, token, method)
-    assert len(reached) == 7
+    batch = json.dumps({"person_ids": [persons[1], "nobody-3"]}).encode()
+    assert [call(f"/persons/{persons[1]}/persona", "read-tok"), call(f"/persons/{persons[1]}/persona", "w-tok")] == [200, 200]
+    assert [call("/persons/nobody-0002/persona", "read-tok"), call(f"/persons/{persons[1]}/persona", None), call(f"/persons/{persons[1]}/persona", "read-to")] == [404, 401, 401]
+    assert [call("/personas/lookup", "read-tok", "POST", batch), call("/personas/lookup", None, "POST", batch)] == [200, 401]
+    assert reached == []
+    passed_on = [
+        (f"/persons/{persons[1]}/persona", "read-tok", "POST", b""),
+        ("/persons/-bad/persona", "read-tok", "GET", b""),
+        ("/persons/a/b/persona", "read-tok", "GET", b""),
+        (f"/persons/{persons[1]}/sensitive", "read-tok", "GET", b""),
+        ("/personas/lookup", "read-tok", "POST", b'{"person_ids": []}'),
+        ("/personas/lookup", None, "POST", b'{"person_ids": ["bad id"]}'),
+        ("/personas/lookup", "read-tok", "POST", b'{"person_ids": ["a"], "x": 1}'),
+    ]
+    for path, token, method, body in passed_on:
+        assert call(path, token, method, body) == 599, (path, token, method, body)
+    assert reached == [f"{path}:{body.decode()}" for path, _, _, body in passed_on]
