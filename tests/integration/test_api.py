@@ -196,7 +196,7 @@ def test_personas_serve_answers_over_loopback(pipeline, served):
         port = s.getsockname()[1]
     server = _serve(pipeline[0], port, {"PERSONAS_API_TOKENS": "loop-tok:reader"})
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # a loaded 2-CPU host needs about 2 min to start it (131 s seen at load 23)
         while True:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
