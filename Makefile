@@ -29,8 +29,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/personas demo
 
+# Two pytest-xdist workers; tests/conftest.py groups the tests (one worker builds the session
+# pipeline and runs every module that reads it; Spark modules together; otherwise by module) and
+# starts the shared services once when .ci/run has not. TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 test-unit: install
 	$(BIN)/pytest tests/unit
