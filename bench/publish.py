@@ -5,12 +5,15 @@ usage: python bench/publish.py [--rows 100000] [--repeat 3] [--quick] [--json] [
 On one temporary workspace with the project's `persona_assignment` view applied (4 features:
 persona_id, persona_name, confidence, model_version), publishes the same N persons with
 
-SQLite (profile: local)
-  personaops          personaops.online_publish (Feast's serialization; a fresh WITHOUT ROWID table
-                      filled from one staging row per person, swapped in by DROP + RENAME, one transaction)
+SQLite (profile: local), for persona_assignment and again for the issue's measurement shape (a
+3-feature view over the same rows: persona_id, persona_name, confidence)
+  personaops          SqlitePublisher.replace, the pipeline's path (Feast's serialization; a fresh
+                      WITHOUT ROWID table filled from one staging row per person, slice by slice with
+                      SQLite's insert of a slice overlapping the encoding of the next, swapped in by
+                      DROP + RENAME, one transaction)
   raw-executemany     executemany of the already-encoded rows (one per feature value) into an empty
                       table of Feast's schema, one transaction: the issue's "floor"
-  feast-write         FeatureStore.write_to_online_store
+  feast-write         FeatureStore.write_to_online_store (4-feature view only)
   feast-materialize   FeatureStore.materialize from the offline Parquet table
 Redis (profile: production; the server `infra/services.sh start` runs, or PERSONAS_REDIS_URL)
   personaops          personaops.online_publish (Feast's Redis layout, one HSET per person, pipelined)
@@ -22,7 +25,8 @@ each over the previous publish (the steady state of a re-publish), checks that t
 reads back what was written, and prints persons/s and feature values/s side by side with ratios.
 The fast paths take the best of --repeat runs; Feast's run once. --quick: 10,000 persons, one run.
 On a loaded machine wall times mostly measure the other processes: the personaops line also gives
-this process's CPU time (for Redis the server's own CPU is not in it).
+this process's CPU time (for Redis the server's own CPU is not in it; for SQLite also the publishing
+thread's, the wall time's bound when a second core is free).
 --json: one JSON object (figures, ratios, load average) as the last line of stdout.
 """
 
