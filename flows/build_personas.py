@@ -105,10 +105,11 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
 
         # only what linking reads: lineage, link keys and the attributes Splink compares
         columns = list(dict.fromkeys(["source_key", "_batch_id", "_row_number", "_row_hash", *cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
-        records = pd.concat(_lake_frames(ws, batches, columns=columns).values(), ignore_index=True)
         from personaops.spark_engine import identity_config  # compute.engine: spark -> Splink on Spark too
 
-        result = resolve_identities(records, identity_config(cfg), identity_store.previous_map(ws), identity_store.decisions(ws))
+        # the records go straight in (no name here holds them): resolve_identities frees their identifier columns when done with them
+        result = resolve_identities(pd.concat(_lake_frames(ws, batches, columns=columns).values(), ignore_index=True), identity_config(cfg),
+                                    identity_store.previous_map(ws), identity_store.decisions(ws))  # fmt: skip
     result.stats["mode"] = "full" if reason else "incremental"
     result.stats["full_reason"] = reason
     paths = identity_store.write_identity(ws, result, run_id, identity_store.index_fingerprint(ws, cfg.identity))
@@ -142,8 +143,10 @@ def _resolve_incremental(cfg: PersonasConfig, ws: Workspace, batches: dict[str, 
 
 
 @task(name="features")
-def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, str]) -> dict:
-    """Per-person feature tables + text embeddings, written as Feast offline sources and applied."""
+def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, str], resolve_mode: str | None = None) -> dict:
+    """Per-person feature tables + text embeddings, written as Feast offline sources and applied.
+    After an incremental resolve only the persons with new records are recomputed and merged into
+    the last run's tables (features.incremental_tables; the same tables as a full run)."""
     from models.embedder import TextEmbedder, person_embeddings
 
     cfg, ws = _config(home)
@@ -151,44 +154,75 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
     progress.stage_started("features", "computing per-person features")
     from personaops.consent import exclude_without_analytics
 
-    # persons without analytics consent get no features, so no training, graph or serving either
-    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet"))
-    if cfg.compute.engine == "spark":  # the same tables by the same functions, in Spark tasks (personaops/spark_engine.py)
-        from personaops import spark_engine
-
-        as_of, tables, texts, sensitive = spark_engine.feature_tables(ws, cfg, batches, kinds, record_person)
-    else:
-        frames = _lake_frames(ws, batches, record_person, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)
-        stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
-        as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
-
-        def of_kind(kind: str) -> pd.DataFrame:
-            parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
-            return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-        events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
-        tables = {
-            "person_behaviour": F.behaviour_features(events, as_of),
-            "person_support": F.support_features(tickets, as_of),
-            "person_survey": F.survey_features(surveys, as_of),
-            "person_campaign": F.campaign_features(campaigns, as_of),
-            "person_profile": F.profile_features(of_kind("crm"), as_of),
-            "person_labels": F.label_table(frames, campaigns, as_of),
-        }
-        texts = F.person_texts(frames)
-        sensitive = F.sensitive_table(frames)
     embedder = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache)
-    progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
-    vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
-    emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
-    emb["event_timestamp"], emb["created"] = as_of, as_of
-    tables["person_text_embedding"] = emb
-    for view, table in tables.items():
+    fingerprint = F.inputs_fingerprint(ws, cfg.embedding)
+    incremental, reason, changed = None, "compute.engine is spark", None
+    if cfg.compute.engine != "spark":
+        state, reason = F.incremental_plan(ws, fingerprint, batches, kinds, resolve_mode)
+        if state is not None:
+            progress.stage_started("features", "updating the persons with new records")
+            encode = lambda t: embedder.encode(t, progress=lambda d, n: progress.stage_progress("features", d, n))  # noqa: E731
+            incremental = F.incremental_tables(ws, state, batches, kinds, encode, cfg.embedding.max_texts_per_person)
+            reason = "" if incremental is not None else f"more than {F.MAX_EVENT_TYPES} event types"
+    unchanged = False
+    if incremental is not None:
+        as_of, tables, texts, sensitive, changed, update = incremental
+        # no new record, the same as-of time: every table is what the last run wrote; keep the files (same bytes, same snapshot id)
+        unchanged = changed == 0 and as_of == pd.Timestamp(state["as_of"]) and all(b == state["batches"].get(s) for s, b in batches.items())
+    if not unchanged:
+        F.forget_incremental_state(ws)  # written again below once every table is: a run killed in between starts full next time
+    if incremental is None:
+        # persons without analytics consent get no features, so no training, graph or serving either
+        record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))
+        if cfg.compute.engine == "spark":  # the same tables by the same functions, in Spark tasks (personaops/spark_engine.py)
+            from personaops import spark_engine
+
+            as_of, tables, texts, sensitive = spark_engine.feature_tables(ws, cfg, batches, kinds, record_person)
+        else:
+            frames = _lake_frames(ws, batches, record_person, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)
+            del record_person
+            stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
+            as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
+
+            def of_kind(kind: str) -> pd.DataFrame:
+                parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
+                return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+            events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
+            tables = {
+                "person_behaviour": F.behaviour_features(events, as_of),
+                "person_support": F.support_features(tickets, as_of),
+                "person_survey": F.survey_features(surveys, as_of),
+                "person_campaign": F.campaign_features(campaigns, as_of),
+                "person_profile": F.profile_features(of_kind("crm"), as_of),
+                "person_labels": F.label_table(frames, campaigns, as_of),
+            }
+            texts = F.person_texts(frames)
+            sensitive = F.sensitive_table(frames)
+            update = {"events": events, "tickets": tickets}
+            del frames, surveys, campaigns
+        progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
+        vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
+        emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
+        emb["event_timestamp"], emb["created"] = as_of, as_of
+        tables["person_text_embedding"] = emb
+    for view, table in tables.items() if not unchanged else ():
         write_table(ws, view, table)
-    texts_path = Workspace.ensure(ws.root / "texts" / "person_texts.parquet")
-    texts.to_parquet(texts_path, index=False)
-    sensitive.to_parquet(Workspace.ensure(ws.root / "audit" / "person_sensitive.parquet"), index=False)
-    views = apply_definitions(ws, cfg)
+    if not unchanged:
+        texts_path = Workspace.ensure(ws.root / "texts" / "person_texts.parquet")
+        texts.to_parquet(texts_path, index=False)
+        sensitive.to_parquet(Workspace.ensure(ws.root / "audit" / "person_sensitive.parquet"), index=False)
+    if unchanged:
+        pass
+    elif incremental is not None:
+        F.save_incremental_update(ws, fingerprint, batches, kinds, update)
+    elif cfg.compute.engine != "spark":
+        F.save_incremental_state(ws, fingerprint, batches, kinds, as_of, update["events"], update["tickets"])
+    views = F.applied_views(ws, F.definitions_fingerprint(ws, cfg))  # the same definitions as the last apply: no `feast apply`
+    applied = views is None
+    if applied:
+        views = apply_definitions(ws, cfg)
+        F.remember_apply(ws, F.definitions_fingerprint(ws, cfg), views)
     progress.stage_finished("features", f"{len(tables)} feature tables, {len(texts):,} texts embedded, Feast views: {len(views)}")
     return {
         "as_of": as_of.isoformat(),
@@ -196,6 +230,10 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
         "texts": int(len(texts)),
         "distinct_texts": int(texts["text"].nunique()),
         "feature_views": views,
+        "feast_apply": "applied" if applied else "skipped: definitions and table schemas unchanged",
+        "mode": "incremental" if incremental is not None else "full",
+        "full_reason": reason,
+        "changed_persons": changed,
         "encoder": embedder.model_path,
         "embedding": dict(vars(embedder.last_run)),  # texts embedded vs cached, precision, seconds
     }
@@ -324,14 +362,19 @@ def publish_champion(cfg: PersonasConfig, ws: Workspace, as_of: str) -> dict:
     else:
         predicted = registry.score(model, frame.reset_index(drop=True))
     assignments = pd.concat([pd.Series(frame.index, name="person_id"), predicted], axis=1)
-    rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
-    # The rest of the serving contract (docs/serving.md): input views and persona traits online.
     from models.train import load_profiles
+    from personaops.online_publish import publishing_changes_only
     from personaops.serving import publish_online_views
 
-    profiles = load_profiles(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
-    online = publish_online_views(ws, cfg, assignments, profiles, version, pd.Timestamp(as_of))
-    return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique()), "online_views": online}
+    # Each view's online table gets only the persons whose row changed since its last publish (an
+    # incremental run: the new and changed persons), or is rebuilt when that is not exact or not
+    # cheaper (a new model version, a pushed event since, the first publish): docs/serving.md.
+    with publishing_changes_only() as online_publish:
+        rows = publish_assignments(ws, cfg, assignments, version, pd.Timestamp(as_of))
+        # The rest of the serving contract (docs/serving.md): input views and persona traits online.
+        profiles = load_profiles(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
+        online = publish_online_views(ws, cfg, assignments, profiles, version, pd.Timestamp(as_of))
+    return {"model_version": version, "rows": rows, "personas": int(assignments["persona_id"].nunique()), "online_views": online, "online_publish": online_publish}
 
 
 @task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
@@ -464,15 +507,52 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _release_memory() -> None:
+    """Hand what a stage freed back to the operating system, so the next stage starts from the
+    process's baseline rather than on top of the last stage's peak: a garbage collection (frames
+    in reference cycles), pyarrow's memory pool (it keeps freed buffers for reuse) and glibc's
+    malloc_trim (free pages inside the heap and arenas). Linux/glibc only where it must be; a no-op
+    elsewhere."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except Exception:  # an old pyarrow without release_unused: nothing to give back
+        pass
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): no malloc_trim
+        pass
+
+
+def _rss_mib() -> float | None:
+    """The process's resident set now (MiB), from /proc (None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _timed(stage, *args) -> dict:
     """Run a stage task; add its wall time (seconds) and its peak RSS (MiB): the stage's own peak
-    where the high-water mark can be reset (Linux), else the process's peak so far."""
+    where the high-water mark can be reset (Linux), else the process's peak so far; then release
+    the memory the stage freed and record the resident set left (`rss_after_mib`)."""
     per_stage = _reset_peak_rss()
     started = time.perf_counter()
     out = stage(*args)
     out["seconds"] = round(time.perf_counter() - started, 3)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["peak_rss_scope"] = "stage" if per_stage else "process"
+    _release_memory()
+    out["rss_after_mib"] = _rss_mib()
     return out
 
 
@@ -494,7 +574,7 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
     logger.info("PersonaOps run %s on %s (workspace %s)", run_id, sources, ws.root)
     ingested = _timed(ingest, sources, home, run_id)
     resolved = _timed(resolve, home, ingested["batches"], run_id)
-    featured = _timed(features, home, ingested["batches"], ingested["kinds"])
+    featured = _timed(features, home, ingested["batches"], ingested["kinds"], resolved.get("mode"))
     checked = _timed(quality, home, ingested["sources"])
     if checked["action"] in ("none", "retrain"):
         champion = _keep_champion(cfg, ws, resolved, checked)
@@ -528,7 +608,7 @@ def _build(cfg: PersonasConfig, ws: Workspace, sources: str, home: str | None) -
         "features": featured,
         "quality": checked,
         "timings": {
-            stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib"), "peak_rss_scope": out.get("peak_rss_scope")}
+            stage: {"seconds": out.get("seconds"), "peak_rss_mib": out.get("peak_rss_mib"), "peak_rss_scope": out.get("peak_rss_scope"), "rss_after_mib": out.get("rss_after_mib")}
             for stage, out in (("ingest", ingested), ("resolve", resolved), ("features", featured), ("quality", checked), ("train", trained), ("publish", published), ("intents", intented), ("graph", graphed), ("flags", flagged), ("monitor", monitored))
         },
         "train": trained,
