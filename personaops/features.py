@@ -57,7 +57,12 @@ def behaviour_features(events: pd.DataFrame, as_of: pd.Timestamp, types: list[st
     grouped = ev.groupby("person_id")
     out = pd.DataFrame({"n_events": grouped.size().astype("int64")})
     if "session_id" in ev.columns and ev["session_id"].notna().any():
-        sessions = ev["session_id"].fillna("day:" + ev["day"].astype(str))
+        # the day stands in only where the session is missing: its text is built for those rows alone
+        missing = ev["session_id"].isna()
+        sessions = ev["session_id"].astype(object)
+        if missing.any():
+            sessions = sessions.copy()
+            sessions[missing] = "day:" + ev.loc[missing, "day"].astype(str)
     else:
         sessions = "day:" + ev["day"].astype(str)
     out["n_sessions"] = ev.assign(_s=sessions).groupby("person_id")["_s"].nunique().astype("int64")
