@@ -299,7 +299,11 @@ def wait_ready(server, port: int, workers: int, timeout: float, what: str) -> st
         except httpx.TransportError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+            if server.poll() is None:  # timed out: never leave the server (and its workers) running
+                server.terminate()
+                server.wait(timeout=60)
+                raise SystemExit(f"{what} did not start within {timeout:.0f} s")
+            raise SystemExit(f"{what} did not start: {server.stderr.read()[-2000:]}")
         time.sleep(0.2)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
         for _ in range(50 * workers):
