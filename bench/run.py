@@ -42,12 +42,15 @@ record["total_seconds"] = time.perf_counter() - t
 record["generate_seconds"] = generate_seconds
 record["counts"] = counts
 if rerun:
-    # The incremental re-run: the same people (every source row byte-identical) plus 1% new people.
-    grown = generate(users, 7, out + "-grown", join_rate=0.01)
+    # The incremental re-run: the exports grow in place, as a daily export does: the same people (every
+    # source row byte-identical, at the start of each file) plus 1% new people's rows after them.
+    grown = generate(users, 7, out, join_rate=0.01)
     t = time.perf_counter()
-    again = build_personas(sources=out + "-grown/sources.yaml", home=home)
+    again = build_personas(sources=out + "/sources.yaml", home=home)
     record["rerun"] = {"total_seconds": time.perf_counter() - t, "timings": again.get("timings"), "features": again.get("features"),
-                       "new_rows": sum(grown.values()) - sum(counts.values()), "persons": again["resolve"]["persons"]}
+                       "new_rows": sum(grown.values()) - sum(counts.values()), "persons": again["resolve"]["persons"],
+                       "ingest_modes": {s["source"]: s.get("mode", "full") for s in again.get("ingest", [])},
+                       "resolve_mode": again["resolve"].get("mode"), "train": again.get("train", {}).get("skipped", "trained")}
 print("RESULT" + json.dumps(record, default=str))
 """
 
@@ -109,7 +112,9 @@ def main() -> None:
             result["rerun"] = {"total_seconds": round(rerun["total_seconds"], 2),
                                "stages": {s: (rerun.get("timings") or {}).get(s) for s in _stage_names(timings)},
                                "embedding": (rerun.get("features") or {}).get("embedding"),
-                               "texts": (rerun.get("features") or {}).get("texts"), "new_rows": rerun.get("new_rows"), "persons": rerun.get("persons")}
+                               "texts": (rerun.get("features") or {}).get("texts"), "new_rows": rerun.get("new_rows"), "persons": rerun.get("persons"),
+                               "ingest_modes": rerun.get("ingest_modes"), "resolve_mode": rerun.get("resolve_mode"),
+                               "features_mode": (rerun.get("features") or {}).get("mode"), "train": rerun.get("train")}
         peak = max((v["peak_rss_mib"] or 0) for v in result["stages"].values())
         result["peak_rss_mib"] = peak
         result["peak_rss_stage"] = max(result["stages"], key=lambda st: result["stages"][st]["peak_rss_mib"] or 0)

@@ -29,7 +29,7 @@ class _Section(BaseModel):
 class IngestConfig(_Section):
     max_future_skew_hours: float = Field(24.0, description="timestamps later than now + this are quarantined (hours)")
     max_text_chars: int = Field(20_000, description="longer text fields are quarantined (characters)")
-    incremental: bool = Field(False, description="validate only the rows added at the end of files that grew since the last ingest (docs/incremental-ingest.md); off until the monitor's representation check handles persons without group attributes")
+    incremental: bool = Field(True, description="validate only the rows added at the end of files that grew since the last ingest (docs/incremental-ingest.md); false = every run ingests every file whole")
 
 
 class IdentityConfig(_Section):

@@ -39,7 +39,7 @@ def grown(tmp_path_factory):
 
     from personaops.generate import generate
 
-    os.environ["PERSONAS_INGEST__INCREMENTAL"] = "true"  # ingest.incremental (off by default for now)
+    os.environ["PERSONAS_INGEST__INCREMENTAL"] = "true"  # ingest.incremental (the default; set so a user's environment cannot turn it off)
     try:
         yield from _grown(tmp_path_factory, generate)
     finally:
