@@ -599,6 +599,13 @@ def main() -> None:
         "http_mix_p99_ms_le_5_at_200": result.get("http_fixed_rate", result.get("http_fixed_rate_poisson", {})).get("p99_ms", float("inf")) <= 5.0,
         "http_max_ge_1500": result["http_max"]["per_second"] >= 1500,
     }
+    # Each measured pacing and store judged on its own (lockstep: bursts of up to 20 at once; poisson:
+    # independent arrivals at the same mean rate), so the summary shows which pattern meets 5 ms.
+    for prefix in ("", "redis_"):
+        for suffix in ("", "_poisson"):
+            run = result.get(f"{prefix}http_single_fixed_rate{suffix}")
+            if run:
+                result["targets"][f"{prefix}http_single_p99_ms_le_5_at_200{suffix or '_lockstep'}"] = run.get("p99_ms", float("inf")) <= 5.0
     say(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; the load generator shares them with the server.")
     if args.json:
         print(json.dumps(result))
