@@ -279,7 +279,7 @@ def ingest_sources(specs, ws: Workspace, cfg: PersonasConfig, run_id: str) -> li
     now = pd.Timestamp(datetime.now(timezone.utc))
     reports = []
     for spec in specs:
-        report = ingest.SourceReport(source=spec.name, kind=spec.kind)
+        report = ingest.SourceReport(source=spec.name, kind=spec.kind, mode="full", full_reason="compute.engine is spark: every file is ingested whole")
         paths = spec.files()
         seen_files: dict[str, str] = {}
         files: dict[int, dict] = {}
@@ -379,7 +379,10 @@ def _write_file(spec, info: dict, rows: pd.DataFrame, special: pd.DataFrame, typ
     assert rows_in == len(accepted) + len(quarantined), "ingest lost rows"  # invariant, never user input
     _write_parquet(accepted, ws.lake / spec.name / f"batch={info['batch_id']}" / "part-0.parquet")
     _write_parquet(quarantined.sort_values("_row_number", kind="stable"), ws.quarantine / spec.name / f"batch={info['batch_id']}" / "part-0.parquet")
-    return ingest.FileReport(file=info["path"], batch_id=info["batch_id"], rows_in=rows_in, accepted=len(accepted), quarantined=len(quarantined), note=notes[0] if notes else "")
+    # validated whole, like the embedded path's full ingest (the Spark path keeps no incremental-ingest state)
+    return ingest.FileReport(file=info["path"], batch_id=info["batch_id"], rows_in=rows_in, accepted=len(accepted), quarantined=len(quarantined),
+                             note=notes[0] if notes else "", batches=[info["batch_id"]], mode="full",
+                             new_rows_in=rows_in, new_accepted=len(accepted), new_quarantined=len(quarantined))  # fmt: skip
 
 
 # --- features --------------------------------------------------------------------------------
