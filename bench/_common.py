@@ -14,6 +14,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (a benchmark's workspaces hold generated
+    identifiers and lakes of up to a few GB: none may outlive the run)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def offline_env() -> None:
     for key, value in {"FEAST_USAGE": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)

@@ -22,13 +22,12 @@ import inspect
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import emit, figure, load_average, median, offline_env
+from _common import emit, figure, load_average, median, offline_env, scratch
 
 MODULES = ["json", "argparse", "collections", "functools", "itertools", "pathlib", "subprocess", "typing", "asyncio",
            "email.message", "http.client", "logging", "unittest", "decimal", "datetime", "csv", "sqlite3", "threading",
@@ -99,7 +98,7 @@ def main() -> None:
         e.__dict__["model"] = model
         return e
 
-    work = Path(tempfile.mkdtemp(prefix="bench-embedding-"))
+    work = scratch("bench-embedding-")
     try:
         # One-time calibration of the fast path (kept in the workspace; later runs read it).
         calib_dir = work / "calibration"

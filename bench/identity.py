@@ -21,11 +21,11 @@ minus the tutorial's; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from _common import scratch
 
 
 def _pairs(labels: pd.Series) -> int:
@@ -98,7 +98,7 @@ def run_path(sources: Path) -> pd.Series:
     Prefect server): sources.yaml -> lake -> identity map in a fresh workspace."""
     from flows.build_personas import ingest, resolve
 
-    home = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    home = scratch("bench-run-")
     ingested = ingest.fn(str(sources), str(home), "bench")
     resolve.fn(str(home), ingested["batches"], "bench")
     out = pd.read_parquet(home / "identity" / "record_person.parquet")
@@ -156,7 +156,7 @@ def generated(users: int, root: Path | None = None) -> tuple[pd.DataFrame, pd.Se
     from personaops.sources import load_sources
     from personaops.workspace import Workspace
 
-    root = root or Path(tempfile.mkdtemp(prefix="bench-identity-"))
+    root = root or scratch("bench-identity-")
     generate(users, 7, root / "data")
     ws = Workspace(root / "home")
     frames = []
@@ -172,7 +172,7 @@ def generated(users: int, root: Path | None = None) -> tuple[pd.DataFrame, pd.Se
 def _febrl_task(which: int, with_id: bool):
     def load():
         records, truth = febrl(which, with_id)
-        return records, truth, febrl_sources(which, with_id, Path(tempfile.mkdtemp(prefix=f"bench-febrl{which}-")))
+        return records, truth, febrl_sources(which, with_id, scratch(f"bench-febrl{which}-"))
 
     return load
 
@@ -220,7 +220,7 @@ def scale(total: int) -> dict:
     import subprocess
     import sys
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    folder = scratch("bench-scale-")
     started = time.perf_counter()
     path = scale_records(total, folder)
     print(f"generated and ingested {total:,} records in {time.perf_counter() - started:.0f} s ({folder})", flush=True)
