@@ -951,13 +951,19 @@ def _ingest_full(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg: Ingest
     keys, seen_files, entries = _Keys(), {}, []
     for order, path in enumerate(paths):
         keys.order = order
-        track: dict = {}
-        fr = ingest_file(spec, path, ws, cfg, keys, run_id, seen_files, track=track)
-        fr.new_rows_in, fr.new_accepted, fr.new_quarantined = fr.rows_in, fr.accepted, fr.quarantined
-        report.files.append(fr)
-        entries.append(_file_entry(ws, spec, path, fr, track, track["sha256"], not (track["copy"] or track["unsettled"]), fr.batch_id))
+        _ingest_whole_file(spec, path, ws, cfg, keys, run_id, seen_files, report, entries)
     _save_state(ws, spec, cfg, entries)
     return report
+
+
+def _ingest_whole_file(spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, keys: _Keys, run_id: str, seen_files: dict,
+                       report: SourceReport, entries: list[dict]) -> None:  # fmt: skip
+    """Validate one file whole into its own lake batch; add its report and its state entry."""
+    track: dict = {}
+    fr = ingest_file(spec, path, ws, cfg, keys, run_id, seen_files, track=track)
+    fr.new_rows_in, fr.new_accepted, fr.new_quarantined = fr.rows_in, fr.accepted, fr.quarantined
+    report.files.append(fr)
+    entries.append(_file_entry(ws, spec, path, fr, track, track["sha256"], not (track["copy"] or track["unsettled"]), fr.batch_id))
 
 
 def _ingest_incremental(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg: IngestConfig, run_id: str, state: dict, plans: list[dict]) -> SourceReport:
@@ -987,11 +993,7 @@ def _ingest_incremental(spec: SourceSpec, paths: list[Path], ws: Workspace, cfg:
             report.files.append(fr)
             entries.append(_file_entry(ws, spec, path, fr, track, plan["sha256"], not track["unsettled"], tail_id))
         else:  # a file added after the known ones: ingested whole, its keys checked against every earlier row
-            track = {}
-            fr = ingest_file(spec, path, ws, cfg, keys, run_id, seen_files, track=track)
-            fr.new_rows_in, fr.new_accepted, fr.new_quarantined = fr.rows_in, fr.accepted, fr.quarantined
-            report.files.append(fr)
-            entries.append(_file_entry(ws, spec, path, fr, track, track["sha256"], not (track["copy"] or track["unsettled"]), fr.batch_id))
+            _ingest_whole_file(spec, path, ws, cfg, keys, run_id, seen_files, report, entries)
     _save_state(ws, spec, cfg, entries)
     return report
 
