@@ -206,18 +206,16 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
         emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
         emb["event_timestamp"], emb["created"] = as_of, as_of
         tables["person_text_embedding"] = emb
-    for view, table in tables.items() if not unchanged else ():
-        write_table(ws, view, table)
-    if not unchanged:
+    if not unchanged:  # unchanged: every file is what the last run wrote (same bytes, same snapshot id)
+        for view, table in tables.items():
+            write_table(ws, view, table)
         texts_path = Workspace.ensure(ws.root / "texts" / "person_texts.parquet")
         texts.to_parquet(texts_path, index=False)
         sensitive.to_parquet(Workspace.ensure(ws.root / "audit" / "person_sensitive.parquet"), index=False)
-    if unchanged:
-        pass
-    elif incremental is not None:
-        F.save_incremental_update(ws, fingerprint, batches, kinds, update)
-    elif cfg.compute.engine != "spark":
-        F.save_incremental_state(ws, fingerprint, batches, kinds, as_of, update["events"], update["tickets"])
+        if incremental is not None:
+            F.save_incremental_update(ws, fingerprint, batches, kinds, update)
+        elif cfg.compute.engine != "spark":
+            F.save_incremental_state(ws, fingerprint, batches, kinds, as_of, update["events"], update["tickets"])
     views = F.applied_views(ws, F.definitions_fingerprint(ws, cfg))  # the same definitions as the last apply: no `feast apply`
     applied = views is None
     if applied:
