@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-unit test-slow bench clean
+.PHONY: install run test test-unit test-slow bench bench-production clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,9 +43,15 @@ test-unit: install
 test-slow: install
 	$(BIN)/pytest -m slow
 
-# Every bench/*.py with --json (BENCH_QUICK=1 adds --quick); results in bench/results/ (latest.md).
+# The issue #10 suite (bench/suite.py: every bench/*.py but production and spark, with --json; BENCH_QUICK=1
+# adds --quick): about 50 min on a quiet 2-core machine (sizes and estimates in docs/benchmarks.md);
+# results in bench/results/ (latest.md).
 bench: install
 	$(BIN)/python bench/suite.py
+
+# Issue #9: bench/production.py (100k and 1M people on the production services: hours) and bench/spark.py.
+bench-production: install
+	$(BIN)/python bench/suite.py --production
 
 clean:
 	rm -rf .personas .pytest_cache

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, figure, load_average, offline_env  # noqa: E402
+from _common import emit, figure, load_average, offline_env, scratch  # noqa: E402
 
 
 def _scorer(frame, columns):
@@ -71,7 +70,7 @@ def main() -> None:
     from personaops.workspace import Workspace
 
     load_start = load_average()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-spark-"))
+    tmp = scratch("bench-spark-")  # lakes and workspaces of both engines: removed when the process exits
     generate(users, 7, tmp / "src")
     specs = load_sources(tmp / "src" / "sources.yaml")
     base = load_config(environ={})
