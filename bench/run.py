@@ -124,12 +124,16 @@ def main() -> None:
         print(f"\n{users:,} people: {rows:,} source rows -> {result['persons']:,} persons, {result['texts']:,} texts "
               f"({result['distinct_texts']:,} distinct) in {result['total_seconds']} s; load {load_before} -> {result['load_after']}", flush=True)
         table += [f"{users:,} people ({rows:,} source rows, {result['texts']:,} texts), load {load_before} -> {result['load_after']}:", "",
-                  f"| stage | seconds | peak RSS MiB ({result['peak_rss_scope']}) | incremental re-run seconds |", "|---|---:|---:|---:|"]
+                  f"| stage | cold seconds | cold peak RSS MiB ({result['peak_rss_scope']}) | RSS after the stage MiB | incremental re-run seconds | re-run peak RSS MiB |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for stage, v in result["stages"].items():
             again = (result.get("rerun", {}).get("stages") or {}).get(stage) or {}
-            print(f"  {stage:<10}{v['seconds'] if v['seconds'] is not None else '-':>10}{v['peak_rss_mib'] or '-':>12}  re-run {again.get('seconds', '-')}", flush=True)
-            table.append(f"| {stage} | {v['seconds'] if v['seconds'] is not None else '-'} | {v['peak_rss_mib'] or '-'} | {again.get('seconds', '-')} |")
-        table.append(f"| **total** | {result['total_seconds']} | {peak} | {result.get('rerun', {}).get('total_seconds', '-')} |")
+            print(f"  {stage:<10}{v['seconds'] if v['seconds'] is not None else '-':>10}{v['peak_rss_mib'] or '-':>12}  re-run {again.get('seconds', '-')}"
+                  f" {again.get('peak_rss_mib') or '-'}", flush=True)
+            table.append(f"| {stage} | {v['seconds'] if v['seconds'] is not None else '-'} | {v['peak_rss_mib'] or '-'} | {v.get('rss_after_mib') or '-'} | "
+                         f"{again.get('seconds', '-')} | {again.get('peak_rss_mib') or '-'} |")
+        rerun_peak = max(((v or {}).get("peak_rss_mib") or 0 for v in (result.get("rerun", {}).get("stages") or {}).values()), default=0) or None
+        table.append(f"| **total** | {result['total_seconds']} | {peak} | | {result.get('rerun', {}).get('total_seconds', '-')} | {rerun_peak or '-'} |")
         table.append("")
         cold_target = 900.0 if users >= 100_000 else None
         figures.append(figure(f"end to end, {users:,} people, cold", result["total_seconds"], "s", higher_is_better=False, target=cold_target,
@@ -141,6 +145,10 @@ def main() -> None:
             figures.append(figure(f"incremental re-run, {users:,} people + 1% new", result["rerun"]["total_seconds"], "s", higher_is_better=False,
                                   target=180.0 if users >= 100_000 else None, baseline="cold run", baseline_value=result["total_seconds"],
                                   note=f"{result['rerun']['new_rows']:,} new source rows"))
+            again_stages = result["rerun"].get("stages") or {}
+            if rerun_peak:
+                figures.append(figure(f"peak RSS, {users:,} people, incremental re-run", rerun_peak, "MiB", higher_is_better=False, target=4096.0 if users >= 100_000 else None,
+                                      note="largest in the " + max(again_stages, key=lambda st: (again_stages[st] or {}).get("peak_rss_mib") or 0) + " stage"))
             figures.append(figure(f"incremental re-run, {users:,} people + 1% new: texts embedded", emb.get("encoded"), "texts", higher_is_better=False,
                                   note=f"of {(result['rerun'].get('texts') or 0):,} texts; the cold run embedded {((result.get('embedding') or {}).get('encoded') or 0):,}"))
     growth = None
