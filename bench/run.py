@@ -1,7 +1,8 @@
 """End-to-end pipeline benchmark: wall time and peak RSS per stage on generated people, and growth.
 
 usage: python bench/run.py [--users 10000 100000] [--no-rerun] [--quick] [--json]
-(`BENCH_RUN_USERS="10000 100000"` sets the sizes from the environment; --quick = 2,000 people.)
+(`BENCH_RUN_USERS="10000 100000"` sets the sizes from the environment; --quick = 300 and 3,000 people, so the
+quick summary has a growth ratio for 10x people too.)
 Each size runs in a fresh temporary workspace and a fresh process (so peak RSS is per run), with
 Prefect's ephemeral API: `personas generate` data, then the whole flow cold, then (unless
 --no-rerun) the flow again in the same workspace on the same people plus 1% new people (every
@@ -79,11 +80,11 @@ def main() -> None:
     default_users = [int(u) for u in os.environ.get("BENCH_RUN_USERS", "10000 100000").split()]
     parser.add_argument("--users", type=int, nargs="+", default=default_users)
     parser.add_argument("--no-rerun", action="store_true", help="skip the incremental re-run (+1% people)")
-    parser.add_argument("--quick", action="store_true", help="2,000 people only")
+    parser.add_argument("--quick", action="store_true", help="300 and 3,000 people")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
     if args.quick:
-        args.users = [2000]
+        args.users = [300, 3000]
     offline_env()
     load_start = load_average()
     results, figures, table = [], [], []

@@ -369,7 +369,9 @@ def _why(bench: str, f: dict, results: dict, load_text: str) -> str:
         return _why_run(f, results["run"], load_text)
     if bench == "embedding" and "cold cache" in f.get("name", ""):
         parts = [g for g in figures if g.get("name", "").startswith("part:")]
-        return "; ".join(f"{g['name'][6:]} gave {fmt(g.get('ratio'))}x" for g in parts) + f"; {load_text}: the bf16 gain shrinks when both cores are busy"
+        busy = (results["embedding"].get("load_average_end") or [0])[0] > (os.cpu_count() or 2)
+        return ("; ".join(f"{g['name'][6:]} gave {fmt(g.get('ratio'))}x" for g in parts) + f"; {load_text}"
+                + (": above the core count, where bf16's gain shrank in earlier runs (docs/benchmarks.md)" if busy else ""))
     if bench == "embedding" and "overlap" in f.get("name", ""):
         return "bf16 lost neighbours on this corpus; the guard's calibration sample decides per workspace"
     if bench == "clustering" and "speed" in f.get("name", ""):
