@@ -527,6 +527,9 @@ def main() -> int:
         entry = run_one(path, args.quick, timeout, log_dir)
         record["benchmarks"][path.stem] = entry
         print(f"   {entry['status']}" + (f": {entry['reason']}" if entry["status"] != "ok" else f" in {entry['seconds']} s, peak RSS {entry['peak_rss_mib']} MiB"), flush=True)
+        # After every script, so a suite stopped part-way still leaves the figures it measured.
+        record["load_end"] = load()
+        write(record, stamp)
     record["load_end"] = load()
     record["finished"] = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     md_path = write(record, stamp)
