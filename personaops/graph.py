@@ -19,6 +19,7 @@ session, event types done — are the units the churn question ranks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,126 @@ def _co_occurrences(s: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"event_type_x": values[xs], "event_type_y": values[ys], "weight": counts[xs, ys].astype(np.int64)})
 
 
+# --- the behaviour part of the graph, and how an incremental run updates it ---------------------
+# Everything the graph derives from events is a sum over persons (a session belongs to one
+# person): each person's `did` edges and sequence signals, and the graph-wide counts of event
+# types, transitions (`next`) and co-occurrences. An incremental run (earlier records kept their
+# persons; only records were added) therefore takes the last run's tables, replaces the rows of
+# the persons with a new event record, and updates each count by (their sessions now) - (their
+# sessions then): the same tables a full build gives on the same data.
+@dataclass
+class EventParts:
+    """did: person_id, event_type, weight (events), last_seen, by person then type; types:
+    event_type, weight (events); nxt: a, b, weight (transitions); co: event_type_x, event_type_y,
+    weight (sessions with both, x < y). Counts are int64; the count tables in canonical order
+    (weight descending, then names; co by names)."""
+
+    did: pd.DataFrame
+    types: pd.DataFrame
+    nxt: pd.DataFrame
+    co: pd.DataFrame
+
+
+def _by_weight(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Counts (weight > 0 only) ordered by weight descending, then by the keys as text: one order
+    for a full build and an incremental update alike (ties ordered by first appearance were not)."""
+    frame = frame[frame["weight"] > 0]
+    return frame.sort_values(["weight", *keys], ascending=[False, *[True] * len(keys)], kind="stable").reset_index(drop=True)
+
+
+def event_parts(sessions: pd.DataFrame) -> EventParts:
+    """The behaviour part of the graph from `session_frame` rows."""
+    if not len(sessions):
+        empty = pd.Series(dtype=object)
+        return EventParts(
+            pd.DataFrame({"person_id": empty, "event_type": empty, "weight": pd.Series(dtype="int64"), "last_seen": pd.Series(dtype="datetime64[ns, UTC]")}),
+            pd.DataFrame({"event_type": empty, "weight": pd.Series(dtype="int64")}),
+            pd.DataFrame({"a": empty, "b": empty, "weight": pd.Series(dtype="int64")}),
+            pd.DataFrame({"event_type_x": empty, "event_type_y": empty, "weight": pd.Series(dtype="int64")}),
+        )  # fmt: skip
+    did = sessions.groupby(["person_id", "event_type"]).agg(weight=("event_time", "size"), last_seen=("event_time", "max")).reset_index()
+    did["weight"] = did["weight"].astype("int64")
+    counts = sessions["event_type"].astype(str).value_counts()
+    types = _by_weight(pd.DataFrame({"event_type": counts.index.astype(str).to_numpy(dtype=object), "weight": counts.to_numpy(dtype="int64")}), ["event_type"])
+    s = sessions.reset_index(drop=True)
+    et = s["event_type"].astype(str)
+    same = s["session"].eq(s["session"].shift(-1)) & et.ne(et.shift(-1))
+    trans = pd.DataFrame({"a": et, "b": et.shift(-1)})[same]
+    nxt = trans.groupby(["a", "b"]).size().rename("weight").reset_index()
+    nxt["weight"] = nxt["weight"].astype("int64")
+    co = _co_occurrences(s)
+    co = co.assign(event_type_x=co["event_type_x"].astype(str), event_type_y=co["event_type_y"].astype(str))
+    return EventParts(did, types, _by_weight(nxt, ["a", "b"]), co.reset_index(drop=True))
+
+
+def parts_from_graph(nodes: pd.DataFrame, edges: pd.DataFrame) -> EventParts:
+    """The behaviour part of a written graph (a full build's or an update's node and edge tables)."""
+
+    def strip(values: pd.Series, prefix: str) -> np.ndarray:
+        return values.str.slice(len(prefix)).to_numpy(dtype=object)
+
+    did = edges[edges["kind"] == "did"]
+    types = nodes[nodes["kind"] == "event_type"]
+    nxt = edges[edges["kind"] == "next"]
+    co = edges[edges["kind"] == "co_occurs"]
+    return EventParts(
+        pd.DataFrame({"person_id": strip(did["src"], "person:"), "event_type": strip(did["dst"], "event_type:"), "weight": did["weight"].to_numpy(dtype="int64"), "last_seen": did["last_seen"].array}),
+        pd.DataFrame({"event_type": types["name"].to_numpy(dtype=object), "weight": types["weight"].to_numpy(dtype="int64")}),
+        pd.DataFrame({"a": strip(nxt["src"], "event_type:"), "b": strip(nxt["dst"], "event_type:"), "weight": nxt["weight"].to_numpy(dtype="int64")}),
+        pd.DataFrame({"event_type_x": strip(co["src"], "event_type:"), "event_type_y": strip(co["dst"], "event_type:"), "weight": co["weight"].to_numpy(dtype="int64")}),
+    )  # fmt: skip
+
+
+def update_event_parts(previous: EventParts, removed: EventParts, added: EventParts, changed: pd.Index) -> EventParts:
+    """`previous` with the `changed` persons' contribution replaced: their `did` rows by `added`'s,
+    each count minus `removed` (their sessions as `previous` counted them) plus `added` (their
+    sessions now)."""
+
+    def counts(name: str, keys: list[str]) -> pd.DataFrame:
+        parts = [getattr(previous, name), getattr(removed, name).assign(weight=lambda f: -f["weight"]), getattr(added, name)]
+        total = pd.concat([p[[*keys, "weight"]] for p in parts if len(p)], ignore_index=True)
+        if not len(total):
+            return getattr(previous, name).iloc[:0]
+        total = total.groupby(keys, sort=False)["weight"].sum().reset_index()
+        total["weight"] = total["weight"].astype("int64")
+        if (total["weight"] < 0).any():
+            raise ValueError("graph update: a count went below zero; the earlier graph does not match its records (run a full build)")
+        return total
+
+    kept = previous.did[~previous.did["person_id"].isin(changed)]
+    did = pd.concat([kept, added.did], ignore_index=True) if len(added.did) else kept
+    if len(added.did) and len(kept) and did["last_seen"].dtype != added.did["last_seen"].dtype:
+        did["last_seen"] = did["last_seen"].astype(added.did["last_seen"].dtype)  # the unit a full build reads from the lake
+    did = did.sort_values(["person_id", "event_type"], kind="stable").reset_index(drop=True)
+    co = counts("co", ["event_type_x", "event_type_y"])
+    co = co[co["weight"] > 0].sort_values(["event_type_x", "event_type_y"]).reset_index(drop=True)
+    return EventParts(did, _by_weight(counts("types", ["event_type"]), ["event_type"]), _by_weight(counts("nxt", ["a", "b"]), ["a", "b"]), co)
+
+
+SEQUENCE_KINDS = {"next": 1, "seq": 2, "co": 3, "did": 4}  # a full build's order of the sequence signal kinds
+
+
+def merge_sequence_signals(previous: pd.DataFrame, added: pd.DataFrame, changed: pd.Index) -> pd.DataFrame:
+    """The sequence signals (categorical, `sequence_signals` order) of `previous` with the
+    `changed` persons' rows replaced by `added` (`sequence_signals` of their sessions): the rows a
+    full build gives, in its order (by kind; within a kind persons in session order, `person|...`
+    as text; each person's rows as their own sessions order them)."""
+    from pandas.api.types import union_categoricals
+
+    kept = previous[~previous["person_id"].isin(changed)]
+    parts = [p for p in (kept, added) if len(p)]
+    if not parts:
+        return previous.iloc[:0]
+    cols = {c: union_categoricals([pd.Categorical(p[c].astype(object)) if not isinstance(p[c].dtype, pd.CategoricalDtype) else p[c].array for p in parts]) for c in ("person_id", "signal")}
+    kind_of = np.array([SEQUENCE_KINDS.get(str(v).split(":", 1)[0], 0) for v in cols["signal"].categories], dtype=np.int64)
+    person_key = np.array([f"{v}|" for v in cols["person_id"].categories], dtype=object)
+    rank = np.empty(len(person_key), dtype=np.int64)
+    rank[np.argsort(person_key, kind="stable")] = np.arange(len(person_key))
+    position = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
+    order = np.lexsort((position, rank[cols["person_id"].codes], kind_of[cols["signal"].codes]))
+    return pd.DataFrame({c: v.take(order) for c, v in cols.items()})
+
+
 def build_graph(
     assignments: pd.DataFrame,
     events: pd.DataFrame,
@@ -159,13 +280,15 @@ def build_graph(
     intents: pd.DataFrame,
     exposures: pd.DataFrame,
     sessions: pd.DataFrame | None = None,
+    parts: "EventParts | None" = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(nodes, edges) of the persona graph.
 
     assignments: person_id, persona_id, persona_name, confidence; events: person_id, event_type,
     event_time, session_id; text_intents: person_id, source, source_key, intent_id, event_time;
     intents: intent_id, label, n_texts; exposures: person_id, campaign, converted, event_time, cat__arm;
-    sessions: `session_frame(events)` when the caller already has it (it is not built twice).
+    sessions: `session_frame(events)` when the caller already has it (it is not built twice);
+    parts: `event_parts(sessions)` (or an incremental run's `update_event_parts`) instead of both.
     """
     edges = []
     persons = pd.Index(assignments["person_id"].astype(str).unique())
@@ -177,19 +300,17 @@ def build_graph(
     nodes.append(pd.DataFrame({"node_id": sizes["persona_node"], "kind": "persona", "name": sizes["persona_name"].astype(str), "weight": sizes["weight"].astype(float)}))
     edges.append(_edges(pd.DataFrame({"src": "person:" + personas["person_id"].astype(str), "dst": personas["persona_node"], "weight": personas["confidence"].fillna(0.0)}), "belongs_to"))
     # behaviour: did, co_occurs, next
-    sessions = session_frame(events) if sessions is None else sessions
-    if len(sessions):
-        did = sessions.groupby(["person_id", "event_type"]).agg(weight=("event_time", "size"), last_seen=("event_time", "max")).reset_index()
+    if parts is None:
+        parts = event_parts(session_frame(events) if sessions is None else sessions)
+    if len(parts.did):
+        did = parts.did
         edges.append(_edges(pd.DataFrame({"src": "person:" + did["person_id"].astype(str), "dst": "event_type:" + did["event_type"].astype(str), "weight": did["weight"], "last_seen": did["last_seen"]}), "did"))
-        counts = sessions["event_type"].value_counts()
-        nodes.append(pd.DataFrame({"node_id": "event_type:" + counts.index.astype(str), "kind": "event_type", "name": counts.index.astype(str), "weight": counts.to_numpy(dtype=float)}))
-        s = sessions.reset_index(drop=True)
-        same = s["session"].eq(s["session"].shift(-1))
-        trans = pd.DataFrame({"a": s["event_type"], "b": s["event_type"].shift(-1)})[same & (s["event_type"] != s["event_type"].shift(-1))]
-        nxt = trans.value_counts().reset_index(name="weight")
-        edges.append(_edges(pd.DataFrame({"src": "event_type:" + nxt["a"].astype(str), "dst": "event_type:" + nxt["b"].astype(str), "weight": nxt["weight"]}), "next"))
-        co = _co_occurrences(s)
-        edges.append(_edges(pd.DataFrame({"src": "event_type:" + co["event_type_x"].astype(str), "dst": "event_type:" + co["event_type_y"].astype(str), "weight": co["weight"]}), "co_occurs"))
+        counts = parts.types
+        nodes.append(pd.DataFrame({"node_id": "event_type:" + counts["event_type"], "kind": "event_type", "name": counts["event_type"], "weight": counts["weight"].to_numpy(dtype=float)}))
+        nxt = parts.nxt
+        edges.append(_edges(pd.DataFrame({"src": "event_type:" + nxt["a"], "dst": "event_type:" + nxt["b"], "weight": nxt["weight"]}), "next"))
+        co = parts.co
+        edges.append(_edges(pd.DataFrame({"src": "event_type:" + co["event_type_x"], "dst": "event_type:" + co["event_type_y"], "weight": co["weight"]}), "co_occurs"))
     # language: intents, tickets, mentions
     if len(text_intents):
         ti = text_intents.copy()
@@ -230,19 +351,32 @@ def build_graph(
 def person_signals(sessions: pd.DataFrame, text_intents: pd.DataFrame, intents: pd.DataFrame, categorical: bool = False) -> pd.DataFrame:
     """Every graph signal each person shows (person_id, signal): sequence signals + `intent:<label>`.
     `categorical`: the same rows in the same order, both columns as categoricals (see sequence_signals)."""
-    parts = [sequence_signals(sessions, categorical)]
-    if len(text_intents):
-        label_of = intents.set_index("intent_id")["label"]
-        parts.append(pd.DataFrame({"person_id": text_intents["person_id"], "signal": "intent:" + text_intents["intent_id"].map(label_of).astype(str)}))
+    return combine_signals([sequence_signals(sessions, categorical), intent_signals(text_intents, intents)], categorical)
+
+
+def intent_signals(text_intents: pd.DataFrame, intents: pd.DataFrame) -> pd.DataFrame:
+    """`intent:<label>` of each text's person (person_id, signal; one row per text)."""
+    if not len(text_intents):
+        return pd.DataFrame(columns=["person_id", "signal"])
+    label_of = intents.set_index("intent_id")["label"]
+    return pd.DataFrame({"person_id": text_intents["person_id"], "signal": "intent:" + text_intents["intent_id"].map(label_of).astype(str)})
+
+
+def combine_signals(parts: list[pd.DataFrame], categorical: bool = False) -> pd.DataFrame:
+    """[sequence signals, intent signals] one after the other, duplicates dropped (person_signals'
+    last step). The sequence signals are unique already and share no row with the intent ones
+    (another prefix), so only the intent rows are deduplicated: the rows and order of a
+    drop_duplicates over both (that hashed millions of sequence rows for nothing)."""
+    parts = [parts[0], *(p.drop_duplicates() for p in parts[1:])]
     if not categorical:
-        return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+        return pd.concat(parts, ignore_index=True).reset_index(drop=True)
     from pandas.api.types import union_categoricals
 
     parts = [p for p in parts if len(p)]
     if not parts:
         return pd.DataFrame({"person_id": pd.Categorical([]), "signal": pd.Categorical([])})
     columns = {c: union_categoricals([pd.Categorical(p[c].astype(object)) if not isinstance(p[c].dtype, pd.CategoricalDtype) else p[c].array for p in parts]) for c in ("person_id", "signal")}
-    return pd.DataFrame(columns).drop_duplicates().reset_index(drop=True)
+    return pd.DataFrame(columns)
 
 
 def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 10, max_share: float = 0.95) -> pd.DataFrame:

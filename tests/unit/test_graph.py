@@ -135,3 +135,65 @@ def _reference_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int
     m = np.zeros((len(persons), len(columns)), dtype="uint8")
     m[persons.get_indexer(kept["person_id"]), columns.get_indexer(kept["signal"])] = 1
     return pd.DataFrame(m, index=persons, columns=columns)
+
+
+def _random_events(rng, persons: list[str], n: int, t0: pd.Timestamp, sessions: int) -> pd.DataFrame:
+    names = ["login", "view", "Err", "z_last", "a b", "pay", None, "refund"]
+    return pd.DataFrame({
+        "person_id": [persons[int(x)] for x in rng.integers(0, len(persons), n)],
+        "session_id": [f"s{int(x)}" if x else None for x in rng.integers(0, sessions, n)],
+        "event_type": [names[int(x)] for x in rng.integers(0, len(names), n)],
+        "event_time": t0 + pd.to_timedelta(rng.integers(0, 10**5, n), unit="s"),
+    })  # fmt: skip
+
+
+def test_an_incremental_update_of_the_behaviour_part_equals_a_full_build(tmp_path):
+    """Earlier events plus a new batch (events of earlier persons, some in their earlier sessions,
+    and of new persons): the last graph's tables, updated for the persons with new events only,
+    equal a full build on all events — nodes, edges, person signals (rows and order), the signal
+    matrix and graph features."""
+    import pyarrow.parquet as pq
+
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(11)
+    intents = pd.DataFrame({"intent_id": [0, 1], "label": ["cancel", "api"], "n_texts": [3, 2]})
+    for trial in range(6):
+        earlier = [f"P{i}" for i in range(int(rng.integers(5, 40)))]  # P1 and P10...: person order in sessions is "P1|" vs "P10|" as text
+        joiners = [f"N{i}" for i in range(int(rng.integers(0, 6)))]
+        old = _random_events(rng, earlier, int(rng.integers(50, 900)), T0, 12 if trial % 2 else 2)
+        movers = earlier[: int(rng.integers(0, len(earlier) // 2 + 1))]
+        new = _random_events(rng, movers + joiners, int(rng.integers(0, 200)) if movers or joiners else 0, T0 + pd.Timedelta(hours=trial), 14)
+        events = pd.concat([old, new], ignore_index=True)  # the lake's order: earlier batches first
+        people = sorted(set(earlier) | set(joiners))
+        assignments = pd.DataFrame({"person_id": people, "persona_id": [i % 3 for i in range(len(people))], "persona_name": [f"p{i % 3}" for i in range(len(people))], "confidence": 0.5})
+        ti = pd.DataFrame({"person_id": people[::3], "source": "tickets", "source_key": [f"K{i}" for i in range(len(people[::3]))], "event_time": T0, "text": "t", "intent_id": [i % 2 for i in range(len(people[::3]))]})
+        exposures = pd.DataFrame({"person_id": people[::2], "campaign": "promo", "converted": 1.0, "event_time": T0, "cat__arm": "exposed"})
+        full_sessions = graph.session_frame(events)
+        full_nodes, full_edges = graph.build_graph(assignments, None, ti, intents, exposures, sessions=full_sessions)
+        full_signals = graph.person_signals(full_sessions, ti, intents, categorical=True)
+        # the earlier run's graph, written and read back
+        run = f"2024010{trial}T000000Z-aaaaaa"
+        before = graph.session_frame(old)
+        written = graph.write_graph(ws, run, *graph.build_graph(assignments, None, ti, intents, exposures, sessions=before))
+        prev_nodes, prev_edges = pd.read_parquet(written["nodes"]), pd.read_parquet(written["edges"])
+        prev_signals = graph.person_signals(before, ti, intents, categorical=True)
+        pq.write_table(__import__("pyarrow").Table.from_pandas(prev_signals.astype(object), preserve_index=False), tmp_path / f"{run}.parquet")
+        prev_signals = pq.read_table(tmp_path / f"{run}.parquet", read_dictionary=["person_id", "signal"]).to_pandas()
+        prev_signals = prev_signals[~prev_signals["signal"].astype(str).str.startswith("intent:")]
+        # the update: only the persons with a new event
+        changed = pd.Index(sorted(set(new["person_id"])), dtype=object)
+        then = graph.session_frame(old[old["person_id"].isin(changed)])
+        now = graph.session_frame(events[events["person_id"].isin(changed)])
+        parts = graph.update_event_parts(graph.parts_from_graph(prev_nodes, prev_edges), graph.event_parts(then), graph.event_parts(now), changed)
+        nodes, edges = graph.build_graph(assignments, None, ti, intents, exposures, parts=parts)
+        pd.testing.assert_frame_equal(nodes, full_nodes)
+        pd.testing.assert_frame_equal(edges, full_edges)
+        sequence = graph.merge_sequence_signals(prev_signals, graph.sequence_signals(now, categorical=True), changed)
+        signals = graph.combine_signals([sequence, graph.intent_signals(ti, intents)], categorical=True)
+        pd.testing.assert_frame_equal(signals.astype(object), full_signals.astype(object))
+        persons = pd.Index(people, name="person_id")
+        matrix = graph.signal_matrix(signals, persons, 2, 0.9)
+        pd.testing.assert_frame_equal(matrix, graph.signal_matrix(full_signals, persons, 2, 0.9))
+        churned = pd.Series([float(i % 2) for i in range(len(people))], index=persons)
+        mix = pd.DataFrame({"person_id": people[::3], "intent_0": 1.0, "intent_1": 0.0})
+        pd.testing.assert_frame_equal(graph.graph_features(matrix, mix, churned, T0), graph.graph_features(graph.signal_matrix(full_signals, persons, 2, 0.9), mix, churned, T0))
