@@ -378,8 +378,14 @@ def _why(bench: str, f: dict, results: dict, load_text: str) -> str:
         one = _find(figures, "1 OpenMP thread")
         return (f"with 1 OpenMP thread the ratio is {fmt((one or {}).get('ratio'))}: faiss's 2 threads spin on 2 shared cores; {load_text}"
                 if one else load_text)
-    if bench == "serve":
-        return "compare the hello baseline of the same pacing: the floor of any endpoint on these 2 shared cores; " + load_text
+    if bench == "serve" and f.get("name", "").startswith("HTTP") and f.get("baseline_value"):
+        return (f"the bare hello endpoint's p99 under the same pacing was {fmt(f['baseline_value'])} ms, so {fmt(f.get('ratio'))}x of it is this "
+                f"machine's floor for any endpoint; {load_text}")
+    if bench == "serve" and "Feast SDK" in f.get("name", ""):
+        p50 = _find(figures, "lookup p50", "Feast SDK vs raw")
+        if p50:
+            return (f"its p50 is {fmt(p50.get('value'))} ms, {f['value'] / max(p50.get('value') or 1e-9, 1e-9):,.0f}x under the p99: "
+                    f"the tail is the slowest 1% of in-process calls on shared cores; {load_text}")
     return load_text
 
 
