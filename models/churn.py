@@ -59,7 +59,10 @@ def churn_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFram
         # 0/1 signals stay uint8: thousands of them x 100k people are GBs per float64 copy.
         frame = frame.join(signals.add_prefix("sig_").astype(np.uint8))
     frame.columns = [str(c) for c in frame.columns]
-    return frame.fillna({c: 0.0 for c in frame.columns if c.startswith(("mix_", "sig_", "persona_"))})
+    # Only columns that can hold a gap (a uint8 signal column has none): a fillna over thousands of
+    # signal columns copied each of them for nothing.
+    gaps = [c for c in frame.columns if c.startswith(("mix_", "sig_", "persona_")) and frame[c].dtype.kind == "f" and frame[c].isna().any()]
+    return frame.fillna({c: 0.0 for c in gaps}) if gaps else frame
 
 
 def select_columns(x: pd.DataFrame, y: pd.Series, max_signals: int) -> list[str]:
@@ -102,17 +105,23 @@ def train_calibrated(inputs: pd.DataFrame, label: pd.Series, test_size: float = 
 
     y = label.reindex(inputs.index)
     labelled = y.notna()
-    x, y = inputs[labelled], y[labelled].astype(int)
+    rows, y = np.flatnonzero(labelled.to_numpy()), y[labelled].astype(int)
     if y.nunique() < 2 or y.value_counts().min() < 10:
         raise ValueError(f"{what} need at least 10 {outcomes[0]} and 10 {outcomes[1]} people to train the model")
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
+    # The split of positions is the split train_test_split makes of the rows themselves (one
+    # permutation for every array): the people's rows are then copied once, only in the columns
+    # trained on (a copy of every input for the labelled, training and held-out people before).
+    at_tr, at_te, y_tr, y_te = train_test_split(np.arange(len(rows)), y, test_size=test_size, stratify=y, random_state=seed)
+    is_signal = np.array([str(c).startswith("sig_") for c in inputs.columns], dtype=bool)
     # Hundreds of graph signals: keep the ones most associated with churn among training people only.
-    columns = select_columns(x_tr, y_tr, max_signals)
+    columns = select_columns(inputs.iloc[rows[at_tr], np.flatnonzero(is_signal)], y_tr, max_signals)
+    columns = list(inputs.columns[~is_signal]) + columns
+    at = inputs.columns.get_indexer(columns)
+    x_tr, x_te = inputs.iloc[rows[at_tr], at], inputs.iloc[rows[at_te], at]
     base = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.06, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed)
     # One OpenMP thread: on a few thousand people threads only add contention (minutes on a busy machine).
     with threadpool_limits(limits=1, user_api="openmp"):
-        model = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x_tr[columns], y_tr)
-        x_te = x_te[columns]
+        model = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x_tr, y_tr)
         p = model.predict_proba(x_te)[:, 1]
     metrics = {
         "roc_auc": float(roc_auc_score(y_te, p)),

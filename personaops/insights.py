@@ -63,29 +63,30 @@ def campaign_uplift(outcomes: pd.DataFrame, assignments: pd.DataFrame, campaign:
 def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, direction: str = "risk") -> pd.DataFrame:
     """Signals ranked by association with churn within personas (see module doc). `direction`:
     "risk" lists churn-raising signals (odds ratio > 1) first, "both" ranks by p-value only."""
-    from statsmodels.stats.contingency_tables import StratifiedTable
     from statsmodels.stats.multitest import multipletests
 
     y = churned.reindex(matrix.index)
     keep = y.notna() & persona.reindex(matrix.index).notna()
-    x, y, strata = matrix[keep], y[keep].astype(int).to_numpy(), persona.reindex(matrix.index)[keep].to_numpy()
+    x = matrix if keep.all() else matrix[keep]  # everyone labelled: no copy of the matrix
+    y, strata = y[keep].astype(int).to_numpy(), persona.reindex(matrix.index)[keep].to_numpy()
     if x.empty or len(np.unique(y)) < 2:
         raise NotFoundError("Churn signals need people with a churn label of both values; the sources carry no usable `churned` label.")
     rows = []
     counts = _strata_counts(x, y, strata)
+    stats, informative = _mh_rows(counts)  # statsmodels' StratifiedTable figures, all signals at once
+    # persons showing each signal, and churned among them, from the same counts (integers: exact)
+    shown = counts[:, :, 0, :].sum(axis=(1, 2))
+    churned_with = counts[:, :, 0, 0].sum(axis=1)
+    everyone, churned_all = len(y), float(y.sum())
     for j, signal in enumerate(x.columns):
-        s = x[signal].to_numpy().astype(bool)
-        # Haldane-Anscombe correction for empty cells: the pooled odds ratio and its interval stay finite
-        tables = [t + 0.5 * (t == 0).any() for t in counts[j] if _informative(t)]
-        if not tables:
+        if not informative[j]:  # no stratum where both the signal and the label vary
             continue
-        st = StratifiedTable(tables)
-        low, high = st.oddsratio_pooled_confint()
+        n_with = int(shown[j])
         rows.append({
-            "signal": signal, "kind": signal.split(":", 1)[0], "persons": int(s.sum()),
-            "churn_rate_with": float(y[s].mean()), "churn_rate_without": float(y[~s].mean()) if (~s).any() else np.nan,
-            "odds_ratio": float(st.oddsratio_pooled), "ci_low": float(low), "ci_high": float(high),
-            "p_value": float(st.test_null_odds(correction=True).pvalue),
+            "signal": signal, "kind": signal.split(":", 1)[0], "persons": n_with,
+            "churn_rate_with": float(np.float64(churned_with[j]) / n_with) if n_with else np.nan,
+            "churn_rate_without": float(np.float64(churned_all - churned_with[j]) / (everyone - n_with)) if everyone > n_with else np.nan,
+            "odds_ratio": float(stats[j, 0]), "ci_low": float(stats[j, 1]), "ci_high": float(stats[j, 2]), "p_value": float(stats[j, 3]),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     if table.empty:
@@ -103,6 +104,55 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     table = _explain_away(table, x, y, strata)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.drop(columns="log_or").reset_index(drop=True)
+
+
+def _mh_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (signals, strata, 2, 2) counts: per signal (pooled odds ratio, its 95% interval low and
+    high, CMH p-value with continuity correction) over the strata where both the signal and the
+    label vary, each stratum's table with the Haldane-Anscombe 0.5 where it has an empty cell; and
+    whether the signal had such a stratum. The same floats as statsmodels' StratifiedTable
+    (oddsratio_pooled, oddsratio_pooled_confint, test_null_odds(correction=True)) on those tables:
+    its per-stratum arrays and sums for all signals with as many strata at once, then its scalar
+    steps on each signal's sums (one StratifiedTable per signal was most of the ranking)."""
+    from scipy import stats
+
+    with_signal, churned = counts.sum(axis=3), counts.sum(axis=2)
+    informative = (with_signal[..., 0] > 0) & (with_signal[..., 1] > 0) & (churned[..., 0] > 0) & (churned[..., 1] > 0)
+    out = np.full((counts.shape[0], 4), np.nan)
+    ks = informative.sum(axis=1)
+    f = -stats.norm.ppf(0.05 / 2)
+    for k in np.unique(ks[ks > 0]):
+        sel = np.flatnonzero(ks == k)
+        t = counts[sel[:, None], np.nonzero(informative[sel])[1].reshape(len(sel), k)]  # the informative strata, in order
+        t = t + 0.5 * (t == 0).any(axis=(2, 3), keepdims=True)
+        a, b, c, d = (np.ascontiguousarray(t[:, :, i, j]) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+        apb, apc, bpd, cpd, ad, bc, apd = a + b, a + c, b + d, c + d, a * d, b * c, a + d
+        n = (a + c) + (b + d)
+        s_diff = np.sum(a - apb * apc / n, axis=1)
+        denom = apb * apc * bpd * cpd
+        denom /= n**2 * (n - 1)
+        s_denom = np.sum(denom, axis=1)
+        adns, bcns = np.sum(ad / n, axis=1), np.sum(bc / n, axis=1)
+        s_ad = np.sum(apd * ad / n**2, axis=1)
+        mid = apd * bc / n**2
+        mid += (1 - apd / n) * ad / n
+        s_mid = np.sum(mid, axis=1)
+        s_bc = np.sum((1 - apd / n) * bc / n, axis=1)
+        for i, j in enumerate(sel):  # statsmodels' scalar steps, on numpy scalars (array log/exp may round differently)
+            statistic = np.abs(s_diff[i])
+            statistic -= 0.5
+            statistic = statistic**2
+            statistic /= s_denom[i]
+            odds = adns[i] / bcns[i]
+            variance = s_ad[i] / adns[i] ** 2
+            m = s_mid[i]
+            m /= adns[i] * bcns[i]
+            variance += m
+            variance += s_bc[i] / bcns[i] ** 2
+            variance /= 2
+            se, lor = np.sqrt(variance), np.log(odds)
+            out[j] = (odds, np.exp(lor - f * se), np.exp(lor + f * se), 1 - stats.chi2.cdf(statistic, 1))
+    return out, ks > 0
 
 
 def _informative(t: np.ndarray) -> bool:
@@ -151,6 +201,32 @@ def _mh_pvalue(s: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
     return float(StratifiedTable(tables).test_null_odds(correction=True).pvalue) if tables else 1.0
 
 
+def _mh_pvalue_within(s: np.ndarray, y: np.ndarray, strata: np.ndarray, held: list[np.ndarray]) -> float:
+    """`_mh_pvalue` within the strata of persona and the 0/1 `held` signals: the strata the key
+    str(persona) + the signals' digits gives, in that key's sorted order, counted on integer codes
+    (a string per person and signal, then a pass per stratum, before)."""
+    if any(((h != 0) & (h != 1)).any() for h in held):  # not 0/1: the string key itself
+        key = pd.Series(strata.astype(str))
+        for h in held:
+            key = key + h.astype(str)
+        return _mh_pvalue(s, y, key.to_numpy())
+    levels, code = np.unique(strata, return_inverse=True)
+    code = code.astype(np.int64).ravel()
+    for h in held:
+        code = code * 2 + h.astype(np.int64)
+    combos, code = np.unique(code, return_inverse=True)
+    width = len(held)
+    names = [str(levels.astype(str)[c >> width]) + "".join(str((int(c) >> (width - 1 - i)) & 1) for i in range(width)) for c in combos]
+    order = np.argsort(np.asarray(names, dtype=object), kind="stable")  # the string keys' sorted order (np.unique of them)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    cell = rank[code.ravel()] * 4 + (~s).astype(np.int64) * 2 + (y != 1).astype(np.int64)
+    tables = [t for t in np.bincount(cell, minlength=4 * len(order)).reshape(-1, 2, 2).astype(float) if _informative(t)]
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    return float(StratifiedTable(tables).test_null_odds(correction=True).pvalue) if tables else 1.0
+
+
 def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: np.ndarray, depth: int = 25, alpha: float = 0.01) -> pd.DataFrame:
     """Walk the ranking top-down: a signal whose association vanishes (CMH p >= alpha) once persona
     AND the churn-raising signals kept above it are held fixed is an echo of them — it moves below
@@ -163,10 +239,8 @@ def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: n
             continue
         s = x[row.signal].to_numpy().astype(bool)
         if kept_signals:
-            key = pd.Series(strata.astype(str))
-            for k in kept_signals[:4]:  # the strongest few: more strata would leave cells empty
-                key = key + x[k].to_numpy().astype(str)
-            if _mh_pvalue(s, y, key.to_numpy()) >= alpha:
+            # the strongest few: more strata would leave cells empty
+            if _mh_pvalue_within(s, y, strata, [x[k].to_numpy() for k in kept_signals[:4]]) >= alpha:
                 echoes.append(i)
                 explained_by[i] = "; ".join(kept_signals[:4])
                 continue
@@ -188,13 +262,15 @@ def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame
     m = sparse.csc_matrix(matrix[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
     inter = (m.T @ m).toarray()
     size = np.diag(inter)
-    union = size[:, None] + size[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        jaccard = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     kept: list[int] = []
     same_as: dict[int, list[str]] = {}
     for i, signal in enumerate(signals):
-        hits = np.flatnonzero(jaccard[i, kept] >= SAME_PEOPLE_JACCARD) if kept else []
+        # Jaccard against the signals kept so far only (the whole signals x signals matrix, and its
+        # temporaries, before): the same integer counts and divisions
+        union = size[i] + size[kept] - inter[i, kept]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            jaccard = np.where(union > 0, inter[i, kept] / np.where(union > 0, union, 1), 0.0)
+        hits = np.flatnonzero(jaccard >= SAME_PEOPLE_JACCARD) if kept else []
         if len(hits):
             same_as[kept[hits[0]]].append(signal)
         else:
@@ -349,9 +425,18 @@ def write_string_table(ws: Workspace, run_id: str, name: str, table: pd.DataFram
         return part.astype({c: object for c in part.columns if isinstance(part[c].dtype, pd.CategoricalDtype)})
 
     schema = pa.Schema.from_pandas(plain(table.head(1000)), preserve_index=False)  # types as the whole table infers them (string)
+
+    def arrow(part: pd.DataFrame) -> pa.Table:
+        if not all(isinstance(part[c].dtype, pd.CategoricalDtype) and pa.types.is_string(schema.field(c).type) for c in part.columns):
+            return pa.Table.from_pandas(plain(part), schema=schema, preserve_index=False)
+        # category codes -> strings in Arrow (a Python object per cell on the way was most of the write)
+        return pa.Table.from_arrays([pa.DictionaryArray.from_arrays(pa.array(part[c].cat.codes.to_numpy(), mask=part[c].isna().to_numpy()),
+                                                                    pa.array(part[c].cat.categories.to_numpy(dtype=object), pa.string())).cast(pa.string())
+                                     for c in part.columns], schema=schema)  # fmt: skip
+
     with pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, max(len(table), 1), rows_per_group):
-            writer.write_table(pa.Table.from_pandas(plain(table.iloc[start : start + rows_per_group]), schema=schema, preserve_index=False))
+            writer.write_table(arrow(table.iloc[start : start + rows_per_group]))
     tmp.replace(folder / f"{name}.parquet")
     return str(folder / f"{name}.parquet")
 
@@ -609,12 +694,123 @@ def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
     return out
 
 
+GRAPH_STATE = "_graph_state.json"  # in lake/insights/: what the last graph was built on (no person data)
+
+
+def _graph_fingerprint(ws: Workspace, cfg) -> str:
+    """What the graph's per-person rows depend on besides the records: the graph code (graph.py
+    and this stage's functions, not the rest of this module), the insights settings, consent and
+    erasures."""
+    import hashlib
+    import inspect
+
+    from personaops import consent, erasure, graph
+
+    h = hashlib.sha256(Path(graph.__file__).read_bytes())
+    for code in (graph_stage, _graph_plan, _kind_rows, _sessions, write_string_table):
+        h.update(inspect.getsource(code).encode())
+    h.update(cfg.insights.model_dump_json().encode())
+    h.update(consent.default_status().encode())
+    for path in (consent.db_path(ws), erasure.tombstone_path(ws)):
+        h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
+    return h.hexdigest()[:24]
+
+
+def _record_digests(records, batches: dict[str, list[str]] | None) -> tuple[str, str]:
+    """(every record's, the records in `batches`') order-free digest of (source, source_key,
+    person_id): equal digests of the earlier batches mean every earlier record kept its person."""
+    import duckdb
+    import pyarrow as pa
+
+    old = [(s, b) for s, ids in (batches or {}).items() for b in ids]
+    con = duckdb.connect()
+    try:
+        con.register("rp", records)
+        con.register("old", pa.table({"source": pa.array([s for s, _ in old], pa.string()), "_batch_id": pa.array([b for _, b in old], pa.string())}))
+        total, part = con.execute(
+            "SELECT count(*) || ':' || coalesce(bit_xor(h), 0), count(*) FILTER (WHERE o.source IS NOT NULL) || ':' || coalesce(bit_xor(h) FILTER (WHERE o.source IS NOT NULL), 0) "
+            "FROM (SELECT source, _batch_id, hash(source, source_key, person_id) AS h FROM rp) r LEFT JOIN old o USING (source, _batch_id)"
+        ).fetchone()  # fmt: skip
+        return str(total), str(part)
+    finally:
+        con.close()
+
+
+def _graph_plan(ws: Workspace, fingerprint: str, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], records) -> tuple[dict | None, str, str]:
+    """(the last graph's state, "", this map's digest) when this graph can update it for new
+    records only, else (None, why not, this map's digest)."""
+    from personaops import graph
+
+    path = ws.lake / "insights" / GRAPH_STATE
+    state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    total, earlier = _record_digests(records, state.get("batches") if isinstance(state.get("batches"), dict) else None)
+    if not path.is_file():
+        return None, "no earlier graph state", total
+    if state.get("fingerprint") != fingerprint:
+        return None, "the graph or feature code, insights settings, consent or erasures changed", total
+    if state.get("kinds") != kinds or set(state.get("batches", {})) != set(batches):
+        return None, "the sources changed", total
+    for source, ids in state["batches"].items():
+        if list(batches[source][: len(ids)]) != list(ids):
+            return None, f"source {source}: earlier batches were replaced", total
+    previous = state.get("run_id")
+    if previous == run_id or not (graph.graph_dir(ws, previous) / "edges.parquet").is_file() or not (insights_dir(ws, previous) / "person_signals.parquet").is_file():
+        return None, "the earlier graph's tables are missing", total
+    if earlier != state.get("records"):
+        return None, "earlier records moved between persons (or were removed)", total
+    return state, "", total
+
+
+def _kind_rows(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None, persons=None) -> pd.DataFrame:
+    """_lake_kind from an Arrow record -> person map (read once per stage), optionally only the
+    records of `persons` (Arrow strings; then with `_batch_id`): the same rows in the same order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from personaops import features as F
+    from personaops.consent import exclude_without_analytics
+    from personaops.ingest import read_lake
+
+    parts = []
+    for source, ids in batches.items():
+        if kinds.get(source) != kind:
+            continue
+        part = records.filter(pc.equal(records["source"], source))
+        if persons is not None:
+            part = part.filter(pc.is_in(part["person_id"], value_set=persons))
+        ids_of = exclude_without_analytics(ws, part.select(["source", "source_key", "person_id"]).to_pandas())[["source_key", "person_id"]]
+        keys = pa.array(ids_of["source_key"].tolist(), pa.string()) if persons is not None else None
+        if columns is not None:
+            frame = read_lake(ws, source, ids, columns=list(dict.fromkeys(["source_key", *columns, *(["_batch_id"] if persons is not None else [])])), keys=keys)
+        else:
+            frame = read_lake(ws, source, ids, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES, keys=keys)
+        frame = frame.merge(ids_of, on="source_key", how="inner")
+        frame["source"] = source
+        parts.append(frame)
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["person_id", "event_time"])
+
+
+def _sessions(graph, events: pd.DataFrame) -> pd.DataFrame:
+    return graph.session_frame(events) if len(events) and "event_type" in events.columns else graph.session_frame(pd.DataFrame())
+
+
 def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
-    """Build and store the run's graph; derive per-person signals and graph features (Feast, online)."""
+    """Build and store the run's graph; derive per-person signals and graph features (Feast, online).
+
+    After a run that only added records (every earlier record kept its person, same code, settings,
+    consent and erasures), the behaviour part (did edges, event-type/next/co-occurrence counts,
+    sequence signals) is the last graph's, updated for the persons with a new event record only
+    (graph.update_event_parts): the same tables a full build gives. Everything else is rebuilt."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from models.intents import intent_mix
     from personaops import graph
     from personaops.feature_store import feature_store, write_table
-    from personaops.online_publish import online_publisher
+    from personaops.online_publish import online_publisher, publishing_changes_only
+    from personaops.workspace import atomic_write_text
 
     fingerprint = inputs_fingerprint(ws, cfg)
     previous = _reusable(ws, "graph", fingerprint)
@@ -623,18 +819,53 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         return {"reused": True, "run_id": previous, "nodes": int(nodes.iloc[0, 0]), "edges": int(edges.iloc[0, 0]), "signals": 0}
     run_id = insight_runs(ws, "intents")[-1]  # the intents this graph is built on (this run's, or reused)
     assignments, version = _published_assignments(ws)
-    events = _lake_kind(ws, batches, kinds, "events", ("event_time", "event_type", "session_id"))  # what the sessions read
-    exposures = _lake_kind(ws, batches, kinds, "campaigns")
+    records = pq.read_table(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id", "_batch_id"])
+    graph_fp = _graph_fingerprint(ws, cfg)
+    state, reason, digest = _graph_plan(ws, graph_fp, run_id, batches, kinds, records)
+    columns = ("event_time", "event_type", "session_id")  # what the sessions read
+    if state is not None:
+        old = {s: set(ids) for s, ids in state["batches"].items()}
+        added = records.filter(pc.invert(pc.is_in(pc.binary_join_element_wise(records["source"], records["_batch_id"], "\x1f"),
+                                                  value_set=pa.array([f"{s}\x1f{b}" for s, ids in old.items() for b in ids], pa.string()))))  # fmt: skip
+        added = added.filter(pc.is_in(added["source"], value_set=pa.array([s for s, k in kinds.items() if k == "events"], pa.string())))
+        changed = pc.unique(added["person_id"])
+        events = _kind_rows(ws, records, batches, kinds, "events", columns, persons=changed)
+        changed_index = pd.Index(changed.to_pylist(), dtype=object)
+        if len(events):
+            was = np.zeros(len(events), dtype=bool)
+            for source, ids in old.items():
+                was |= (events["source"] == source).to_numpy() & events["_batch_id"].isin(ids).to_numpy()
+            then, now = _sessions(graph, events[was].drop(columns="_batch_id")), _sessions(graph, events.drop(columns="_batch_id"))
+        else:
+            then = now = _sessions(graph, events)
+        del events
+        old_nodes = pd.read_parquet(graph.graph_dir(ws, state["run_id"]) / "nodes.parquet")
+        old_edges = pd.read_parquet(graph.graph_dir(ws, state["run_id"]) / "edges.parquet")
+        parts = graph.update_event_parts(graph.parts_from_graph(old_nodes, old_edges), graph.event_parts(then), graph.event_parts(now), changed_index)
+        del old_nodes, old_edges
+        old_signals = read_signals(ws, state["run_id"])
+        if len(old_signals):  # the sequence signals (the intent ones are rebuilt from this run's intents)
+            intent = np.asarray(old_signals["signal"].cat.categories.astype(str).str.startswith("intent:"))
+            old_signals = old_signals[~intent[old_signals["signal"].cat.codes.to_numpy()]]
+        sequence = graph.merge_sequence_signals(old_signals, graph.sequence_signals(now, categorical=True), changed_index)
+        del old_signals, then, now
+        update = {"mode": "incremental", "persons_recomputed": int(len(changed_index))}
+    else:
+        sessions = _sessions(graph, _kind_rows(ws, records, batches, kinds, "events", columns))
+        parts = graph.event_parts(sessions)
+        sequence = graph.sequence_signals(sessions, categorical=True)
+        del sessions
+        update = {"mode": "full", "full_reason": reason}
+    exposures = _kind_rows(ws, records, batches, kinds, "campaigns")
+    del records  # (3 string columns of every record: hundreds of MB at 100k people)
     intents = read_insight_table(ws, "intents", run_id)
     text_intents = read_insight_table(ws, "text_intents", run_id)
-    sessions = graph.session_frame(events) if len(events) and "event_type" in events.columns else graph.session_frame(pd.DataFrame())
-    del events  # the sessions hold what the graph reads from the events
-    nodes, edges = graph.build_graph(assignments, sessions, text_intents, intents, exposures, sessions=sessions)
+    nodes, edges = graph.build_graph(assignments, None, text_intents, intents, exposures, parts=parts)
     paths = graph.write_graph(ws, run_id, nodes, edges)
     n_nodes, n_edges = len(nodes), len(edges)
-    del nodes, edges, exposures
-    signals = graph.person_signals(sessions, text_intents, intents, categorical=True)
-    del sessions
+    del nodes, edges, exposures, parts
+    signals = graph.combine_signals([sequence, graph.intent_signals(text_intents, intents)], categorical=True)
+    del sequence
     write_string_table(ws, run_id, "person_signals", signals)
     labels_path = ws.feature_table("person_labels")
     labels = pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(columns=["person_id"])
@@ -652,10 +883,15 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     feats["n_intent_texts"] = feats["n_intent_texts"].fillna(0).astype("int64")
     feats = feats[["person_id", *GRAPH_FEATURES, "event_timestamp", "created"]]
     write_table(ws, "person_graph", feats)
-    online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
+    # Only the persons whose graph row changed since the view's last publish are written online (a
+    # full rebuild when that is not possible or cheaper): online_publish.publishing_changes_only.
+    with publishing_changes_only() as online_publish:
+        online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
     (insights_dir(ws, run_id) / "meta.json").write_text(json.dumps({"min_signal_persons": cfg.insights.min_signal_persons, "model_version": version}))
+    state = {"fingerprint": graph_fp, "run_id": run_id, "batches": batches, "kinds": kinds, "records": digest}
+    atomic_write_text(ws.lake / "insights" / GRAPH_STATE, json.dumps(state, indent=1))
     _mark(ws, run_id, "graph", fingerprint)
-    return {"run_id": run_id, **paths, "nodes": int(n_nodes), "edges": int(n_edges), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version}
+    return {"run_id": run_id, **paths, "nodes": int(n_nodes), "edges": int(n_edges), "signals": int(matrix.shape[1]), "online_rows": int(online), "online_publish": online_publish, "model_version": version, **update}
 
 
 FLAG_MODELS = "flag_models.joblib"
@@ -757,6 +993,18 @@ def _with_signal_columns(inputs: pd.DataFrame, models: list, signals: pd.DataFra
     return inputs.join(extra)
 
 
+def _numeric_model_frame(ws: Workspace) -> pd.DataFrame:
+    """features.current_model_frame's model inputs (every resolved person with analytics consent)
+    without the text embeddings the flags never read (churn_inputs keeps numeric columns only):
+    100k people's 384-float vectors were read and joined for nothing."""
+    from personaops import features as F
+    from personaops.consent import exclude_without_analytics
+
+    tables = F.read_tables(ws.features, views=F.MODEL_INPUT_VIEWS)
+    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["person_id"]))
+    return F.model_input_frame(tables, pd.Index(sorted(record_person["person_id"].unique()), name="person_id"))
+
+
 GRAPH_FEATURES = ["intent_centrality", "n_sequence_patterns", "n_signals", "neighbourhood_churn_rate", "top_intent", "n_intent_texts"]
 FLAG_FEATURES = ["churn_probability", "risk_flag", "engagement_trend", "engagement_flag", "reasons"]
 
@@ -765,10 +1013,9 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     """Train the calibrated churn model on held-out-evaluated people, flag every person, publish the
     flags to Feast (offline + online), keep an `amber_flags` table per run, log to MLflow."""
     from models import churn
-    from personaops import features as F
     from personaops import graph
     from personaops.feature_store import feature_store, write_table
-    from personaops.online_publish import online_publisher
+    from personaops.online_publish import online_publisher, publishing_changes_only
 
     fingerprint = inputs_fingerprint(ws, cfg)
     previous = _reusable(ws, "flags", fingerprint)
@@ -783,7 +1030,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     run_id = insight_runs(ws, "person_signals")[-1]  # the graph these flags are built on
     assignments, version = _published_assignments(ws)
     persona = assignments.set_index("person_id")["persona_id"]
-    _, frame, _ = F.current_model_frame(ws)
+    frame = _numeric_model_frame(ws)
     signals = read_signals(ws, run_id)
     churned = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     mix = read_insight_table(ws, "person_intent_mix", run_id)
@@ -849,8 +1096,13 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     write_table(ws, "person_flags", flags)
     write_table(ws, "person_opportunity", opportunity)
     publisher = online_publisher(feature_store(ws, cfg))
-    out["online_rows"] = int(publisher.replace("person_flags", flags.reset_index(drop=True)))
-    out["opportunity_online_rows"] = int(publisher.replace("person_opportunity", opportunity.reset_index(drop=True)))
+    # Only the persons whose flag row changed since the view's last publish are written online (a
+    # re-run that only added people: the newcomers and the people their records changed), or the
+    # table is rebuilt when that is not exact or not cheaper (docs/serving.md).
+    with publishing_changes_only() as online_publish:
+        out["online_rows"] = int(publisher.replace("person_flags", flags.reset_index(drop=True)))
+        out["opportunity_online_rows"] = int(publisher.replace("person_opportunity", opportunity.reset_index(drop=True)))
+    out["online_publish"] = online_publish
     flags = flags.merge(opportunity.drop(columns=["event_timestamp", "created"]), on="person_id", how="left")
     table = flags.merge(assignments[["person_id", "persona_id", "persona_name"]], on="person_id", how="left").drop(columns=["created"])
     write_insight_table(ws, run_id, "amber_flags", table)

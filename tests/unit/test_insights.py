@@ -62,6 +62,45 @@ def test_churn_signals_rank_the_planted_driver_not_the_persona_proxy_and_fold_du
         insights.churn_signals(matrix, churned * 0, persona)
 
 
+def test_mantel_haenszel_figures_for_all_signals_at_once_are_statsmodels_own():
+    """_mh_rows gives bit for bit the floats of one StratifiedTable per signal (informative
+    strata only, 0.5 added to a stratum with an empty cell), for 1 to 12 strata and empty cells."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    rng = np.random.default_rng(3)
+    for strata in (1, 3, 7, 12):
+        counts = rng.integers(0, 25, size=(400, strata, 2, 2)).astype(float)
+        counts[rng.random(counts.shape) < 0.25] = 0
+        got, informative = insights._mh_rows(counts)
+        seen = 0
+        for j in range(len(counts)):
+            tables = [t + 0.5 * (t == 0).any() for t in counts[j] if insights._informative(t)]
+            assert informative[j] == bool(tables)
+            if not tables:
+                continue
+            st = StratifiedTable(tables)
+            low, high = st.oddsratio_pooled_confint()
+            assert got[j].tolist() == [st.oddsratio_pooled, low, high, st.test_null_odds(correction=True).pvalue]
+            seen += 1
+        assert seen > 300
+
+
+def test_the_explain_away_strata_on_integer_codes_are_the_string_keys_strata():
+    """_mh_pvalue_within (persona and held signals as integer codes) equals _mh_pvalue on the
+    string key str(persona) + the signals' digits, with persona ids of 1 and 2 digits."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    strata = rng.choice([1, 2, 10, 11, 23], n)
+    y = (rng.random(n) < 0.3).astype(int)
+    s = rng.random(n) < 0.2
+    held = [(rng.random(n) < p).astype("uint8") for p in (0.5, 0.3, 0.1, 0.6)]
+    for k in range(1, 5):
+        key = pd.Series(strata.astype(str))
+        for h in held[:k]:
+            key = key + h.astype(str)
+        assert insights._mh_pvalue_within(s, y, strata, held[:k]) == insights._mh_pvalue(s, y, key.to_numpy())
+
+
 def test_persona_intents_and_changes():
     assignments = pd.DataFrame({"person_id": ["A", "B", "C"], "persona_id": [0, 0, 1], "persona_name": ["x", "x", "y"]})
     intents = pd.DataFrame({"intent_id": [0, 1], "label": ["cancel/refund", "api/export"], "terms": ["", ""], "example": ["cancel", "api"]})
