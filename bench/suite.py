@@ -448,6 +448,8 @@ def summary(record: dict) -> str:
         f"Load average (1/5/15 min): {record['load_start']} at start, {record.get('load_end')} at end. "
         "The machine is shared: absolute times drift with load; ratios are measured side by side in the same process and hold better.",
     ]
+    for note in record.get("notes", []):  # added by hand to a stored record (e.g. a script re-run elsewhere), then --summarize
+        lines += ["", f"Note: {note}"]
     if record["quick"]:
         lines += ["", "**Quick mode**: small sizes (`--quick` of every script) to check that the suite works end to end; "
                   "the figures are not the issue's sizes and the targets are judged on them only as a smoke check."]
