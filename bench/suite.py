@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -148,7 +149,10 @@ def run_one(path: Path, quick: bool, timeout: float, log_dir: Path) -> dict:
     entry.update(seconds=round(time.perf_counter() - started, 1), peak_rss_mib=round(usage.ru_maxrss / 1024, 1),
                  load_after=load(), command=" ".join(["python", f"bench/{path.name}"] + cmd[2:]))
     stdout = out_path.read_text(errors="replace").strip().splitlines()
-    stderr_tail = " ".join(err_path.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
+    err_lines = [ln.strip() for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+    # The exception line of a traceback says what failed; else the last lines of the error output.
+    exception = next((ln for ln in reversed(err_lines) if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit|Interrupt)\b", ln)), None)
+    stderr_tail = (exception or " ".join(err_lines[-3:]))[-400:]
     if timed_out.is_set():
         return {**entry, "status": "not run", "reason": f"timed out after {timeout:.0f} s (stopped)"}
     if proc.returncode != 0:
@@ -419,7 +423,7 @@ def scorecard(record: dict) -> list[str]:
     for item, bench, words in SCORECARD:
         e = benches.get(bench)
         if e is None or e["status"] != "ok":
-            reason = "not in this suite run" if e is None else f"not run: {e.get('reason')}"
+            reason = "not in this suite run" if e is None else f"{bench} not run (reason in the first table)"
             lines.append(f"| {item} | - | - | - | - | - | not measured | {reason.replace('|', '/')} |")
             continue
         load_text = f"load {e.get('load_before')} -> {e.get('load_after')}"
