@@ -13,7 +13,7 @@ import pytest
 
 from personaops.config import load_config
 from personaops.feature_store import ASSIGNMENT_FEATURES, ASSIGNMENT_VIEW, feature_store, repo_objects, write_table
-from personaops.online_publish import OnlineEntity, SqlitePublisher, delete_persons, online_publisher, publishing_changes_only, write_sqlite_table
+from personaops.online_publish import OnlineEntity, SqlitePublisher, delete_persons, iter_sqlite_rows, online_publisher, publishing_changes_only, write_sqlite_table
 from personaops.workspace import Workspace
 
 from tests.helpers import assignment_rows
@@ -111,11 +111,13 @@ def test_a_publish_that_fails_midway_leaves_the_previous_version_whole(store):
     publisher.replace(ASSIGNMENT_VIEW, _assignments([f"p{i}" for i in range(2_000)], 1, 5))
     before = _table_rows(store)
     view = store.get_feature_view(ASSIGNMENT_VIEW)
-    encoded = publisher.encode(view, _assignments([f"q{i}" for i in range(2_000)], 2, 6))
-    direct = next(j for j, codes in enumerate(encoded.codes) if codes is None)  # confidence: one value per person
-    encoded.values[direct][1_500] = {"not": "bindable"}  # fails when the staging row of person 1,500 is bound
-    with pytest.raises((sqlite3.ProgrammingError, sqlite3.InterfaceError)):
-        write_sqlite_table(publisher.db_path(), publisher.table_name(view), encoded)
+    # Slices of 500 persons, written while the next is encoded (the publish's path); the fourth
+    # slice cannot be packed, after three slices are already in the transaction's new table.
+    slices = list(iter_sqlite_rows(view, _assignments([f"q{i}" for i in range(2_000)], 2, 6), store.config.entity_key_serialization_version, slice_persons=500))
+    direct = next(j for j, codes in enumerate(slices[3].codes) if codes is None)  # confidence: one value per person
+    slices[3].values[direct][100] = {"not": "bytes"}
+    with pytest.raises(TypeError):
+        write_sqlite_table(publisher.db_path(), publisher.table_name(view), iter(slices), expected_values=8_000)
     assert _table_rows(store) == before
     with sqlite3.connect(publisher.db_path()) as conn:  # no half-built table is left behind
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '%personaops_build%'")] == []
@@ -319,3 +321,46 @@ def test_redis_person_updates_are_one_hash_write_and_add_up(redis_url, tmp_path)
     assert len(seen) >= 10  # a lost race re-runs the read and compute (WATCH), never loses an update
     missing = RedisPublisher(fs).update_entity("nobody", [ASSIGNMENT_VIEW], lambda current: ({}, current[ASSIGNMENT_VIEW]))
     assert missing is None
+
+
+def test_the_packed_insert_writes_what_the_rows_say_for_every_column_shape():
+    """The SQLite publish binds one blob per column and lets SQLite cut each row's value out of it:
+    fixed and varying widths, empty values, NULL and non-ASCII texts, coded features, constant and
+    varying (negative, NULL) times, duplicates (the later wins), several slices — the table must
+    hold exactly what a row-by-row INSERT OR REPLACE of the same rows leaves."""
+    from personaops.online_publish import _SQLITE_COLUMNS, _SQLITE_TABLE_SQL, SqliteRows, _insert_sqlite_slices
+
+    rng = np.random.default_rng(5)
+
+    def rows(start: int, n: int) -> SqliteRows:
+        ids = sorted({f"k{i:05d}" + "é" * int(i % 7 == 0) + "x" * int(i % 3) for i in range(start, start + n)})
+        keys = [i.encode() for i in ids]
+        keys[5:7] = [keys[4], keys[4]]  # duplicates of one entity, in order: the last one wins
+        m = len(keys)
+        fixed = [rng.bytes(9) for _ in range(m)]
+        varying = [rng.bytes(int(rng.integers(0, 5))) for _ in range(m)]  # empty values too
+        words = [None if i % 11 == 0 else "" if i % 13 == 0 else f"wörd{i}" * int(i % 4) for i in range(m)]
+        ts = [int(t) for t in rng.integers(-10**9, 2 * 10**9, m)]
+        created = [None if i % 5 == 0 else int(t) for i, t in enumerate(rng.integers(0, 10**6, m))]
+        return SqliteRows(
+            keys=keys,
+            features=["a_coded", "b_coded_varying", "c_fixed", "d_varying"],
+            values=[[b"AA", b"BB", b"CC"], [b"x", b"", b"yyyy"], fixed, varying],
+            texts=[["1", "2", "3"], ["x", None, "ÿÿÿÿ"], [str(i) for i in range(m)], words],
+            codes=[rng.integers(0, 3, m).tolist(), rng.integers(0, 3, m).tolist(), None, None],
+            event_ts=ts if start else [7] * m,  # varying, then constant
+            created_ts=created if start else [None] * m,
+        )
+
+    slices = [rows(0, 1_000), rows(1_000, 1_500)]
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute(f"CREATE TABLE packed ({_SQLITE_TABLE_SQL}) WITHOUT ROWID")
+    conn.execute(f"CREATE TABLE plain ({_SQLITE_TABLE_SQL})")
+    _insert_sqlite_slices(conn, "packed", iter(slices))  # lazily: the second slice is packed while the first is written
+    for part in slices:
+        conn.executemany(f"INSERT OR REPLACE INTO plain ({', '.join(_SQLITE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", part.tuples())
+    query = "SELECT entity_key, feature_name, typeof(value), value, typeof(value_text), value_text, vector_value, typeof(event_ts), event_ts, created_ts FROM {} ORDER BY entity_key, feature_name"
+    packed, plain = conn.execute(query.format("packed")).fetchall(), conn.execute(query.format("plain")).fetchall()
+    assert len(packed) == (len(slices[0].keys) - 2 + len(slices[1].keys) - 2) * 4
+    assert packed == plain
+    assert {r[2] for r in packed} == {"blob"} and {r[4] for r in packed} == {"text", "null"} and {r[7] for r in packed} == {"integer"}
