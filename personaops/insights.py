@@ -980,6 +980,49 @@ def kept_flag_models(ws: Workspace, cfg, version: int | None, intents: pd.DataFr
     return kept, ""
 
 
+FLAG_SCORES = "_flag_scores.parquet"  # per person and flag model: the input row's hash and its probability
+
+
+def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd.DataFrame | None, kept: list) -> pd.Series:
+    """model.probability(inputs), computed only for the persons whose input row (the model's
+    columns, by value, with the person id) differs from the one the same models scored in the last
+    run: a calibrated tree ensemble scores each row on its own, so an unchanged row has the same
+    probability. Appends this run's (person, row hash, probability) to `kept`."""
+    row_hash = pd.util.hash_pandas_object(inputs[model.columns], index=True).to_numpy()
+    probability = pd.Series(np.nan, index=inputs.index)
+    todo = np.ones(len(inputs), dtype=bool)
+    if earlier is not None and f"{name}_hash" in earlier.columns and (earlier["models_run"] == models_run).all():
+        at = pd.Index(earlier["person_id"]).get_indexer(inputs.index)  # by position: a uint64 hash must not pass through NaN
+        found = at >= 0
+        same = np.zeros(len(inputs), dtype=bool)
+        same[found] = earlier[f"{name}_hash"].to_numpy(dtype=np.uint64)[at[found]] == row_hash[found]
+        values = probability.to_numpy(copy=True)
+        values[same] = earlier[f"{name}_probability"].to_numpy(dtype=float)[at[same]]
+        probability = pd.Series(values, index=inputs.index)
+        todo = ~same
+    if todo.any():
+        columns = inputs[model.columns]
+        values = probability.to_numpy(copy=True)
+        values[todo] = model.probability(columns if todo.all() else columns[todo]).to_numpy()
+        probability = pd.Series(values, index=inputs.index)
+    part = pd.DataFrame({f"{name}_hash": row_hash, f"{name}_probability": probability.to_numpy()}, index=inputs.index)
+    part.attrs["scored"] = int(todo.sum())
+    kept.append(part)
+    return probability
+
+
+def _earlier_scores(ws: Workspace, models_run: str) -> pd.DataFrame | None:
+    """The newest flag scores written with the models of `models_run`, if any."""
+    root = ws.lake / "insights"
+    for path in sorted(root.glob(f"run_id=*/{FLAG_SCORES}"), reverse=True) if root.is_dir() else []:
+        try:
+            table = pd.read_parquet(path)
+        except Exception:  # an unreadable file: score everyone
+            return None
+        return table if len(table) and (table["models_run"] == models_run).all() else None
+    return None
+
+
 def _with_signal_columns(inputs: pd.DataFrame, models: list, signals: pd.DataFrame) -> pd.DataFrame:
     """`inputs` plus any 0/1 signal column a kept model reads that this run's signal matrix
     dropped (its support moved across the min/max share): who shows it, from the long table."""
@@ -1042,9 +1085,12 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     del frame
     intents = read_insight_table(ws, "intents", run_id)
     campaign = cfg.insights.opportunity_campaign
-    converted = propensity.conversion_labels(_lake_kind(ws, batches, kinds, "campaigns"), campaign).reindex(inputs.index)
+    exposures = _lake_kind(ws, batches, kinds, "campaigns")  # read once: the opportunity labels and the KPIs
+    converted = propensity.conversion_labels(exposures, campaign).reindex(inputs.index)
     write_insight_table(ws, run_id, "person_opportunity_labels", converted.rename("converted").rename_axis("person_id").reset_index())
     kept, why = kept_flag_models(ws, cfg, version, intents, inputs, signals)
+    scores: list[pd.DataFrame] = []  # this run's (row hash, probability) per person and model
+    models_run, earlier = (kept["run_id"], _earlier_scores(ws, kept["run_id"])) if kept is not None else (run_id, None)
     if kept is not None:  # only records were added: score everyone with the last trained models
         model, opportunity_model = kept["churn"], kept["opportunity"]
         inputs = _with_signal_columns(inputs, [m for m in (model, opportunity_model) if m is not None], signals)
@@ -1066,7 +1112,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         reasons = pd.Series("", index=inputs.index)
         out.setdefault("skipped_risk", f"no `{cfg.insights.churn_label}` label in the sources")
     else:
-        probability = model.probability(inputs)
+        probability = _scored(model, inputs, "churn", models_run, earlier, scores)
         ranked = churn_signals(matrix, churned, persona)
         reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
         out["metrics"] = model.metrics
@@ -1079,7 +1125,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
             inputs, effects, persona_names={str(k): v for k, v in assignments.drop_duplicates("persona_id").set_index("persona_id")["persona_name"].items()},
             intent_labels={str(k): v for k, v in intents.set_index("intent_id")["label"].items()} if len(intents) else {},
         )  # fmt: skip
-        opportunity = propensity.opportunity_flags(opportunity_model.probability(inputs), reasons_of, cfg.insights.opportunity_threshold, stamp)
+        opportunity = propensity.opportunity_flags(_scored(opportunity_model, inputs, "opportunity", models_run, earlier, scores), reasons_of, cfg.insights.opportunity_threshold, stamp)
         out["opportunity_metrics"] = {**opportunity_model.metrics, "campaign": campaign}
         (insights_dir(ws, run_id) / "opportunity.json").write_text(json.dumps({"campaign": campaign, "threshold": cfg.insights.opportunity_threshold,
                                                                                "metrics": opportunity_model.metrics, "effects": frame_records(effects.head(20))}))  # fmt: skip
@@ -1091,6 +1137,11 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
             out["mlflow_run_id"] = _log_flags_run(ws, cfg, run_id, model.metrics if model is not None else {}, len(inputs.columns),
                                                   opportunity_model.metrics if opportunity_model is not None else None)  # fmt: skip
         save_flag_models(ws, cfg, run_id, version, intents, model, opportunity_model, {k: out[k] for k in ("skipped_risk", "skipped_opportunity", "mlflow_run_id") if k in out})
+    if scores:
+        table = pd.concat(scores, axis=1).rename_axis("person_id").reset_index()
+        table["models_run"] = models_run
+        write_insight_table(ws, run_id, FLAG_SCORES.removesuffix(".parquet"), table)
+        out["persons_scored"] = {"persons": int(len(table)), **{p.columns[0].removesuffix("_hash"): p.attrs["scored"] for p in scores}}
     del inputs, matrix
     flags = churn.amber_flags(probability, trend, reasons, cfg.insights.risk_threshold, cfg.insights.engagement_threshold, stamp)
     write_table(ws, "person_flags", flags)
@@ -1109,7 +1160,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     labels_path = ws.feature_table("person_labels")
     summary = persona_summary(assignments, pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(),
                               read_insight_table(ws, "text_intents", run_id), read_insight_table(ws, "intents", run_id), signals, flags, version)  # fmt: skip
-    kpis = business_kpis(assignments, signals, _lake_kind(ws, batches, kinds, "campaigns"), _lake_kind(ws, batches, kinds, "surveys"))
+    kpis = business_kpis(assignments, signals, exposures, _lake_kind(ws, batches, kinds, "surveys"))
     summary = summary.merge(kpis, on="persona_id", how="left")
     write_insight_table(ws, run_id, "persona_summary", summary)
     _mark(ws, run_id, "flags", fingerprint)
