@@ -171,8 +171,26 @@ def sensitive_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             parts.append(part)
     if not parts:
         return pd.DataFrame(columns=["person_id"])
-    out = pd.concat(parts, axis=1)
-    return out.T.groupby(level=0).last().T.rename_axis("person_id").reset_index()
+    return _last_of_each_name(pd.concat(parts, axis=1)).rename_axis("person_id").reset_index()
+
+
+def _last_of_each_name(out: pd.DataFrame) -> pd.DataFrame:
+    """One column per distinct name (sorted), each person's value from the last column of that
+    name that has one: what `out.T.groupby(level=0).last().T` gives, column by column instead of
+    through a transposed frame with one column per person (100,000 columns at 100k people: most of
+    an incremental features stage). Mixed column types become object columns, as the transpose made them."""
+    names = out.columns.to_numpy(dtype=object)
+    mixed = out.dtypes.nunique() > 1
+    cols = {}
+    for name in sorted(set(names)):
+        positions = np.flatnonzero(names == name)
+        col = out.iloc[:, positions[-1]]
+        col = col.astype(object) if mixed else col
+        for p in positions[-2::-1]:
+            earlier = out.iloc[:, p]
+            col = col.where(col.notna(), earlier.astype(object) if mixed else earlier)
+        cols[name] = col
+    return pd.DataFrame(cols, index=out.index)
 
 
 def person_texts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:

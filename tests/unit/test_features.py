@@ -117,3 +117,36 @@ def test_behaviour_of_some_persons_with_the_population_types_equals_their_rows_o
     part = behaviour_features(some, as_of, types=sorted(events["event_type"].unique())).set_index("person_id")
     assert list(part.columns) == list(whole.columns)  # every population type has its column, even one these persons lack
     pd.testing.assert_frame_equal(part, whole.loc[part.index])
+
+
+def test_sensitive_table_takes_each_attributes_last_value_as_the_transposed_groupby_did():
+    """sensitive_table combines the same attribute from several sources column by column; the
+    result equals the earlier `out.T.groupby(level=0).last().T` (sorted names, the last source's
+    value where it has one, object columns when types are mixed), also with missing values."""
+    rng = np.random.default_rng(3)
+    persons = [f"P{i}" for i in range(40)]
+
+    def frame(n, seed):
+        r = np.random.default_rng(seed)
+        return pd.DataFrame({
+            "person_id": r.choice(persons, n), "_row_number": r.permutation(n),
+            "sensitive__gender": r.choice(["f", "m", None], n), "sensitive__age_band": r.choice(["18-24", "25-34", None], n),
+        })  # fmt: skip
+
+    crm = frame(60, 1)
+    tickets = frame(30, 2).drop(columns=["sensitive__age_band"]).assign(sensitive__region=rng.choice(["n", "s", None], 30))
+    score = frame(20, 4)[["person_id", "_row_number"]].assign(sensitive__score=rng.choice([1.0, np.nan], 20))
+    frames = {"crm": crm, "tickets": tickets, "surveys": score}
+    got = F.sensitive_table(frames)
+    parts = []
+    for f in frames.values():
+        cols = [c for c in f.columns if c.startswith("sensitive__")]
+        part = f.sort_values("_row_number").groupby("person_id")[cols].last()
+        part.columns = [c[len("sensitive__") :] for c in cols]
+        parts.append(part)
+    expected = pd.concat(parts, axis=1).T.groupby(level=0).last().T.rename_axis("person_id").reset_index()
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert list(got.columns) == ["person_id", "age_band", "gender", "region", "score"]
+    # one source: the column keeps its type
+    only = F.sensitive_table({"surveys": score})
+    assert only["score"].dtype == np.float64
