@@ -99,7 +99,8 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
     cfg, ws = _config(home)
     fault_point("resolve")  # crash-test hook (PERSONAS_FAULT_KILL_AT); a no-op in production
     progress.stage_started("resolve", "linking records into persons")
-    result, reason = _resolve_incremental(cfg, ws, batches) if cfg.identity.incremental else (None, "identity.incremental is false")
+    digests = identity_store.batch_digests(ws, batches)  # kept in the index: the next run re-reads no unchanged batch
+    result, reason = _resolve_incremental(cfg, ws, batches, digests) if cfg.identity.incremental else (None, "identity.incremental is false")
     if result is None:  # a full resolve: the first run, changed or removed records, or new records that change earlier persons
         from personaops.matching import MATCH_ATTRIBUTES
 
@@ -112,7 +113,7 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
                                     identity_store.previous_map(ws), identity_store.decisions(ws))  # fmt: skip
     result.stats["mode"] = "full" if reason else "incremental"
     result.stats["full_reason"] = reason
-    paths = identity_store.write_identity(ws, result, run_id, identity_store.index_fingerprint(ws, cfg.identity))
+    paths = identity_store.write_identity(ws, result, run_id, identity_store.index_fingerprint(ws, cfg.identity), digests)
     s = result.stats
     progress.stage_finished(
         "resolve",
@@ -122,9 +123,11 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
     return {"path": paths["record_person"], "graph": paths["edges"], **s}
 
 
-def _resolve_incremental(cfg: PersonasConfig, ws: Workspace, batches: dict[str, list[str]]):
+def _resolve_incremental(cfg: PersonasConfig, ws: Workspace, batches: dict[str, list[str]], digests: dict | None = None):
     """(result, "") when only records were added and they leave every earlier person as it was,
-    else (None, why a full resolve runs). Reads only lineage columns of the known records."""
+    else (None, why a full resolve runs). Reads only lineage columns of the known records, none
+    when their batches are the same bytes as at the last resolve (`digests`), and the other
+    columns of the batches holding new records only."""
     from personaops import identity_store
     from personaops.identity import LINEAGE, resolve_incremental
     from personaops.matching import MATCH_ATTRIBUTES
@@ -132,14 +135,19 @@ def _resolve_incremental(cfg: PersonasConfig, ws: Workspace, batches: dict[str, 
     index, reason = identity_store.load_index(ws, cfg.identity)
     if index is None:
         return None, reason
-    kept, new, previous_ids, reason = identity_store.split_known(ws, batches)
+    kept, new, previous_ids, how = identity_store.split_known(ws, batches, digests, index.batches)
     if kept is None:
-        return None, reason
+        return None, how
     keys = {src: set(g["source_key"]) for src, g in new.groupby("source")}
+    holding = {src: set(g["_batch_id"]) for src, g in new.groupby("source")}  # the batches with a new record
     columns = list(dict.fromkeys([*LINEAGE, *cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
-    new_records = identity_store.read_records(ws, {k: v for k, v in batches.items() if k in keys}, columns, keep=lambda src, f: f["source_key"].isin(keys[src]).to_numpy())
+    new_records = identity_store.read_records(ws, {k: [b for b in v if b in holding[k]] for k, v in batches.items() if k in keys}, columns,
+                                              keep=lambda src, f: f["source_key"].isin(keys[src]).to_numpy())  # fmt: skip
     result, reason = resolve_incremental(new_records, previous_ids, index, cfg.identity, identity_store.decisions(ws))
-    return (identity_store.finish_incremental(ws, kept, result, cfg.identity.link_keys), "") if result is not None else (None, reason)
+    if result is None:
+        return None, reason
+    result.stats["earlier_records"] = how or "compared with the lake"
+    return identity_store.finish_incremental(ws, kept, result, cfg.identity.link_keys), ""
 
 
 @task(name="features")

@@ -92,6 +92,7 @@ class IdentityIndex:
     devices: pd.DataFrame
     entities: pd.DataFrame
     model: dict | None
+    batches: dict | None = None  # source -> batch id -> sha256 of the lake batches the index was built from (identity_store.batch_digests)
 
 
 def person_id_for(anchor: str) -> str:
@@ -156,19 +157,30 @@ def _hash(values) -> np.ndarray:
 
 
 def _device_pairs(records: pd.DataFrame, cfg: IdentityConfig) -> pd.DataFrame:
-    """Distinct (device, customer id) pairs seen on one record, as hashes (dev, cust)."""
+    """Distinct (device, customer id) pairs seen on one record, as hashes (dev, cust).
+
+    Each distinct raw value is normalised and hashed once (`pd.factorize`), the records only carry
+    its code: no normalised string per record (3.8M records at 100,000 people)."""
     if "device_id" not in records.columns or "customer_id" not in records.columns or "device_id" not in cfg.link_keys or "customer_id" not in cfg.link_keys:
         return pd.DataFrame({"dev": np.array([], np.uint64), "cust": np.array([], np.uint64)})
     junk = {j.strip().lower() for j in cfg.junk_values}
-    dev = normalise_id(records["device_id"].dropna().astype(str))
-    cust = normalise_id(records["customer_id"].dropna().astype(str))
-    if cfg.source_link_keys:
-        src = records["source"]
-        dev = dev[[cfg.source_may_link_on(s, "device_id") for s in src.loc[dev.index]]] if len(dev) else dev
-        cust = cust[[cfg.source_may_link_on(s, "customer_id") for s in src.loc[cust.index]]] if len(cust) else cust
-    dev, cust = dev[~dev.isin(junk) & (dev != "")], cust[~cust.isin(junk) & (cust != "")]
-    both = pd.DataFrame({"d": dev}).join(pd.DataFrame({"c": cust}), how="inner")
-    out = pd.DataFrame({"dev": _hash(("device_id:" + both["d"]).to_numpy()), "cust": _hash(("customer_id:" + both["c"]).to_numpy())})
+
+    def coded(kind: str) -> tuple[np.ndarray, np.ndarray]:
+        codes, uniques = pd.factorize(records[kind].to_numpy(dtype=object))  # missing values: -1
+        norm = normalise_id(pd.Series(uniques, dtype=object).astype(str))
+        usable = (~norm.isin(junk) & (norm != "")).to_numpy()
+        if cfg.source_link_keys:  # per-source rules: records of a source barred from this kind carry no value
+            allowed = [src for src in pd.unique(records["source"]) if cfg.source_may_link_on(src, kind)]
+            codes = np.where(records["source"].isin(allowed).to_numpy(), codes, -1)
+        present = codes >= 0
+        if len(usable):
+            present &= usable[np.where(present, codes, 0)]
+        return np.where(present, codes, -1), _hash((kind + ":" + norm).to_numpy()) if len(norm) else np.array([], np.uint64)
+
+    dev, dev_hash = coded("device_id")
+    cust, cust_hash = coded("customer_id")
+    both = (dev >= 0) & (cust >= 0)
+    out = pd.DataFrame({"dev": dev_hash[dev[both]], "cust": cust_hash[cust[both]]})
     return out.drop_duplicates().reset_index(drop=True)
 
 

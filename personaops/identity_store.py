@@ -24,12 +24,23 @@ from personaops.workspace import Workspace
 DECISIONS = ("accept", "reject")
 
 
+ROW_GROUP = 1024 * 1024  # pyarrow's default row group: a frame written in slices of it gives the same row groups
+
+
 def _write_parquet(frame, path) -> None:
-    """Atomic write of a DataFrame or an Arrow table."""
+    """Atomic write of a DataFrame or an Arrow table. A large DataFrame goes to Arrow one row
+    group at a time (the map and edges of a 100,000-person resolve: an Arrow copy of the whole
+    frame at once was the stage's peak), typed by the whole frame's schema; same rows, same file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp = Workspace.ensure(path).with_name(f".{path.name}.tmp")
-    if isinstance(frame, pd.DataFrame):
+    if isinstance(frame, pd.DataFrame) and len(frame) > ROW_GROUP:
+        schema = pa.Schema.from_pandas(frame, preserve_index=False)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start in range(0, len(frame), ROW_GROUP):
+                writer.write_table(pa.Table.from_pandas(frame.iloc[start : start + ROW_GROUP], schema=schema, preserve_index=False))
+    elif isinstance(frame, pd.DataFrame):
         frame.to_parquet(tmp, index=False)
     else:
         pq.write_table(frame, tmp)
@@ -42,9 +53,10 @@ def previous_map(ws: Workspace) -> pd.DataFrame | None:
     return pd.read_parquet(path, columns=["source", "source_key", "person_id"]) if path.is_file() else None
 
 
-def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_fingerprint: str = "") -> dict[str, str]:
+def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_fingerprint: str = "", digests: dict | None = None) -> dict[str, str]:
     """Persist the record -> person map, the graph's edges, the review queue, the index the next
-    incremental run needs (`cfg_fingerprint`: `index_fingerprint` of this run); append history."""
+    incremental run needs (`cfg_fingerprint`: `index_fingerprint` of this run; `digests`:
+    `batch_digests` of the batches this run resolved); append history."""
     paths = {
         "record_person": ws.identity / "record_person.parquet",
         "edges": ws.identity / "edges.parquet",
@@ -65,7 +77,7 @@ def write_identity(ws: Workspace, result: IdentityResult, run_id: str, cfg_finge
             review = pd.concat([earlier, review], ignore_index=True).drop_duplicates("pair_id") if len(review) else earlier
     _write_parquet(review, paths["review_queue"])
     if result.index is not None:
-        write_index(ws, result.index, cfg_fingerprint)
+        write_index(ws, result.index, cfg_fingerprint, digests)
     at = datetime.now(timezone.utc).isoformat()
     with Workspace.ensure(paths["history"]).open("a", encoding="utf-8") as fh:
         for event in result.events:
@@ -176,14 +188,14 @@ def index_fingerprint(ws: Workspace, identity_cfg) -> str:
     return h.hexdigest()[:24]
 
 
-def write_index(ws: Workspace, index: IdentityIndex, fingerprint: str) -> None:
+def write_index(ws: Workspace, index: IdentityIndex, fingerprint: str, digests: dict | None = None) -> None:
     folder = index_dir(ws)
     state = folder / "state.json"
     state.unlink(missing_ok=True)  # written last: a half-written index is never used
     _write_parquet(index.keys, folder / "keys.parquet")
     _write_parquet(index.devices, folder / "devices.parquet")
     _write_parquet(index.entities, folder / "entities.parquet")
-    Workspace.ensure(state).write_text(json.dumps({"fingerprint": fingerprint, "model": index.model}), encoding="utf-8")
+    Workspace.ensure(state).write_text(json.dumps({"fingerprint": fingerprint, "model": index.model, "batches": digests}), encoding="utf-8")
 
 
 def load_index(ws: Workspace, identity_cfg) -> tuple[IdentityIndex | None, str]:
@@ -199,6 +211,7 @@ def load_index(ws: Workspace, identity_cfg) -> tuple[IdentityIndex | None, str]:
         devices=pd.read_parquet(folder / "devices.parquet"),
         entities=pd.read_parquet(folder / "entities.parquet"),
         model=state.get("model"),
+        batches=state.get("batches"),
     ), ""
 
 
@@ -221,16 +234,76 @@ def read_records(ws: Workspace, batches: dict[str, list[str]], columns: list[str
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=LINEAGE)
 
 
-def split_known(ws: Workspace, batches: dict[str, list[str]]):
-    """(the last run's map restricted to this run's records, with this run's lineage, as an Arrow
-    table; the keys (source, source_key) of the records added since; the last run's person ids;
-    "") — or (None, None, None, why) when a record of the last run changed or is gone."""
+def batch_digests(ws: Workspace, batches: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """source -> batch id -> sha256 of its lake file: what a resolve read, kept in the index so
+    the next incremental run knows which batches are still byte for byte the same."""
+    out: dict[str, dict[str, str]] = {}
+    for source, ids in batches.items():
+        for b in ids:
+            with open(ws.lake / source / f"batch={b}" / "part-0.parquet", "rb") as fh:
+                out.setdefault(source, {})[b] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def _split_by_digests(ws: Workspace, batches: dict[str, list[str]], digests: dict, known: dict):
+    """split_known's result without reading the earlier records from the lake, when every batch
+    the last resolve read is still here with the same bytes (its records are then the last map's,
+    lineage included): only the new batches' lineage is read. None when that does not hold (a
+    batch changed or is gone, a map row names a batch the index does not know, a new record
+    repeats an earlier key): the caller compares record by record."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from personaops.identity import RECORD_COLUMNS
 
+    if any(digests.get(s, {}).get(b) != h for s, d in known.items() for b, h in d.items()):
+        return None
+    prev = pq.read_table(ws.identity / "record_person.parquet", columns=RECORD_COLUMNS).replace_schema_metadata(None)
+    # the lake's order (source, then batch as listed): every row of a batch is contiguous and in
+    # its file's order in the map, so a stable sort by (source, batch) restores a full resolve's order
+    rank = np.full(prev.num_rows, -1, dtype=np.int64)
+    new_parts, offset = [], 0
+    for source, ids in batches.items():
+        rows = pc.equal(prev["source"], source).to_numpy(zero_copy_only=False)
+        at = pc.index_in(pc.filter(prev["_batch_id"], rows), value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
+        if pd.isna(at).any():  # a map row of a batch not listed this run
+            return None
+        rank[rows] = offset + at.astype(np.int64)
+        offset += len(ids)
+        for b in ids:
+            if b in known.get(source, {}):
+                continue
+            t = pq.read_table(ws.lake / source / f"batch={b}" / "part-0.parquet", columns=["source_key", "_batch_id"])
+            keys = t["source_key"].cast(pa.string())
+            if t.num_rows and pc.any(pc.and_(pc.equal(prev["source"], source), pc.is_in(prev["source_key"], value_set=keys))).as_py():
+                return None
+            new_parts.append(pd.DataFrame({"source": source, "source_key": keys.to_pandas(), "_batch_id": b}))
+    if (rank < 0).any():  # a map row of a source not listed this run
+        return None
+    if len(rank) > 1 and (np.diff(rank) < 0).any():
+        prev = prev.take(pa.array(np.argsort(rank, kind="stable")))
+    new = pd.concat(new_parts, ignore_index=True) if new_parts else pd.DataFrame({"source": pd.Series(dtype=object), "source_key": pd.Series(dtype=object), "_batch_id": pd.Series(dtype=object)})
+    return prev, new, set(pc.unique(prev["person_id"]).to_pylist()), "unchanged batches, not re-read"
+
+
+def split_known(ws: Workspace, batches: dict[str, list[str]], digests: dict | None = None, known_digests: dict | None = None):
+    """(the last run's map restricted to this run's records, with this run's lineage, as an Arrow
+    table; the keys (source, source_key, _batch_id) of the records added since; the last run's
+    person ids; "" or how the earlier records were known) — or (None, None, None, why) when a
+    record of the last run changed or is gone.
+    Given this run's `digests` and the last resolve's (`known_digests`, both `batch_digests`), unchanged
+    batches are not re-read (_split_by_digests)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from personaops.identity import RECORD_COLUMNS
+
+    if digests is not None and known_digests:
+        fast = _split_by_digests(ws, batches, digests, known_digests)
+        if fast is not None:
+            return fast
     prev = pq.read_table(ws.identity / "record_person.parquet", columns=RECORD_COLUMNS)
     parts = []
     for source, ids in batches.items():
@@ -253,7 +326,7 @@ def split_known(ws: Workspace, batches: dict[str, list[str]]):
     changed = pc.sum(pc.and_(known, pc.not_equal(joined["_row_hash"], joined["_prev_hash"]))).as_py() or 0
     if changed:
         return None, None, None, f"{changed:,} records changed since the previous run"
-    new = joined.filter(pc.invert(known)).select(["source", "source_key"]).to_pandas()
+    new = joined.filter(pc.invert(known)).select(["source", "source_key", "_batch_id"]).to_pandas()
     rows = pc.indices_nonzero(known)
     rows = pc.take(rows, pc.sort_indices(pc.take(joined["_pos"], rows)))  # the lake's order, as a full resolve writes it
     kept = joined.select(RECORD_COLUMNS).take(rows)  # one copy, as the filter alone made

@@ -90,6 +90,12 @@ def test_incremental_features_equal_a_full_recompute_and_skip_feast_apply(grown)
     root, cold, again, _, full = grown
     resolved, featured = again[1], again[2]
     assert resolved["mode"] == "incremental" and featured["mode"] == "incremental", featured["full_reason"]
+    # the earlier batches are the bytes the last resolve read: their records are not read again
+    assert resolved["earlier_records"] == "unchanged batches, not re-read"
+    key = ["source", "source_key"]
+    mine = pd.read_parquet(root / "ws" / "identity" / "record_person.parquet").sort_values(key).reset_index(drop=True)
+    theirs = pd.read_parquet(root / "fresh" / "identity" / "record_person.parquet").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine.drop(columns=["_batch_id"]), theirs.drop(columns=["_batch_id"]), obj="record_person")
     assert 0 < featured["changed_persons"] < resolved["persons"] / 5
     assert cold[2]["feast_apply"] == "applied" and featured["feast_apply"].startswith("skipped")
     assert featured["feature_views"] == cold[2]["feature_views"]
