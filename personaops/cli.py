@@ -308,7 +308,10 @@ def serve(
         os.environ[SERVE_INSECURE_ENV] = "1" if insecure_dev else ""
         # uvicorn kills a worker that misses its 5 s health ping; a worker importing Feast on a busy
         # host misses it and the workers restart in a loop (seen at load average 25): allow 60 s.
-        uvicorn.run("personaops.api:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False, timeout_worker_healthcheck=60)
+        # personaops.http_workers: uvicorn's workers, each accepting so that connections spread evenly.
+        from personaops.http_workers import run_workers
+
+        run_workers("personaops.api:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False, timeout_worker_healthcheck=60)
         return
     application.state.service.warm()
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

@@ -184,17 +184,22 @@ def test_personas_serve_refuses_to_start_without_a_token(pipeline):
     assert len(lines) == 1 and lines[0].startswith("error: No API token is configured") and "Traceback" not in stderr
 
 
-def test_personas_serve_answers_over_loopback(pipeline, served):
+def test_personas_serve_answers_over_loopback_and_spreads_connections_over_its_workers(pipeline, served, tmp_path):
+    """`personas serve --workers 2` over loopback; connections opened at once spread over both
+    workers (uvicorn's own accept often left all of them to one: personaops.http_workers)."""
     import socket
     import time
 
     import httpx
 
+    from personaops.http_workers import SLOTS_ENV, live_workers
+
     _, published, _ = served
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = _serve(pipeline[0], port, {"PERSONAS_API_TOKENS": "loop-tok:reader"})
+    slots = str(tmp_path / "serve.slots")
+    server = _serve(pipeline[0], port, {"PERSONAS_API_TOKENS": "loop-tok:reader", SLOTS_ENV: slots}, "--workers", "2")
     try:
         deadline = time.monotonic() + 240  # a loaded 2-CPU host needs about 2 min to start it (131 s seen at load 23)
         while True:
@@ -209,9 +214,26 @@ def test_personas_serve_answers_over_loopback(pipeline, served):
         got = httpx.get(f"http://127.0.0.1:{port}/persons/{person}/persona", headers={"Authorization": "Bearer loop-tok"}, timeout=60)
         assert got.status_code == 200 and got.json()["persona_id"] == published.loc[person, "persona_id"]
         assert httpx.get(f"http://127.0.0.1:{port}/personas", timeout=60).status_code == 401
+        while len(live_workers(slots)) < 2:  # the second worker may still be importing
+            assert server.poll() is None and time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.3)
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(10)]  # at once, as a load generator does
+        try:
+            time.sleep(1.0)  # accepted, and the counts published
+            spread = sorted(live_workers(slots).values())
+            assert len(spread) == 2 and sum(spread) >= 10 and spread[0] >= 3, spread
+            request = f"GET /persons/{person}/persona HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer loop-tok\r\n\r\n".encode()
+            for c in connections:
+                c.sendall(request)
+            answers = [c.recv(65536) for c in connections]
+            assert all(a.startswith(b"HTTP/1.1 200") and f'"person_id":"{person}"'.encode() in a for a in answers), answers[:2]
+        finally:
+            for c in connections:
+                c.close()
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+    assert not any(live_workers(slots)), "a worker outlived the server"
 
 
 def test_the_fast_persona_read_answers_like_the_fastapi_route_and_passes_everything_else_on(served, pipeline):

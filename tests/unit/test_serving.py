@@ -100,3 +100,32 @@ def test_one_entity_key_is_feast_s_serialized_key_for_every_version():
         feast = [serialize_entity_key(EntityKey(join_keys=["person_id"], entity_values=[Value(string_val=i)]), entity_key_serialization_version=version) for i in ids]
         assert [one(i) for i in ids] == feast == many(ids)
         assert len(set(feast)) == len(ids)
+
+
+def test_connection_slots_see_live_peers_and_skip_dead_ones(tmp_path):
+    """personaops.http_workers: a worker defers a new connection only to a live peer holding fewer
+    connections; a dead worker's slot is reused, and live_workers lists the live ones."""
+    import os
+    import struct
+    import subprocess
+
+    from personaops.http_workers import ConnectionSlots, live_workers
+
+    path = tmp_path / "slots"
+    path.write_bytes(b"\0" * 512)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    peer = subprocess.Popen(["sleep", "30"])
+    try:
+        with path.open("r+b") as fh:  # slot 0: a worker that died holding 9; slot 1: a live peer holding 2
+            fh.write(struct.pack("<IIII", dead.pid, 9, peer.pid, 2))
+        mine = ConnectionSlots(str(path))
+        assert mine.offset == 0  # the dead worker's slot
+        mine.publish(2)
+        assert not mine.busier_than_a_peer(2) and mine.busier_than_a_peer(3)
+        assert live_workers(str(path)) == {os.getpid(): 2, peer.pid: 2}
+        mine.release()
+        assert live_workers(str(path)) == {peer.pid: 2}
+    finally:
+        peer.kill()
+        peer.wait()
