@@ -19,6 +19,10 @@ by the fast publish (SQLite online store), then measures, for random single pers
                    of 10 ids (open-loop async httpx without wrk; latency from the scheduled send)
   hello @ RATE/s   baseline: a bare FastAPI `GET /hello` under the same uvicorn settings and wrk
                    pacing (with wrk only), so the lookup's p99 reads against this machine's floor
+  Every server runs under `personas serve --workers W`'s setup (personaops.http_workers.run_workers:
+  uvicorn's workers, accepting so that connections spread evenly); each paced run reports how wrk's
+  connections spread over the workers (connections_per_worker) and the single GET's p99 over the
+  hello's in the same pacing (http_single_p99_vs_hello; target <= 1.3).
   Pacing (--pacing): each of the 20 wrk connections waits between a response and its next request;
   `lockstep` waits a fixed 20/RATE s (all connections start together, so requests arrive in bursts
   of up to 20: the session-4 figures), `poisson` an exponential time of that mean (arrivals close
@@ -55,6 +59,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("FEAST_USAGE", "False")
 
 from personaops.feature_store import ASSIGNMENT_VIEW, SERVING_SERVICE  # noqa: E402
+from personaops.http_workers import SLOTS_ENV, live_workers  # noqa: E402
 from personaops.online_publish import SqlitePublisher, entity_keys, online_publisher  # noqa: E402
 from personaops.serving import SqliteOnlineReader  # noqa: E402
 from publish import assignment_store  # noqa: E402
@@ -285,9 +290,38 @@ def redis_api_app():
     return app
 
 
-def wait_ready(server, port: int, workers: int, timeout: float, what: str) -> str:
-    """The API server's base URL once /health answers (503 too: up, no champion here), after warming
-    every worker up (each opens its store on its first lookup); exits with its stderr if it died."""
+def slots_env(tmp: Path, name: str) -> dict:
+    """The environment that makes a server's run_workers share its workers' open-connection counts
+    through a file of ours (personaops.http_workers.live_workers reads it)."""
+    return {SLOTS_ENV: str(tmp / f"{name}-{time.monotonic_ns()}.slots")}
+
+
+def wait_workers(env: dict, workers: int, server, timeout: float, what: str) -> None:
+    """Until all `workers` worker processes accept (a worker that is still starting would leave all
+    of wrk's connections to the first one, and the burst figures would measure that)."""
+    deadline = time.monotonic() + timeout
+    while workers > 1:
+        path = env.get(SLOTS_ENV)
+        if path is None or (os.path.exists(path) and len(live_workers(path)) >= workers):
+            return
+        if server.poll() is not None or time.monotonic() > deadline:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=60)
+            raise SystemExit(f"{what}: {workers} workers did not all start within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def connections_per_worker(env: dict) -> list[int]:
+    """Open connections per live worker, most first (how the load generator's connections spread)."""
+    path = env.get(SLOTS_ENV)
+    return sorted(live_workers(path).values(), reverse=True) if path and os.path.exists(path) else []
+
+
+def wait_ready(server, port: int, workers: int, timeout: float, what: str, env: dict | None = None) -> str:
+    """The API server's base URL once /health answers (503 too: up, no champion here) and all its
+    workers accept, after warming every worker up (each opens its store on its first lookup); exits
+    with its stderr if it died."""
     import httpx
 
     base = f"http://127.0.0.1:{port}"
@@ -305,19 +339,29 @@ def wait_ready(server, port: int, workers: int, timeout: float, what: str) -> st
                 raise SystemExit(f"{what} did not start within {timeout:.0f} s")
             raise SystemExit(f"{what} did not start: {server.stderr.read()[-2000:]}")
         time.sleep(0.2)
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
-        for _ in range(50 * workers):
-            client.get("/persons/warm-up-0000/persona")
+    wait_workers(env or {}, workers, server, timeout, what)
+    for _ in range(2 * workers):  # a fresh connection each time: they spread over the workers
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+            for _ in range(25):
+                client.get("/persons/warm-up-0000/persona")
     return base
+
+
+# `personas serve --workers N`'s server setup (personaops.http_workers.run_workers: uvicorn's workers
+# with connections spread evenly) for the bench's other apps, so every server is run alike.
+RUN_WORKERS = (
+    "import sys; sys.path.insert(0, sys.argv[3]); from personaops.http_workers import run_workers; "
+    "run_workers('%s', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), log_level='warning', access_log=False, timeout_worker_healthcheck=60)"
+)
 
 
 def start_redis_api(ws, workers: int, redis_url: str):
     """redis_api_app under uvicorn with `personas serve`'s settings, as a separate process."""
     port = free_port()
-    code = "import sys, uvicorn; uvicorn.run('serve:redis_api_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False, timeout_worker_healthcheck=60)"
-    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", BENCH_REDIS_URL=redis_url)
-    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return server, wait_ready(server, port, workers, 180, "the Redis API server")
+    slots = slots_env(Path(ws.root), "redis-api")
+    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", BENCH_REDIS_URL=redis_url, **slots)
+    server = subprocess.Popen([sys.executable, "-c", RUN_WORKERS % "serve:redis_api_app", str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return server, wait_ready(server, port, workers, 180, "the Redis API server", slots), slots
 
 
 def in_process_redis(store, ids: list[str], redis_url: str) -> dict:
@@ -365,13 +409,13 @@ def hello_app():
     return app
 
 
-def start_hello(workers: int):
-    """`hello_app` under uvicorn (same workers, loopback), as a separate process."""
+def start_hello(workers: int, tmp: Path):
+    """`hello_app` under `personas serve`'s server setup (same workers, loopback), as a separate process."""
     import httpx
 
     port = free_port()
-    code = "import sys, uvicorn; uvicorn.run('serve:hello_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), workers=int(sys.argv[2]), app_dir=sys.argv[3], log_level='warning', access_log=False)"
-    server = subprocess.Popen([sys.executable, "-c", code, str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    slots = slots_env(tmp, "hello")
+    server = subprocess.Popen([sys.executable, "-c", RUN_WORKERS % "serve:hello_app", str(port), str(workers), str(ROOT / "bench")], cwd=ROOT, env=dict(os.environ, **slots), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -383,20 +427,27 @@ def start_hello(workers: int):
         if server.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the hello baseline server did not start: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
         time.sleep(0.2)
+    wait_workers(slots, workers, server, 120, "the hello baseline server")
     for _ in range(50 * workers):
         httpx.get(f"{base}/hello", timeout=60)
-    return server, base
+    return server, base, slots
 
 
-def paced_wrk(base: str, script: Path, rate: float, seconds: float, connections: int) -> dict:
-    """Run one paced wrk script (it prints a "JSON ..." summary line) and return that summary."""
-    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--timeout", "10s", "-s", str(script), base], capture_output=True, text=True, timeout=seconds + 60)
+def paced_wrk(base: str, script: Path, rate: float, seconds: float, connections: int, slots: dict | None = None) -> dict:
+    """Run one paced wrk script (it prints a "JSON ..." summary line) and return that summary, with
+    how wrk's connections spread over the server's workers half-way through."""
+    seconds = max(1, int(seconds))
+    wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds / 2)
+    spread = connections_per_worker(slots or {})
+    stdout, stderr = wrk.communicate(timeout=seconds + 60)
+    done = subprocess.CompletedProcess(wrk.args, wrk.returncode, stdout, stderr)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON ")), None)
     if line is None:
         raise SystemExit(f"wrk gave no summary: {done.stdout[-1000:]} {done.stderr[-1000:]}")
     out = json.loads(line[5:])
     out |= {"n": out["requests"], "rate_target": rate, "achieved_per_second": round(out["requests"] / out["seconds"], 1),
-            "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced"}  # fmt: skip
+            "errors": out["unexpected_status"] + out["socket_errors"], "tool": f"wrk -t1 -c{connections}, paced", "connections_per_worker": spread}  # fmt: skip
     return out
 
 
@@ -410,14 +461,14 @@ def paced(script: str, pacing: str) -> str:
     return script if pacing == "lockstep" else script.replace(LOCKSTEP_DELAY, POISSON_DELAY)
 
 
-def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, connections: int = 20, pacing: str = "lockstep") -> dict:
+def fixed_rate_wrk_hello(base: str, rate: float, seconds: float, tmp: Path, connections: int = 20, pacing: str = "lockstep", slots: dict | None = None) -> dict:
     """The same pacing as fixed_rate_wrk against the hello baseline."""
     script = tmp / f"hello-{pacing}.lua"
     script.write_text(paced(WRK_HELLO, pacing) % int(round(1000 * connections / rate)))
-    return paced_wrk(base, script, rate, seconds, connections) | {"pacing": pacing}
+    return paced_wrk(base, script, rate, seconds, connections, slots) | {"pacing": pacing}
 
 
-def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: Path, connections: int = 20, pacing: str = "lockstep", single: bool = False) -> dict:
+def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: Path, connections: int = 20, pacing: str = "lockstep", single: bool = False, slots: dict | None = None) -> dict:
     """Paced load from wrk (C, cheap on a busy machine): each of `connections` connections waits
     connections/rate seconds (lockstep; on average with poisson) between requests, so the rate is
     about `rate` while latency is small against that pause. Same 90/10 mix as the httpx generator
@@ -426,23 +477,25 @@ def fixed_rate_wrk(base: str, ids: list[str], rate: float, seconds: float, tmp: 
     id_file.write_text("\n".join(ids) + "\n")
     script = tmp / f"{'single' if single else 'mixed'}-{pacing}.lua"
     script.write_text(paced(WRK_SINGLE if single else WRK_MIXED, pacing) % (id_file, TOKEN, int(round(1000 * connections / rate))))
-    return paced_wrk(base, script, rate, seconds, connections) | {"pacing": pacing, "requests_sent": "single" if single else "mix"}
+    return paced_wrk(base, script, rate, seconds, connections, slots) | {"pacing": pacing, "requests_sent": "single" if single else "mix"}
 
 
-def paced_runs(base: str, ids: list[str], args, tmp: Path, prefix: str, result: dict) -> None:
+def paced_runs(base: str, ids: list[str], args, tmp: Path, prefix: str, result: dict, slots: dict | None = None) -> None:
     """The single-person and the mixed paced runs on one server, for each pacing asked for:
     result[prefix + "http_single_fixed_rate"] and result[prefix + "http_fixed_rate"] (the mix),
     with a "_poisson" suffix for Poisson pacing."""
     for pacing in PACINGS[args.pacing]:
         suffix = "" if pacing == "lockstep" else "_poisson"
         for single, key in ((True, "http_single_fixed_rate"), (False, "http_fixed_rate")):
-            run = fixed_rate_wrk(base, ids, args.rate, args.duration, tmp, pacing=pacing, single=single)
+            run = fixed_rate_wrk(base, ids, args.rate, args.duration, tmp, pacing=pacing, single=single, slots=slots)
             result[prefix + key + suffix] = run
             what = f"{prefix.replace('_', ' ')}http {'single' if single else 'mix'} @ {args.rate:.0f}/s{' poisson' if suffix else ''}"
             row(what, run, run["achieved_per_second"], run["errors"])
+            say(f"{'':<4}wrk's connections per worker: {run['connections_per_worker']}")
 
 
 PACINGS = {"lockstep": ("lockstep",), "poisson": ("poisson",), "both": ("lockstep", "poisson")}
+P99_VS_HELLO = 1.3  # target: the single GET's p99 at most 1.3x the hello endpoint's, same run and pacing
 
 
 def max_throughput_wrk(base: str, ids: list[str], seconds: float, connections: int, tmp: Path) -> dict:
@@ -488,9 +541,10 @@ async def max_throughput_httpx(base: str, ids: list[str], seconds: float, connec
 
 def start_server(ws, workers: int):
     port = free_port()
-    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader")
+    slots = slots_env(Path(ws.root), "serve")
+    env = dict(os.environ, PERSONAS_HOME=str(ws.root), PERSONAS_API_TOKENS=f"{TOKEN}:reader", **slots)
     server = subprocess.Popen([sys.executable, "-c", SERVE, str(port), str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return server, wait_ready(server, port, workers, 300, "personas serve")
+    return server, wait_ready(server, port, workers, 300, "personas serve", slots), slots
 
 
 def main() -> None:
@@ -503,13 +557,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="`personas serve --workers`")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="seconds of the maximum-throughput run")
     parser.add_argument("--connections", type=int, default=32, help="connections of the maximum-throughput run")
-    parser.add_argument("--quick", action="store_true", help="small and short: 20,000 persons, 2,000 lookups, 5 s at the rate, 5 s max")
+    parser.add_argument("--quick", action="store_true", help="small and short: 5,000 persons, 1,000 lookups, 4 s at the rate, 3 s max")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--redis", action="store_true", help="also Redis (PERSONAS_REDIS_URL; database 13, flushed): in-process reads and HTTP")
     parser.add_argument("--pacing", choices=sorted(PACINGS), default="lockstep", help="wrk's wait between a response and the next request: fixed (lockstep, bursts) or exponential (poisson); both: each")
     args = parser.parse_args()
     if args.quick:
-        args.persons, args.requests, args.duration, args.max_seconds = min(args.persons, 20_000), min(args.requests, 2_000), min(args.duration, 5.0), min(args.max_seconds, 5.0)
+        args.persons, args.requests, args.duration, args.max_seconds = min(args.persons, 5_000), min(args.requests, 1_000), min(args.duration, 4.0), min(args.max_seconds, 3.0)
     QUIET = args.json
     result: dict = {"benchmark": "serve", "persons": args.persons, "workers": args.workers, "cpus": os.cpu_count()}
 
@@ -523,10 +577,10 @@ def main() -> None:
         floor = result["in_process"]["raw-sqlite"]["p50_ms"]
         result["in_process_ratios"] = {k: round(v["p50_ms"] / floor, 1) for k, v in result["in_process"].items()}
 
-        server, base = start_server(ws, args.workers)
+        server, base, slots = start_server(ws, args.workers)
         try:
             if shutil.which("wrk"):
-                paced_runs(base, rows["person_id"].tolist(), args, Path(tmp), "", result)
+                paced_runs(base, rows["person_id"].tolist(), args, Path(tmp), "", result, slots)
             else:
                 fixed = asyncio.run(fixed_rate(base, rows["person_id"].tolist(), args.rate, args.duration))
                 result["http_fixed_rate"] = fixed
@@ -552,10 +606,10 @@ def main() -> None:
                 rstore = redis_store(ws, cfg, url)
                 online_publisher(rstore).replace(ASSIGNMENT_VIEW, rows)
                 result["in_process_redis"] = in_process_redis(rstore, ids, url)
-                server, base = start_redis_api(ws, args.workers, url)
+                server, base, slots = start_redis_api(ws, args.workers, url)
                 try:
                     if shutil.which("wrk"):
-                        paced_runs(base, rows["person_id"].tolist(), args, Path(tmp), "redis_", result)
+                        paced_runs(base, rows["person_id"].tolist(), args, Path(tmp), "redis_", result, slots)
                         best = max_throughput_wrk(base, ids, args.max_seconds, args.connections, Path(tmp))
                     else:
                         fixed = asyncio.run(fixed_rate(base, rows["person_id"].tolist(), args.rate, args.duration))
@@ -573,13 +627,14 @@ def main() -> None:
         if shutil.which("wrk"):
             # Baseline in the same run: a bare FastAPI "hello" under the same uvicorn settings and
             # pacing, so the lookup's p99 can be read against what this machine gives any endpoint.
-            hello, hello_base = start_hello(args.workers)
+            hello, hello_base, hello_slots = start_hello(args.workers, Path(tmp))
             try:
                 for pacing in PACINGS[args.pacing]:
                     suffix = "" if pacing == "lockstep" else "_poisson"
-                    baseline = fixed_rate_wrk_hello(hello_base, args.rate, args.duration, Path(tmp), pacing=pacing)
+                    baseline = fixed_rate_wrk_hello(hello_base, args.rate, args.duration, Path(tmp), pacing=pacing, slots=hello_slots)
                     result["http_hello_fixed_rate" + suffix] = baseline
                     row(f"hello @ {args.rate:.0f}/s{' poisson' if suffix else ''}", baseline, baseline["achieved_per_second"], baseline["errors"])
+                    say(f"{'':<4}wrk's connections per worker: {baseline['connections_per_worker']}")
                     # Ratios to hello in the same run: what the code adds over this machine's floor.
                     for prefix in ("", "redis_"):
                         for key, name in (("http_single_fixed_rate", "http_single"), ("http_fixed_rate", "http")):
@@ -606,6 +661,10 @@ def main() -> None:
             run = result.get(f"{prefix}http_single_fixed_rate{suffix}")
             if run:
                 result["targets"][f"{prefix}http_single_p99_ms_le_5_at_200{suffix or '_lockstep'}"] = run.get("p99_ms", float("inf")) <= 5.0
+            # What the code adds over the machine's floor in the same run (hello, same server setup and pacing).
+            ratio = result.get(f"{prefix}http_single_p99_vs_hello{suffix}")
+            if ratio is not None:
+                result["targets"][f"{prefix}http_single_p99_vs_hello_le_{P99_VS_HELLO}{suffix or '_lockstep'}"] = ratio <= P99_VS_HELLO
     say(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; the load generator shares them with the server.")
     if args.json:
         print(json.dumps(result))
