@@ -61,7 +61,8 @@ def churn_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFram
     frame.columns = [str(c) for c in frame.columns]
     # Only columns that can hold a gap (a uint8 signal column has none): a fillna over thousands of
     # signal columns copied each of them for nothing.
-    gaps = [c for c in frame.columns if c.startswith(("mix_", "sig_", "persona_")) and frame[c].dtype.kind == "f" and frame[c].isna().any()]
+    floats = [c for c, dtype in frame.dtypes.items() if c.startswith(("mix_", "sig_", "persona_")) and dtype.kind == "f"]
+    gaps = [c for c, gap in frame[floats].isna().any().items() if gap] if floats else []
     return frame.fillna({c: 0.0 for c in gaps}) if gaps else frame
 
 

@@ -263,19 +263,23 @@ def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame
     inter = (m.T @ m).toarray()
     size = np.diag(inter)
     kept: list[int] = []
+    kept_at = np.zeros(len(signals), dtype=np.int64)  # kept[] as an array (no list conversion per signal)
     same_as: dict[int, list[str]] = {}
-    for i, signal in enumerate(signals):
-        # Jaccard against the signals kept so far only (the whole signals x signals matrix, and its
-        # temporaries, before): the same integer counts and divisions
-        union = size[i] + size[kept] - inter[i, kept]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            jaccard = np.where(union > 0, inter[i, kept] / np.where(union > 0, union, 1), 0.0)
-        hits = np.flatnonzero(jaccard >= SAME_PEOPLE_JACCARD) if kept else []
-        if len(hits):
-            same_as[kept[hits[0]]].append(signal)
-        else:
-            kept.append(i)
-            same_as[i] = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i, signal in enumerate(signals):
+            # Jaccard against the signals kept so far only (the whole signals x signals matrix, and
+            # its temporaries, before): the same integer counts and divisions
+            at = kept_at[: len(kept)]
+            both = inter[i, at]
+            union = size[i] + size[at] - both
+            jaccard = np.where(union > 0, both / np.where(union > 0, union, 1), 0.0)
+            hits = np.flatnonzero(jaccard >= SAME_PEOPLE_JACCARD) if kept else []
+            if len(hits):
+                same_as[kept[hits[0]]].append(signal)
+            else:
+                kept_at[len(kept)] = i
+                kept.append(i)
+                same_as[i] = []
     out = table.iloc[kept].copy()
     out["same_as"] = ["; ".join(same_as[i]) for i in kept]
     return out
@@ -605,13 +609,22 @@ def frame_records(table: pd.DataFrame) -> list[dict]:
 
 
 # --- pipeline stages (called by flows/build_personas.py) ----------------------------------------
-def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """One kind's lake rows with their person; only `columns` when given (else what graph, flags and KPIs read)."""
-    from personaops import features as F
+def _analytics_record_person(ws: Workspace) -> pd.DataFrame:
+    """source, source_key, person_id of every record whose person gave analytics consent."""
     from personaops.consent import exclude_without_analytics
+
+    return exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))  # no analytics consent, no graph
+
+
+def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None,
+               record_person: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+    """One kind's lake rows with their person; only `columns` when given (else what graph, flags and KPIs read).
+    `record_person`: _analytics_record_person(ws) when the caller already has it (read here otherwise)."""
+    from personaops import features as F
     from personaops.ingest import read_lake
 
-    record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))  # no analytics consent, no graph
+    if record_person is None:
+        record_person = _analytics_record_person(ws)
     parts = []
     for source, ids in batches.items():
         if kinds.get(source) != kind:
@@ -1079,13 +1092,16 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     mix = read_insight_table(ws, "person_intent_mix", run_id)
     matrix = graph.signal_matrix(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
     stamp = pd.Timestamp(as_of)
-    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events", ("event_time",)), stamp)
+    record_person = _analytics_record_person(ws)  # once for the events, campaigns and surveys
+    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events", ("event_time",), record_person), stamp)
     out: dict = {"model_version": version}
     inputs = churn.churn_inputs(frame, persona, mix, matrix)
     del frame
     intents = read_insight_table(ws, "intents", run_id)
     campaign = cfg.insights.opportunity_campaign
-    exposures = _lake_kind(ws, batches, kinds, "campaigns")  # read once: the opportunity labels and the KPIs
+    exposures = _lake_kind(ws, batches, kinds, "campaigns", record_person=record_person)  # read once: the opportunity labels and the KPIs
+    surveys = _lake_kind(ws, batches, kinds, "surveys", record_person=record_person)
+    del record_person
     converted = propensity.conversion_labels(exposures, campaign).reindex(inputs.index)
     write_insight_table(ws, run_id, "person_opportunity_labels", converted.rename("converted").rename_axis("person_id").reset_index())
     kept, why = kept_flag_models(ws, cfg, version, intents, inputs, signals)
@@ -1160,7 +1176,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     labels_path = ws.feature_table("person_labels")
     summary = persona_summary(assignments, pd.read_parquet(labels_path) if labels_path.exists() else pd.DataFrame(),
                               read_insight_table(ws, "text_intents", run_id), read_insight_table(ws, "intents", run_id), signals, flags, version)  # fmt: skip
-    kpis = business_kpis(assignments, signals, exposures, _lake_kind(ws, batches, kinds, "surveys"))
+    kpis = business_kpis(assignments, signals, exposures, surveys)
     summary = summary.merge(kpis, on="persona_id", how="left")
     write_insight_table(ws, run_id, "persona_summary", summary)
     _mark(ws, run_id, "flags", fingerprint)
