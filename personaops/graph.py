@@ -390,7 +390,9 @@ def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 1
     p_codes, p_values = pd.factorize(signals["person_id"])
     s_codes, s_values = pd.factorize(signals["signal"])
     p_values, s_values = np.asarray(p_values, dtype=object), np.asarray(s_values, dtype=object)
-    pairs = np.unique(p_codes.astype(np.int64) * max(len(s_values), 1) + s_codes)
+    # distinct (person, signal) pairs by hashing (pd.unique): np.unique sorted them, 14 CPU s for
+    # 4.6 million pairs here against 1.1 s (the counts below do not depend on the order)
+    pairs = pd.unique(p_codes.astype(np.int64) * max(len(s_values), 1) + s_codes)
     support = np.bincount(pairs % max(len(s_values), 1), minlength=len(s_values))
     keep = (support >= min_persons) & (support <= max_share * len(persons))
     row_of = persons.get_indexer(p_values)
@@ -398,7 +400,7 @@ def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 1
     valid = keep[sigs] & (rows >= 0)
     rows, sigs = rows[valid], sigs[valid]
     # Filled by position (a crosstab pivots through a dense unstack: minutes at 100k persons).
-    columns = pd.Index(np.sort(s_values[np.unique(sigs)]), name="signal")
+    columns = pd.Index(np.sort(s_values[np.flatnonzero(np.bincount(sigs, minlength=len(s_values)))]), name="signal")  # the kept codes shown, ascending
     m = np.zeros((len(persons), len(columns)), dtype="uint8")
     m[rows, columns.get_indexer(s_values)[sigs]] = 1
     return pd.DataFrame(m, index=persons, columns=columns)
