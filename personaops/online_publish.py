@@ -2,9 +2,9 @@
 
 Feast's `write_to_online_store` upserts one SQL statement per feature value. For the SQLite
 online store we write exactly the rows Feast would write — Feast's table layout, entity keys
-from `serialize_entity_key`, values as Feast `ValueProto` bytes — into a fresh table (one
-staging row bound per person, expanded to one row per feature value by SQLite, in primary key
-order) that replaces the view's table by DROP + RENAME in the same transaction: a reader sees
+from `serialize_entity_key`, values as Feast `ValueProto` bytes — into a fresh table (each column
+bound as one blob per slice of persons, cut into one row per feature value by SQLite itself, in
+primary key order) that replaces the view's table by DROP + RENAME in the same transaction: a reader sees
 the previous publish or this one, never a mix, and persons absent from this publish are gone.
 Stock Feast readers (`get_online_features`, `feast serve`) and `feast apply` work unchanged.
 
@@ -48,12 +48,9 @@ _SQLITE_TABLE_COLUMNS = {"entity_key", "feature_name", "value", "value_text", "v
 _SQLITE_TABLE_SQL = "entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, vector_value BLOB, event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name)"
 # A publish builds the new table under the view's table name + this suffix, then renames it.
 _BUILD_SUFFIX = "__personaops_build"
-# A feature with at most 1/this distinct values per row is bound as small integer codes; at most
-# this many coded features per publish (each is one join, and SQLite joins at most 64 tables).
+# A feature with at most 1/this distinct values per row is kept as its distinct values (each
+# serialized once) and each row's index into them (SqliteRows.codes).
 _CODED_MAX_SHARE = 4
-_CODED_MAX_FEATURES = 60
-# Staging rows bound per INSERT statement (multi-row VALUES): 35% less CPU than one per statement.
-_STAGED_ROWS_PER_INSERT = 32
 # Above this many distinct values, fixed-width numbers are encoded by the layout Feast's own
 # serialization of a sample value shows, instead of one ValueProto per distinct value.
 _DISTINCT_VALUES_VIA_PROTO = 2_000
@@ -533,7 +530,7 @@ def iter_sqlite_rows(view, rows: pd.DataFrame, entity_key_serialization_version:
         for name, value_type in features:
             codes, blobs, texts = feature_value_table(part.column(name).to_numpy(zero_copy_only=False), value_type)
             # Few distinct values (ids, names, versions): bind a small integer per row, not the bytes.
-            if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(out.keys) and sum(c is not None for c in out.codes) < _CODED_MAX_FEATURES:
+            if codes is not None and len(blobs) * _CODED_MAX_SHARE <= len(out.keys):
                 out.values.append(blobs), out.texts.append(texts), out.codes.append(codes.tolist())
             else:
                 if codes is not None:
