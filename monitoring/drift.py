@@ -154,3 +154,39 @@ def centroid_shift(profile: ReferenceProfile, current_x: np.ndarray, current_lab
         if len(members):
             out[int(persona)] = round(float(np.linalg.norm(mean - members.mean(axis=0)) / spread), 4)
     return {"by_persona": out, "max_shift": max(out.values()) if out else 0.0}
+
+
+def profile_change(reference: ReferenceProfile, before: ReferenceProfile, now: ReferenceProfile) -> dict[str, float]:
+    """Per column: how far the current data moved between two passes, on the drift tests' own
+    scales: the Wasserstein distance between the two passes' quantile functions normed by the
+    *reference* standard deviation (as `column_drift` norms it), or the Jensen-Shannon distance of
+    their value shares; plus the change of the missing share. A column summarised differently in
+    the two passes (shares in one, quantiles in the other) or missing from either is `inf`."""
+    out: dict[str, float] = {}
+    for column in reference.columns:
+        if column in before.quantiles and column in now.quantiles:
+            scale = max(reference.std.get(column, np.std(before.quantiles[column])), 0.001)
+            moved = float(np.abs(before.quantiles[column] - now.quantiles[column]).mean() / scale)
+        elif column in before.shares and column in now.shares:
+            keys = sorted(set(before.shares[column]) | set(now.shares[column]))
+            p = np.array([before.shares[column].get(k, 0.0) for k in keys])
+            q = np.array([now.shares[column].get(k, 0.0) for k in keys])
+            moved = _js(p, q) if p.sum() > 0 and q.sum() > 0 else (0.0 if p.sum() == q.sum() else float("inf"))
+        elif column in before.missing and column in now.missing and before.missing[column] == now.missing[column] == 1.0:
+            moved = 0.0  # empty in both
+        else:
+            moved = float("inf")
+        missing = abs(before.missing.get(column, float("nan")) - now.missing.get(column, float("nan")))
+        out[column] = max(moved, missing) if np.isfinite(missing) else float("inf")
+    return out
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log(a[nz] / m[nz])).sum())
+
+    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))

@@ -20,6 +20,7 @@ gradient over OpenMP threads that spin while they wait. On this 2-CPU machine un
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,9 @@ import pandas as pd
 
 from models.clustering import UNASSIGNED, assign
 from monitoring.checks import data_quality, embedding_drift, group_representation, persona_mix
-from monitoring.drift import ReferenceProfile, build_profile, centroid_shift, column_drift
+from monitoring.drift import ReferenceProfile, build_profile, centroid_shift, column_drift, profile_change
 from monitoring.policy import Decision, decide, load_policy
-from monitoring.reports import add_to_evidently_workspace, drift_report
+from monitoring.reports import DriftSummary, add_to_evidently_workspace, drift_report, light_report
 from personaops import features as F
 from personaops.config import PersonasConfig
 from personaops.errors import NotFoundError
@@ -234,15 +235,24 @@ def compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, colu
 def _compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, *,
              person_profile: pd.DataFrame | None = None, ingest_report: list[dict] | None = None, previous_ingest: list[dict] | None = None,
              sensitive: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
-             source_rows: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> tuple[dict, list, object]:  # fmt: skip
+             source_rows: tuple[pd.DataFrame, pd.DataFrame] | None = None, report_state: Path | None = None) -> tuple[dict, list, object]:  # fmt: skip
+    """`report_state`: the folder of the last drawn Evidently report's state (`last_report_folder`);
+    given it, a pass above `FULL_REPORT_ROWS` rows draws the Evidently reports only when the data
+    moved enough since that report (`reusable_report`), else it writes the light report."""
     from models.bias import label_gaps, persona_parity
 
     reference, profile, scorer, seed = champion.reference, champion.profile, champion.scorer, cfg.model.seed
-    drift, snapshot = drift_report(_sample(reference, FULL_REPORT_ROWS, seed), _sample(current, FULL_REPORT_ROWS, seed + 1), columns, out_dir, run_id, champion.version, cfg.monitoring.drift_share_alert)
-    features = {"drifted_share": drift.drifted_share, "drifted_columns": drift.drifted_columns, "method": "evidently"}
-    if max(len(reference), len(current)) > FULL_REPORT_ROWS:  # the report saw a sample: decide on every row
+    # above FULL_REPORT_ROWS rows a side the decision comes from the profile check on every row and
+    # the Evidently report is drawn on a sample; then it may also be reused (see `reusable_report`)
+    large = max(len(reference), len(current)) > FULL_REPORT_ROWS
+    may_reuse = large and report_state is not None
+    features: dict = {}
+    if large:
         full = column_drift(profile, current, cfg.monitoring.drift_share_alert)
-        features = {"drifted_share": full["drifted_share"], "drifted_columns": full["drifted_columns"], "method": "reference profile", "evidently_sample_drifted_share": drift.drifted_share}
+        features = {"drifted_share": full["drifted_share"], "drifted_columns": full["drifted_columns"], "method": "reference profile"}
+    else:
+        drift, snapshot = _feature_report(cfg, reference, current, columns, out_dir, run_id, champion.version)
+        features = {"drifted_share": drift.drifted_share, "drifted_columns": drift.drifted_columns, "method": "evidently"}
     features["reference_built_now"] = champion.reference_built_now
 
     # one representation of the current frame for the personas and the centroid shift (the
@@ -259,12 +269,15 @@ def _compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, col
         "quality": data_quality(reference, current, columns, ingest_report or [], previous_ingest, person_profile),
     }
     del current_x
-    snapshots = [snapshot]
+    snapshots = [] if large else [snapshot]
+    texts = None
     if champion.reference_embeddings is not None or EMBEDDING in reference.columns:
         sample = cfg.monitoring.embedding_sample
         ref, ref_texts = champion.reference_embeddings or reference_embeddings(reference[EMBEDDING], sample, seed)
         cur, cur_texts = current_embeddings(current[EMBEDDING], ref_texts, sample, seed)
-        results["embeddings"] = embedding_drift(ref, cur, sample, seed, snapshots, drawn=(ref_texts, cur_texts))
+        texts = (ref, cur, sample, (ref_texts, cur_texts))
+        # the score alone first when the report may be reused: the same value, without Evidently's t-SNE
+        results["embeddings"] = embedding_drift(ref, cur, sample, seed, snapshots, drawn=texts[3], report=not may_reuse)
     if sensitive is not None and len(sensitive.columns):
         bias = persona_parity(now, sensitive)
         baseline = champion.baseline_dp_difference
@@ -275,7 +288,100 @@ def _compare(cfg: PersonasConfig, champion: Champion, current: pd.DataFrame, col
         results["bias"] = bias
     if source_rows is not None:
         results["representation"] = group_representation(*source_rows, _group_attributes(sensitive, person_profile))
+    if not large:
+        return results, snapshots, drift
+
+    # the Evidently reports of a large population: reused when nothing moved enough, else drawn
+    now_profile = build_profile(current, [c for c in profile.columns if c in current.columns]) if may_reuse else None
+    texts_total = texts[3][1] if texts is not None else None
+    action = decide(results, load_policy(cfg.monitoring.policy)).action if may_reuse else None
+    reused = reusable_report(report_state, profile, now_profile, results, action, texts_total) if may_reuse else None
+    if reused is not None:
+        features["evidently_report"] = {"drawn": False, **reused}
+        drift = light_report(full, out_dir, run_id, champion.version, len(reference), len(current), reused)
+        return results, snapshots, drift
+    drift, snapshot = _feature_report(cfg, reference, current, columns, out_dir, run_id, champion.version)
+    snapshots.insert(0, snapshot)
+    features["evidently_sample_drifted_share"] = drift.drifted_share
+    if may_reuse:
+        features["evidently_report"] = {"drawn": True, "run_id": run_id}
+        if texts is not None:  # the embedding report for the snapshot: the same score as the one decided on
+            drawn = embedding_drift(*texts[:2], texts[2], seed, snapshots, drawn=texts[3])
+            results["embeddings"]["report_score"] = drawn["score"]
+        _save_report_state(report_state, now_profile, results, texts_total, run_id, drift)
     return results, snapshots, drift
+
+
+def _feature_report(cfg: PersonasConfig, reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], out_dir: Path, run_id: str, version: int):
+    """Evidently's feature drift + data summary report, on a seeded sample of `FULL_REPORT_ROWS`
+    rows a side above that size."""
+    seed = cfg.model.seed
+    return drift_report(_sample(reference, FULL_REPORT_ROWS, seed), _sample(current, FULL_REPORT_ROWS, seed + 1), columns, out_dir, run_id, version, cfg.monitoring.drift_share_alert)
+
+
+# A pass above FULL_REPORT_ROWS rows reuses the last drawn Evidently report (and adds no Evidently
+# snapshot) when the policy decides `none` and, since that report, for the same champion version and
+# reference frame: no feature column moved by REUSE_MOVE or more (the drift tests' own scales:
+# normed Wasserstein / Jensen-Shannon distance between the two passes' current data, or the
+# missing share), the persona shares moved by under REUSE_MIX (total variation), the rows and the
+# texts changed by under REUSE_ROWS, and the text-embedding score by under REUSE_SCORE.
+# The decision itself never comes from a reused report: every check runs on this pass's data.
+REUSE_MOVE = 0.02  # a fifth of the drift tests' thresholds (0.1)
+REUSE_MIX = 0.01
+REUSE_ROWS = 0.05
+REUSE_SCORE = 0.05
+
+
+def last_report_folder(ws: Workspace, version: int) -> Path:
+    """The state of the last pass that drew the Evidently reports against this version."""
+    return reference_folder(ws, version) / "last_report"
+
+
+def _save_report_state(folder: Path, now_profile: ReferenceProfile, results: dict, texts: int | None, run_id: str, drift: DriftSummary) -> None:
+    embeddings = results.get("embeddings") or {}
+    frame = folder.parent / "training_frame.parquet"
+    info = {
+        # the report's paths relative to this folder: a copied or moved workspace still finds it
+        "run_id": run_id, "html": os.path.relpath(drift.html, folder), "json": os.path.relpath(drift.json, folder), "rows": now_profile.rows, "columns": now_profile.columns,
+        "persona_share": results["persona_mix"]["current_share"], "embedding_score": embeddings.get("score"), "texts": texts,
+        "reference_fingerprint": _frame_fingerprint(frame) if frame.exists() else None,
+    }  # fmt: skip
+    (folder / "report.json").unlink(missing_ok=True)  # no state pairs an old report with a new profile
+    now_profile.save(folder)
+    (folder / "report.json").write_text(json.dumps(info), encoding="utf-8")  # written last: the state is complete
+
+
+def reusable_report(folder: Path, reference: ReferenceProfile, now_profile: ReferenceProfile, results: dict, action: str, texts: int | None) -> dict | None:
+    """What the pass reuses (the last drawn report, and how far the data moved since), or None
+    when the Evidently reports must be drawn: no state, another reference, a decision other than
+    `none`, or a move at or over the REUSE_* limits."""
+    meta = folder / "report.json"
+    if action != "none" or not meta.exists():
+        return None
+    info = json.loads(meta.read_text(encoding="utf-8"))
+    frame = folder.parent / "training_frame.parquet"
+    if info.get("reference_fingerprint") != (_frame_fingerprint(frame) if frame.exists() else None) or info["columns"] != now_profile.columns:
+        return None
+    moves = profile_change(reference, ReferenceProfile.load(folder), now_profile)
+    column, move = max(moves.items(), key=lambda kv: kv[1]) if moves else (None, 0.0)
+    before_share = {int(k): v for k, v in info["persona_share"].items()}
+    now_share = results["persona_mix"]["current_share"]
+    mix = 0.5 * sum(abs(before_share.get(p, 0.0) - now_share.get(p, 0.0)) for p in set(before_share) | set(now_share))
+    rows = abs(now_profile.rows / max(info["rows"], 1) - 1)
+    embeddings = results.get("embeddings") or {}
+    score = embeddings.get("score")
+    if (score is None) != (info["embedding_score"] is None):
+        return None
+    score_move = abs(score - info["embedding_score"]) if score is not None else 0.0
+    texts_move = abs(texts / max(info["texts"], 1) - 1) if texts is not None and info["texts"] is not None else 0.0
+    if move >= REUSE_MOVE or mix >= REUSE_MIX or rows >= REUSE_ROWS or texts_move >= REUSE_ROWS or score_move >= REUSE_SCORE:
+        return None
+    return {
+        "from_run": info["run_id"], "html": os.path.normpath(folder / info["html"]), "json": os.path.normpath(folder / info["json"]),
+        "moved_since": {"largest_column": column, "largest_column_move": round(move, 4), "persona_mix": round(mix, 4), "rows": round(rows, 4),
+                        "texts": round(texts_move, 4), "embedding_score": round(score_move, 4)},
+        "limits": {"column": REUSE_MOVE, "persona_mix": REUSE_MIX, "rows": REUSE_ROWS, "texts": REUSE_ROWS, "embedding_score": REUSE_SCORE},
+    }  # fmt: skip
 
 
 def _group_attributes(sensitive: pd.DataFrame | None, person_profile: pd.DataFrame | None) -> pd.DataFrame:
@@ -325,9 +431,12 @@ def run_checks(cfg: PersonasConfig, ws: Workspace, run_id: str, ingest_report: l
     out_dir = ws.reports / run_id
     results, snapshots, drift = compare(cfg, champion, current, columns, out_dir, run_id, person_profile=tables.get("person_profile"),
                                         ingest_report=ingest_report, previous_ingest=previous_ingest, sensitive=sensitive, labels=labels,
-                                        source_rows=source_rows_by_run(ws, ingest_report))  # fmt: skip
+                                        source_rows=source_rows_by_run(ws, ingest_report), report_state=last_report_folder(ws, version))  # fmt: skip
     decision = decide(results, load_policy(cfg.monitoring.policy))
-    evidently = add_to_evidently_workspace(evidently_folder(ws), f"PersonaOps {name}", snapshots)
+    if snapshots:
+        evidently = add_to_evidently_workspace(evidently_folder(ws), f"PersonaOps {name}", snapshots)
+    else:  # the pass reused the last drawn report (see `reusable_report`): nothing new to add
+        evidently = {"workspace": str(evidently_folder(ws)), "project": f"PersonaOps {name}", "snapshots": [], "reused_from": results["features"]["evidently_report"]["from_run"]}
     summary = {"run_id": run_id, "results": results, "decision": {"action": decision.action, "fired": decision.fired}, "html": drift.html, "json": drift.json, "evidently": evidently}
     (out_dir / "monitoring.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     results["evidently"] = evidently

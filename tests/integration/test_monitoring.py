@@ -143,6 +143,62 @@ def test_the_reference_embedding_sample_is_drawn_once_per_version_and_matches_a_
     assert _load_reference_embeddings(copy, sample, seed) is None
 
 
+def test_a_large_population_reuses_the_last_evidently_report_while_nothing_moves_and_decides_the_same(monitored, tmp_path, monkeypatch):
+    """Above FULL_REPORT_ROWS rows (lowered here to 100 of the 800 people) the first pass against a
+    version draws the Evidently reports and keeps the current side's profile; a later pass whose
+    data moved less than the REUSE_* limits reuses that report (no new Evidently snapshot, a short
+    drift.html linking to it) and still decides on its own checks: every result equals the drawing
+    pass's, the embedding score is the report's value, and the pass without a report state (as before
+    this change) gives the same results. Lowering a limit to 0 makes the pass draw again."""
+    import shutil
+
+    import monitoring.monitor as M
+    from flows.build_personas import _config
+
+    home, _ = monitored
+    copy = tmp_path / "ws"
+    shutil.copytree(home, copy)  # MLflow's store still points at `home`'s artifacts: read only here
+    cfg, ws = _config(str(copy))
+    monkeypatch.setattr(M, "FULL_REPORT_ROWS", 100)
+    record = ws.latest_run_record()
+
+    def run(run_id):
+        results, decision = M.run_checks(cfg, ws, run_id, record["ingest"], ws.last_healthy_ingest())
+        return json.loads(json.dumps(results, default=str)), decision
+
+    def checks(results):  # what the policy reads: everything but the report bookkeeping
+        out = {k: v for k, v in results.items() if k != "evidently"}
+        out["features"] = {k: v for k, v in results["features"].items() if k not in ("evidently_report", "evidently_sample_drifted_share", "reference_built_now")}
+        out["embeddings"] = {k: v for k, v in results["embeddings"].items() if k != "report_score"}
+        return out
+
+    first, decided = run("pass-1")
+    assert decided.action == "none", decided.fired
+    assert first["features"]["method"] == "reference profile" and first["features"]["evidently_report"] == {"drawn": True, "run_id": "pass-1"}
+    assert first["embeddings"]["score"] == first["embeddings"]["report_score"]  # the score alone is Evidently's report value
+    assert len(first["evidently"]["snapshots"]) == 2
+    state = M.last_report_folder(ws, first["model_version"])
+    assert json.loads((state / "report.json").read_text())["run_id"] == "pass-1"
+
+    second, again = run("pass-2")
+    reused = second["features"]["evidently_report"]
+    assert reused["drawn"] is False and reused["from_run"] == "pass-1" and reused["moved_since"]["largest_column_move"] == 0.0
+    assert second["evidently"]["snapshots"] == [] and second["evidently"]["reused_from"] == "pass-1"
+    assert (again.action, again.fired) == (decided.action, decided.fired) and checks(second) == checks(first)
+    page = (ws.reports / "pass-2" / "drift.html").read_text()
+    assert "../pass-1/drift.html" in page and "pass-1" in json.loads((ws.reports / "pass-2" / "drift.json").read_text())["evidently_report"]["from_run"]
+
+    monkeypatch.setattr(M, "REUSE_MOVE", 0.0)  # any move at all counts: draw again
+    third, _ = run("pass-3")
+    assert third["features"]["evidently_report"] == {"drawn": True, "run_id": "pass-3"} and len(third["evidently"]["snapshots"]) == 2
+    assert checks(third) == checks(first)
+
+    monkeypatch.setattr(M, "last_report_folder", lambda ws, version: None)  # no report state: the pass as it was before reuse
+    before, _ = run("pass-4")
+    assert "evidently_report" not in before["features"] and len(before["evidently"]["snapshots"]) == 2
+    assert checks(before) == checks(first)
+
+
 def test_a_broken_source_goes_to_review_and_trains_nothing(monitored):
     home, data = monitored
     before = _versions(home)

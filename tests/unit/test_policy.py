@@ -72,6 +72,33 @@ def test_profile_drift_scores_are_evidentlys_methods(tmp_path):
     assert result["column_scores"]["count"]["method"] == "wasserstein" and profile.model_version == 3
 
 
+def test_profile_change_measures_how_far_the_current_data_moved_between_passes():
+    """monitoring/monitor.py reuses the last drawn Evidently report only while every column moved
+    less than REUSE_MOVE since it; the move is on the drift tests' scales (normed by the reference)."""
+    import numpy as np
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    from monitoring.drift import build_profile, profile_change
+
+    ref, cur = _frames()
+    columns = list(ref.columns)
+    reference = build_profile(ref, columns)
+    same = profile_change(reference, build_profile(cur, columns), build_profile(cur.copy(), columns))
+    assert same == {"count": 0.0, "days": 0.0, "flag": 0.0}
+    moved = cur.copy()
+    moved["days"] = moved["days"] + 0.5 * np.std(ref["days"])  # half a reference spread
+    moved.loc[:399, "flag"] = 1.0
+    change = profile_change(reference, build_profile(cur, columns), build_profile(moved, columns))
+    assert change["count"] == 0.0 and abs(change["days"] - 0.5) < 0.01
+    days = cur["days"].dropna()
+    assert abs(wasserstein_distance(days, days + 0.5 * np.std(ref["days"])) / np.std(ref["days"]) - change["days"]) < 0.01
+    shares = [(cur["flag"] == v).mean() for v in (0, 1)], [(moved["flag"] == v).mean() for v in (0, 1)]
+    assert abs(change["flag"] - jensenshannon(*shares)) < 1e-9 and change["flag"] > 0.02
+    moved.loc[:399, "count"] = np.nan  # 10% more missing values
+    assert abs(profile_change(reference, build_profile(cur, columns), build_profile(moved, columns))["count"] - 0.1) < 1e-9
+
+
 def test_profile_centroid_shift_is_in_units_of_training_spread():
     import numpy as np
     import pandas as pd
