@@ -420,9 +420,10 @@ def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series |
         out["intent_centrality"] = (m * popularity).sum(axis=1)
     else:
         out["intent_centrality"] = 0.0
-    seq = [c for c in matrix.columns if c.startswith("seq:")]
-    out["n_sequence_patterns"] = matrix[seq].sum(axis=1).astype("int64") if seq else 0
-    out["n_signals"] = matrix.sum(axis=1).astype("int64")
+    values = matrix.to_numpy(dtype=np.uint8)  # one block: no copy (a column selection of the frame copied, then summed per column)
+    seq = np.fromiter((str(c).startswith("seq:") for c in matrix.columns), dtype=bool, count=len(matrix.columns))
+    out["n_sequence_patterns"] = values[:, seq].sum(axis=1, dtype=np.int64) if seq.any() else 0
+    out["n_signals"] = values.sum(axis=1, dtype=np.int64)
     if churned is not None and len(matrix.columns):
         y = churned.reindex(persons)
         known = y.notna().to_numpy()
@@ -431,7 +432,7 @@ def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series |
         # products sum integers, so they are exactly what the dense ones were.
         from scipy import sparse
 
-        x = sparse.csr_matrix(matrix.to_numpy(dtype=np.uint8), dtype=np.float64)
+        x = sparse.csr_matrix(values, dtype=np.float64)
         churners = x[known].T @ yv[known]  # per signal: churners showing it
         members = np.asarray(x[known].sum(axis=0)).ravel()
         # leave-one-out: remove the person's own label from every signal they show
