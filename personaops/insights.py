@@ -822,7 +822,7 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     from models.intents import intent_mix
     from personaops import graph
     from personaops.feature_store import feature_store, write_table
-    from personaops.online_publish import online_publisher, publishing_changes_only
+    from personaops.online_publish import online_publisher
     from personaops.workspace import atomic_write_text
 
     fingerprint = inputs_fingerprint(ws, cfg)
@@ -896,15 +896,15 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     feats["n_intent_texts"] = feats["n_intent_texts"].fillna(0).astype("int64")
     feats = feats[["person_id", *GRAPH_FEATURES, "event_timestamp", "created"]]
     write_table(ws, "person_graph", feats)
-    # Only the persons whose graph row changed since the view's last publish are written online (a
-    # full rebuild when that is not possible or cheaper): online_publish.publishing_changes_only.
-    with publishing_changes_only() as online_publish:
-        online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
+    # Published whole, not changes-only: neighbourhood_churn_rate and intent_centrality are global,
+    # so a +1% re-run changes most rows (10k: 11,472 and 8,173 of 11,676), and the row hashes of a
+    # changes-only attempt would only add to the rebuild.
+    online = online_publisher(feature_store(ws, cfg)).replace("person_graph", feats.reset_index(drop=True))
     (insights_dir(ws, run_id) / "meta.json").write_text(json.dumps({"min_signal_persons": cfg.insights.min_signal_persons, "model_version": version}))
     state = {"fingerprint": graph_fp, "run_id": run_id, "batches": batches, "kinds": kinds, "records": digest}
     atomic_write_text(ws.lake / "insights" / GRAPH_STATE, json.dumps(state, indent=1))
     _mark(ws, run_id, "graph", fingerprint)
-    return {"run_id": run_id, **paths, "nodes": int(n_nodes), "edges": int(n_edges), "signals": int(matrix.shape[1]), "online_rows": int(online), "online_publish": online_publish, "model_version": version, **update}
+    return {"run_id": run_id, **paths, "nodes": int(n_nodes), "edges": int(n_edges), "signals": int(matrix.shape[1]), "online_rows": int(online), "model_version": version, **update}
 
 
 FLAG_MODELS = "flag_models.joblib"
