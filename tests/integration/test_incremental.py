@@ -83,3 +83,57 @@ def test_the_incremental_map_equals_a_full_re_resolve(grown_runs):
     assert (both["person_id_inc"] == both["person_id_full"]).all()
     assert (both["linked_by_inc"] == both["linked_by_full"]).all()
     assert len(pd.read_parquet(home / "identity" / "edges.parquet")) == len(full.edges)
+
+
+def test_the_rerun_flags_equal_a_flags_pass_from_scratch_on_the_same_data(grown_runs, tmp_path):
+    """The re-run's flags stage (kept risk/opportunity models, the last run's probabilities reused
+    for unchanged input rows, online flag views written for the changed persons only) leaves what
+    a flags pass without any state of the last pass leaves on the same data (no stage marker, no
+    kept scores: every person scored; no online snapshot: both views rebuilt whole): the same
+    amber_flags, persona summary, opportunity labels, Feast tables and online rows."""
+    import os
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    from personaops import insights
+    from personaops.config import load_config
+    from personaops.sources import load_sources
+    from personaops.workspace import Workspace
+
+    home, _, second, _, _ = grown_runs
+    copy = tmp_path / "ws"
+    shutil.copytree(home, copy, symlinks=True)
+    for state in [*(copy / "lake" / "insights").glob("run_id=*/_flags.fingerprint"), *(copy / "lake" / "insights").glob(f"run_id=*/{insights.FLAG_SCORES}")]:
+        state.unlink()
+    shutil.rmtree(copy / "feast" / "personaops_published")
+    env = dict(os.environ)  # the stage points Feast and MLflow at the copy
+    try:
+        cfg = load_config()
+        cfg.home = copy
+        kinds = {s.name: s.kind for s in load_sources(Path(second["sources"]))}
+        scratch = insights.flags_stage(cfg, Workspace.from_config(cfg), "scratch", second["batches"], kinds, second["features"]["as_of"])
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    # the models the re-run scored with (kept, or trained when e.g. the intents changed), kept by it
+    assert scratch["retrained"] is False and scratch["mlflow_run_id"] == second["flags"]["mlflow_run_id"]
+    assert {v["mode"] for v in scratch["online_publish"].values()} == {"full"}
+    assert scratch["persons_scored"]["churn"] == scratch["persons_scored"]["persons"]  # no earlier scores: every person scored
+    for key in ("risk_amber", "engagement_amber", "opportunity_amber", "online_rows", "run_id"):
+        assert scratch[key] == second["flags"][key]
+    run = f"run_id={second['flags']['run_id']}"
+    for name in ("amber_flags", "persona_summary", "person_opportunity_labels"):
+        pd.testing.assert_frame_equal(pd.read_parquet(copy / "lake" / "insights" / run / f"{name}.parquet"),
+                                      pd.read_parquet(home / "lake" / "insights" / run / f"{name}.parquet"), check_exact=True)  # fmt: skip
+    for view in ("person_flags", "person_opportunity"):
+        pd.testing.assert_frame_equal(pd.read_parquet(copy / "features" / f"{view}.parquet"), pd.read_parquet(home / "features" / f"{view}.parquet"), check_exact=True)
+
+    def online(ws: Path) -> dict:
+        with sqlite3.connect(ws / "feast" / "online_store.db") as con:
+            tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'") if t.endswith(("person_flags", "person_opportunity"))]
+            return {t: sorted(con.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{t}"').fetchall()) for t in tables}
+
+    rows = online(home)
+    assert len(rows) == 2 and all(rows.values())
+    assert online(copy) == rows
