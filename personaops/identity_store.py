@@ -36,9 +36,15 @@ def _write_parquet(frame, path) -> None:
 
     tmp = Workspace.ensure(path).with_name(f".{path.name}.tmp")
     if isinstance(frame, pd.DataFrame) and len(frame) > ROW_GROUP:
-        schema = pa.Schema.from_pandas(frame, preserve_index=False)
+        first = pa.Table.from_pandas(frame.iloc[:ROW_GROUP], preserve_index=False)
+        schema = first.schema
+        if any(pa.types.is_null(f.type) for f in schema):  # a column empty in the first slice: typed by the whole frame
+            schema = pa.Schema.from_pandas(frame, preserve_index=False)
+            first = pa.Table.from_pandas(frame.iloc[:ROW_GROUP], schema=schema, preserve_index=False)
         with pq.ParquetWriter(tmp, schema) as writer:
-            for start in range(0, len(frame), ROW_GROUP):
+            writer.write_table(first)
+            del first
+            for start in range(ROW_GROUP, len(frame), ROW_GROUP):
                 writer.write_table(pa.Table.from_pandas(frame.iloc[start : start + ROW_GROUP], schema=schema, preserve_index=False))
     elif isinstance(frame, pd.DataFrame):
         frame.to_parquet(tmp, index=False)
