@@ -81,24 +81,20 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, sample: int, see
 
 
 def embedding_score(reference: np.ndarray, current: np.ndarray) -> float:
-    """The value Evidently's `EmbeddingsDrift` reports, without its report (and without importing
-    Evidently, 4-5 CPU s): the metric's default drift method, Evidently 0.7's `ModelDriftMethod`
-    (evidently/legacy/metrics/data_drift/embedding_drift_methods.py), step for step: reference rows
-    labelled 1 and current rows 0, a seeded half/half split (random_state 42), scikit-learn's
-    `SGDClassifier(loss="log_loss", random_state=42)`, ROC AUC on the held-out half. The report
-    computes a t-SNE projection of up to 2,500 vectors a side for its plot besides; the score does
-    not use it. Equality with the report's value is tested (tests/integration/test_monitoring.py)."""
-    from sklearn.linear_model import SGDClassifier
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
+    """The value Evidently's `EmbeddingsDrift` reports, without its report: the metric's default
+    drift method (`ModelDriftMethod`, bootstrap below 1,000 reference rows, as the metric picks it;
+    seeded split and classifier) called on the frames the report hands it (`Dataset.from_pandas`
+    then `as_dataframe`, as the metric's input). The report computes a t-SNE projection of up to
+    2,500 vectors a side for its plot besides; the score does not use it. (A re-implementation of
+    the method's steps on the plain frames differed from the report's value by 8e-6 at 100k.)"""
+    from evidently import DataDefinition, Dataset
+    from evidently.metrics.embeddings import ModelDriftMethod
 
     cols = [f"e{i}" for i in range(reference.shape[1])]
-    ref, cur = pd.DataFrame(reference, columns=cols), pd.DataFrame(current, columns=cols)
-    ref["target"], cur["target"] = [1] * len(ref), [0] * len(cur)
-    data = pd.concat((ref, cur))
-    x_train, x_test, y_train, y_test = train_test_split(data.drop("target", axis=1), data["target"], test_size=0.5, random_state=42, shuffle=True)
-    classifier = SGDClassifier(loss="log_loss", random_state=42).fit(x_train, y_train)
-    return float(roc_auc_score(y_test, classifier.predict_proba(x_test)[:, 1]))
+    definition = DataDefinition(numerical_columns=cols, embeddings={"text": cols})
+    ref, cur = (Dataset.from_pandas(pd.DataFrame(x, columns=cols), data_definition=definition).as_dataframe()[cols] for x in (reference, current))
+    score, _, _ = ModelDriftMethod(bootstrap=ref.shape[0] < 1000)(cur, ref)
+    return float(score)
 
 
 def data_quality(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], ingest: list[dict], previous_ingest: list[dict] | None, profile: pd.DataFrame | None) -> dict:
