@@ -11,6 +11,9 @@ Each cluster is an intent, labelled with its most distinctive terms by class-bas
 Each text gets its intent; each person gets an intent mix (share of their texts per intent, 0-1).
 Above TREE_MAX distinct texts the tree is built on a seeded sample of that many and every text
 joins the intent with the nearest centroid.
+A later run that adds a few new distinct texts keeps the intents (keep_intents: same ids, labels
+and terms, so the signals and flag models built on them stay valid); new texts join the nearest
+intent. The insights stage decides when to mine again (personaops/insights.py, intents_stage).
 """
 
 from __future__ import annotations
@@ -137,6 +140,11 @@ def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 0, seed: int
         seen[base] = seen.get(base, 0) + 1
         if seen[base] > 1:
             label_of[c] = f"{base}#{seen[base]}"
+    return _intents(texts, intent, label_of, {c: ", ".join(t) for c, t in terms.items()}, choice)
+
+
+def _intents(texts: pd.DataFrame, intent: np.ndarray, label_of: dict[int, str], terms_of: dict[int, str], choice: Choice | None) -> Intents:
+    """Each text with its intent, and the intents' table counted over every occurrence."""
     text_intents = texts.reset_index(drop=True).copy()
     text_intents["intent_id"] = intent.astype("int64")
     text_intents["intent_label"] = text_intents["intent_id"].map(label_of).astype("string")
@@ -144,7 +152,7 @@ def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 0, seed: int
     table = pd.DataFrame(
         {
             "label": pd.Series(label_of).sort_index(),
-            "terms": pd.Series({c: ", ".join(t) for c, t in terms.items()}).sort_index(),
+            "terms": pd.Series(terms_of).sort_index(),
             "n_texts": grouped.size(),
             "n_persons": grouped["person_id"].nunique(),
             "example": grouped["text"].agg(lambda s: s.value_counts().index[0]),
@@ -154,6 +162,30 @@ def mine_intents(texts: pd.DataFrame, vectors: np.ndarray, k: int = 0, seed: int
     table["n_texts"] = table["n_texts"].astype("int64")
     table["n_persons"] = table["n_persons"].astype("int64")
     return Intents(table, text_intents, choice)
+
+
+def keep_intents(texts: pd.DataFrame, table: pd.DataFrame, known: pd.Series, encode) -> tuple[Intents, int]:
+    """The earlier intents (`table`: ids, labels, terms) over `texts` without mining again: a text
+    mined before keeps its intent (`known`: text -> intent_id), a new distinct text joins the
+    intent with the nearest centroid (mean unit vector of the intent's known distinct texts;
+    `encode(list of texts) -> vectors`, the cached embedder). Counts and examples are recounted
+    over every occurrence. Returns (intents, new distinct texts)."""
+    text = texts["text"].astype(str)
+    ids = set(table["intent_id"].astype("int64"))
+    known = known[known.isin(ids)]
+    intent = text.map(known)
+    new = pd.unique(text[intent.isna()])
+    if len(new):
+        old = known.index.to_numpy()
+        x = _unit(np.asarray(encode(list(old)), dtype=np.float32))
+        of = known.to_numpy(dtype=np.int64)
+        order = np.unique(of)
+        centroids = _unit(np.vstack([x[of == c].mean(axis=0) for c in order]))
+        nearest = order[np.argmax(_unit(np.asarray(encode(list(new)), dtype=np.float32)) @ centroids.T, axis=1)]
+        intent = intent.fillna(text.map(pd.Series(nearest, index=new)))
+    label_of = {int(i): str(v) for i, v in zip(table["intent_id"], table["label"])}
+    terms_of = {int(i): str(v) for i, v in zip(table["intent_id"], table["terms"])}
+    return _intents(texts, intent.to_numpy(dtype=np.int64), label_of, terms_of, None), int(len(new))
 
 
 def intent_mix(text_intents: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:

@@ -696,15 +696,64 @@ def intents_stage(cfg, ws: Workspace, run_id: str) -> dict:
     from models.intents import mine_intents
 
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
-    vectors = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size).encode(texts["text"].astype(str).tolist())
-    mined = mine_intents(texts, vectors, cfg.insights.intent_k, cfg.insights.seed, cfg.insights.intent_k_max)
+    embedder = TextEmbedder(cfg.embedding.model_path, ws.embedding_cache, cfg.embedding.batch_size)
+    settings = _intent_settings(cfg)
+    kept, why = _kept_intents(cfg, ws, texts, settings, embedder.encode)
+    if kept is not None:
+        mined, earlier, new = kept
+    else:
+        mined = mine_intents(texts, embedder.encode(texts["text"].astype(str).tolist()), cfg.insights.intent_k, cfg.insights.seed, cfg.insights.intent_k_max)
     write_insight_table(ws, run_id, "intents", mined.table)
     write_insight_table(ws, run_id, "text_intents", mined.text_intents)
+    (insights_dir(ws, run_id) / INTENT_SETTINGS).write_text(settings)
     _mark(ws, run_id, "intents", fingerprint)
     out = {"run_id": run_id, "intents": int(len(mined.table)), "texts": int(len(mined.text_intents)), "labels": mined.table["label"].tolist()}
+    if kept is not None:
+        out.update({"mode": "kept", "kept_from_run": earlier, "new_distinct_texts": new})
+    else:
+        out.update({"mode": "mined", "mined_reason": why})
     if mined.choice is not None:  # how many intents, and why: the silhouette of the chosen cut
         out["k_method"], out["silhouette"] = mined.choice.method, round(mined.choice.silhouette, 4) if mined.choice.silhouette == mined.choice.silhouette else None
     return out
+
+
+INTENT_SETTINGS = "_intents.settings"  # in the run's insights folder: what its intents were mined with
+INTENT_REMINE_SHARE = 0.1  # more new distinct texts than this share of the mined ones: mine the intents again
+
+
+def _intent_settings(cfg) -> str:
+    s = cfg.insights
+    return json.dumps({"k": s.intent_k, "k_max": s.intent_k_max, "seed": s.seed, "model": str(cfg.embedding.model_path)}, sort_keys=True)
+
+
+def _kept_intents(cfg, ws: Workspace, texts: pd.DataFrame, settings: str, encode):
+    """((intents, earlier run, new distinct texts), "") when the last run's intents are kept: the
+    same settings and embedding model, `insights.retrain: auto`, and at most INTENT_REMINE_SHARE
+    new distinct texts (a run that mostly adds records of known kinds); else (None, why they are
+    mined again). Keeping them keeps intent ids and labels, so the graph's intent signals and the
+    flag models trained on them stay valid between runs."""
+    from models.intents import keep_intents
+
+    if cfg.insights.retrain == "always":
+        return None, "insights.retrain is always"
+    runs = insight_runs(ws, "text_intents")
+    if not runs:
+        return None, "no earlier intents"
+    earlier = runs[-1]
+    marker = insights_dir(ws, earlier) / INTENT_SETTINGS
+    if not marker.exists() or marker.read_text() != settings:
+        return None, "the intent settings or the embedding model changed"
+    table = read_insight_table(ws, "intents", earlier)
+    if table.empty:
+        return None, "the earlier run found no intents"
+    known = read_insight_table(ws, "text_intents", earlier)[["text", "intent_id"]].drop_duplicates("text")
+    known = known.set_index(known["text"].astype(str))["intent_id"].astype("int64")
+    distinct = texts["text"].astype(str).drop_duplicates()
+    new = int((~distinct.isin(known.index)).sum())
+    if new > INTENT_REMINE_SHARE * len(known):
+        return None, f"{new:,} new distinct texts, more than {INTENT_REMINE_SHARE:.0%} of the {len(known):,} mined"
+    intents, new = keep_intents(texts, table, known, encode)
+    return (intents, earlier, new), ""
 
 
 GRAPH_STATE = "_graph_state.json"  # in lake/insights/: what the last graph was built on (no person data)

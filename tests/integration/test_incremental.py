@@ -66,6 +66,17 @@ def test_no_new_model_version_when_nothing_fired_and_the_champion_serves_the_new
     assert set(mine["person_id"]) == newcomers
 
 
+def test_the_rerun_keeps_the_intents_and_scores_with_the_kept_flag_models(grown_runs):
+    """Newcomers who write what others wrote add no intent: the re-run keeps the mined intents
+    (ids, labels), so the flag models trained on their mix are kept too (no retraining)."""
+    _, first, second, _, _ = grown_runs
+    assert first["intents"]["mode"] == "mined" and second["intents"]["mode"] == "kept", second["intents"].get("mined_reason")
+    assert second["intents"]["kept_from_run"] == first["intents"]["run_id"]
+    assert sorted(second["intents"]["labels"]) == sorted(first["intents"]["labels"])
+    assert second["intents"]["texts"] > first["intents"]["texts"]
+    assert second["flags"]["retrained"] is False, second["flags"].get("retrain_reason")
+
+
 def test_the_incremental_map_equals_a_full_re_resolve(grown_runs):
     from flows.build_personas import _lake_frames
     from personaops import identity_store

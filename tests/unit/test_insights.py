@@ -199,3 +199,31 @@ def test_churn_model_learns_a_planted_signal_and_is_measured_on_held_out_people(
     assert model.columns == ["n_events", "sig_driver"]  # the signal chosen on training people
     assert model.metrics["roc_auc"] > 0.8 and model.metrics["n_test"] == 180 and 0 <= model.metrics["ece"] < 0.15
     assert not set(model.test_persons) & set(index[:0])
+
+
+def test_a_later_run_keeps_the_mined_intents_and_new_texts_join_the_nearest():
+    from models import intents
+
+    vectors, truth = _topics([30, 10, 30], seed=3)
+    words = {0: "login password reset", 1: "cancel refund now", 2: "api export limit"}
+    texts = pd.DataFrame({"person_id": [f"P{i % 25}" for i in range(70)], "text": [f"{words[t]} {i}" for i, t in enumerate(truth)]})
+    mined = intents.mine_intents(texts, vectors, k=3)
+    vec_of = dict(zip(texts["text"], vectors))
+    # a later run: every earlier text again (one twice more), and two new distinct texts near topics 2 and 1
+    rng = np.random.default_rng(9)
+    new = {"api export new": vectors[truth == 2].mean(axis=0) + 0.01 * rng.standard_normal(32), "cancel refund new": vectors[truth == 1].mean(axis=0)}
+    vec_of.update(new)
+    later = pd.concat([texts, texts.iloc[[0, 0]], pd.DataFrame({"person_id": ["Q1", "Q2"], "text": list(new)})], ignore_index=True)
+    known = mined.text_intents.drop_duplicates("text").set_index("text")["intent_id"]
+    kept, n_new = intents.keep_intents(later, mined.table, known, lambda ts: np.vstack([vec_of[t] for t in ts]))
+    assert n_new == 2 and kept.choice is None
+    got = kept.text_intents.drop_duplicates("text").set_index("text")["intent_id"]
+    # earlier texts keep their intent; the new ones join the intent of their topic
+    assert (got.loc[texts["text"]].to_numpy() == mined.text_intents["intent_id"].to_numpy()).all()
+    of_topic = {t: int(mined.text_intents["intent_id"][truth == t].iloc[0]) for t in (1, 2)}
+    assert got.loc["api export new"] == of_topic[2] and got.loc["cancel refund new"] == of_topic[1]
+    # ids, labels and terms are the earlier ones; counts are recounted over every occurrence
+    before, after = mined.table.set_index("intent_id"), kept.table.set_index("intent_id")
+    assert after[["label", "terms"]].sort_index().equals(before[["label", "terms"]].sort_index())
+    assert after["n_texts"].sum() == len(later) and after.loc[of_topic[1], "n_texts"] == before.loc[of_topic[1], "n_texts"] + 1
+    assert (kept.text_intents["intent_label"] == kept.text_intents["intent_id"].map(after["label"])).all()
