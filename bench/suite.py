@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import figure as fig  # noqa: E402  (bench/_common.py: one figure format for every script)
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 PROFILES = HERE / "profiles.md"
@@ -167,23 +169,6 @@ def run_one(path: Path, quick: bool, timeout: float, log_dir: Path) -> dict:
 
 
 # --- figures of the scripts that print their own JSON shape (bench/serve.py, publish.py, identity.py, insights.py)
-
-
-def fig(name: str, value, unit: str, *, baseline: str | None = None, baseline_value=None, higher_is_better: bool = True,
-        target=None, target_on: str = "value", note: str = "") -> dict:
-    """Like bench/_common.figure (kept here so the suite imports nothing from the scripts)."""
-    ratio = value / baseline_value if value is not None and baseline_value not in (None, 0) else None
-    out = {"name": name, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
-           "ratio": None if ratio is None else round(ratio, 3), "higher_is_better": higher_is_better}
-    if target is not None:
-        judged = ratio if target_on == "ratio" else value
-        out.update(target=target, target_on=target_on)
-        if judged is not None:
-            met = judged >= target if higher_is_better else judged <= target
-            out["met"], out["missed_by"] = bool(met), None if met else round(abs(target - judged), 4)
-    if note:
-        out["note"] = note
-    return out
 
 
 def _serve_figures(r: dict) -> list[dict]:

@@ -109,16 +109,7 @@ def _jensen_shannon(reference: dict[float, float], values: np.ndarray, rows: int
     uniques, counts = np.unique(values, return_counts=True)
     current = dict(zip(uniques.tolist(), (counts / max(rows, 1)).tolist()))
     keys = sorted(set(reference) | set(current))
-    p = np.array([reference.get(k, 0.0) for k in keys])
-    q = np.array([current.get(k, 0.0) for k in keys])
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray) -> float:
-        nz = a > 0
-        return float((a[nz] * np.log(a[nz] / m[nz])).sum())
-
-    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
+    return _js(np.array([reference.get(k, 0.0) for k in keys]), np.array([current.get(k, 0.0) for k in keys]))
 
 
 def column_drift(profile: ReferenceProfile, current: pd.DataFrame, drift_share: float = 0.5) -> dict:
@@ -182,6 +173,7 @@ def profile_change(reference: ReferenceProfile, before: ReferenceProfile, now: R
 
 
 def _js(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance of two share vectors (renormalised; natural log), as scipy computes it."""
     p, q = p / p.sum(), q / q.sum()
     m = (p + q) / 2
 

@@ -27,20 +27,12 @@ import tempfile
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
+from personaops.workspace import pid_alive
+
 SLOTS_ENV = "_PERSONAS_SERVE_SLOTS"  # the slots file, set by run_workers for its worker processes
 BALANCE_DEFER_S = 0.002
 _SLOTS, _SLOT = 64, 8  # slots of (pid uint32, open connections uint32)
 logger = logging.getLogger("uvicorn.error")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ConnectionSlots:
@@ -52,7 +44,7 @@ class ConnectionSlots:
         self.pid = os.getpid()
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # workers start together: claim slots one at a time
         try:
-            free = [i for i, (pid, _) in enumerate(self.entries()) if pid in (0, self.pid) or not _alive(pid)]
+            free = [i for i, (pid, _) in enumerate(self.entries()) if pid in (0, self.pid) or not pid_alive(pid)]
             if not free:
                 raise RuntimeError(f"more than {_SLOTS} server workers on one slots file")
             self.offset = free[0] * _SLOT
@@ -68,7 +60,7 @@ class ConnectionSlots:
 
     def busier_than_a_peer(self, count: int) -> bool:
         """True when a live peer worker holds fewer open connections than `count`."""
-        return any(pid not in (0, self.pid) and n < count and _alive(pid) for pid, n in self.entries())
+        return any(pid not in (0, self.pid) and n < count and pid_alive(pid) for pid, n in self.entries())
 
     def release(self) -> None:
         struct.pack_into("<II", self._map, self.offset, 0, 0)
@@ -209,4 +201,4 @@ def live_workers(path: str) -> dict[int, int]:
     (a worker registers once it listens): how a caller knows every worker is up."""
     with open(path, "rb") as fh:
         data = fh.read(_SLOTS * _SLOT)
-    return {pid: n for pid, n in struct.iter_unpack("<II", data.ljust(_SLOTS * _SLOT, b"\0")) if pid and _alive(pid)}
+    return {pid: n for pid, n in struct.iter_unpack("<II", data.ljust(_SLOTS * _SLOT, b"\0")) if pid and pid_alive(pid)}

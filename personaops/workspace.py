@@ -215,7 +215,8 @@ def _describe_holder(path: Path) -> str:
     return f"pid {info.get('pid', '?')} ({info.get('command', 'personas')}, since {str(info.get('since', '?'))[:19]})"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -287,7 +288,7 @@ class WorkspaceLock:
         self.took_over = stale
         if stale is not None and not stale.get("released"):
             try:
-                self.ws.audit("workspace_lock_taken_over", stale_pid=stale.get("pid"), stale_command=stale.get("command"), stale_since=stale.get("since"), alive=_pid_alive(int(stale["pid"])))
+                self.ws.audit("workspace_lock_taken_over", stale_pid=stale.get("pid"), stale_command=stale.get("command"), stale_since=stale.get("since"), alive=pid_alive(int(stale["pid"])))
             except Exception:  # the audit trail is best effort here; the lock itself is what matters
                 pass
         return self
