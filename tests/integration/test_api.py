@@ -184,6 +184,25 @@ def test_personas_serve_refuses_to_start_without_a_token(pipeline):
     assert len(lines) == 1 and lines[0].startswith("error: No API token is configured") and "Traceback" not in stderr
 
 
+def _read_response(conn: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response from a raw socket: recv returns what has arrived, and the
+    headers and the body may come in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_personas_serve_answers_over_loopback_and_spreads_connections_over_its_workers(pipeline, served, tmp_path):
     """`personas serve --workers 2` over loopback; connections opened at once spread over both
     workers (uvicorn's own accept often left all of them to one: personaops.http_workers)."""
@@ -225,7 +244,7 @@ def test_personas_serve_answers_over_loopback_and_spreads_connections_over_its_w
             request = f"GET /persons/{person}/persona HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer loop-tok\r\n\r\n".encode()
             for c in connections:
                 c.sendall(request)
-            answers = [c.recv(65536) for c in connections]
+            answers = [_read_response(c) for c in connections]
             assert all(a.startswith(b"HTTP/1.1 200") and f'"person_id":"{person}"'.encode() in a for a in answers), answers[:2]
         finally:
             for c in connections:
