@@ -18,18 +18,28 @@ new words), `broken` (40% of events lose their event type, 30% of survey scores 
 Planted for the insight questions (`truth/planted.json`): per persona campaign uplift against a
 measured holdout (`arm` = exposed | holdout in campaigns), and churn drivers (cancel/refund
 tickets, an error -> help -> downgrade session, billing_view + payment_failed) that raise churn.
+
+Rows are written as they are made, every SLICE_PERSONS persons (Parquet through one
+pyarrow ParquetWriter per file, CSV appended), so memory follows the slice and the per-person
+state, not the ~38 rows per person of 1,000,000 people; the files are the same, byte for byte, as
+writing each whole frame at once (the `broken` and `bias` drifts, which rewrite whole frames, still do).
 """
 
 from __future__ import annotations
 
 import json
 import string
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from personaops.sources import SourceSpec, dump_sources
 
@@ -47,6 +57,7 @@ FIRST = ["Ana", "Ben", "Chloe", "David", "Elena", "Farid", "Grace", "Hugo", "Ine
 LAST = ["Smith", "Garcia", "Chen", "Okafor", "Muller", "Rossi", "Kowalski", "Silva", "Nguyen", "Haddad", "Jensen",
         "Novak", "Patel", "Kim", "Dubois", "Moreau", "Ivanova", "Santos", "Berg", "Tanaka"]  # fmt: skip
 DOMAINS = ["example.com", "mail.test", "inbox.test", "corp.example"]
+GENDER_SHARES = [0.48, 0.48, 0.04]
 
 
 @dataclass(frozen=True)
@@ -181,9 +192,101 @@ def planted_drivers(users: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({**flags, **noise, "driver_churn": extra})
 
 
+EVENT_COLUMNS = ["event_id", "user_id", "device_id", "event_type", "session_id", "ts"]
+TICKET_COLUMNS = ["ticket_id", "email", "subject", "body", "created_at"]
+SURVEY_COLUMNS = ["response_id", "respondent_email", "respondent_name", "nps", "answer", "submitted_at"]
+CAMPAIGN_COLUMNS = ["exposure_id", "customer_id", "email", "campaign", "sent_at", "converted", "arm"]
+CRM_COLUMNS = ["customer_id", "full_name", "email", "phone", "plan", "region", "signup_date", "age_band", "gender", "churned"]
+RECORD_COLUMNS = ["source", "source_key", "true_person"]
+# Rows are written to the files every SLICE_PERSONS persons (memory follows the slice, not the
+# population); Parquet row groups hold ROW_GROUP rows, as DataFrame.to_parquet wrote them whole
+# (pyarrow's default), so a streamed file is the same file.
+SLICE_PERSONS = 20_000
+ROW_GROUP = 1024 * 1024
+WHOLE_FRAME_DRIFTS = ("broken", "bias")  # they rewrite whole frames: their rows stay in memory, written at the end
+
+
+class _ParquetSink:
+    """One Parquet file written slice by slice: every slice's frame converts with the same columns
+    and dtypes, so one schema (with its pandas metadata) holds for every row group, and the rows are
+    cut into ROW_GROUP-row groups across slices exactly as writing the whole frame at once would."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer, self.pending, self.n_pending = path, None, [], 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return  # an empty slice has no types to infer (object -> null): nothing to write
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="snappy")
+        elif not table.schema.equals(self.writer.schema, check_metadata=True):
+            raise ValueError(f"{self.path.name}: a slice's schema differs from the file's ({table.schema} vs {self.writer.schema})")
+        self.pending.append(table)
+        self.n_pending += len(table)
+        while self.n_pending >= ROW_GROUP:
+            self._emit(ROW_GROUP)
+
+    def _emit(self, n: int) -> None:
+        table = pa.concat_tables(self.pending)
+        self.writer.write_table(table.slice(0, n).combine_chunks(), row_group_size=n)
+        rest = table.slice(n)
+        self.pending, self.n_pending = ([rest] if len(rest) else []), len(rest)
+
+    def close(self, empty: pd.DataFrame) -> None:
+        if self.writer is None:  # no rows at all: the empty frame, as it was written whole
+            empty.to_parquet(self.path, index=False)
+            return
+        if self.n_pending:
+            self._emit(self.n_pending)
+        self.writer.close()
+
+
+class _CsvSink:
+    """One CSV file written slice by slice: the header once, then each slice's rows (a slice's frame
+    has the columns and dtypes of the whole frame, so every value prints as it would whole)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.columns, self.file = columns, open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        pd.DataFrame(columns=columns).to_csv(self.file, index=False)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            frame.to_csv(self.file, index=False, header=False)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Stream:
+    """The period's source files (events, tickets, surveys, campaigns, truth records), written slice by slice."""
+
+    def __init__(self, out: Path, suffix: str):
+        self.events = _ParquetSink(out / f"events{suffix}.parquet")
+        self.records = _ParquetSink(out / "truth" / f"records{suffix}.parquet")
+        self.tickets = _CsvSink(out / f"tickets{suffix}.csv", TICKET_COLUMNS)
+        self.surveys = _CsvSink(out / f"surveys{suffix}.csv", SURVEY_COLUMNS)
+        self.campaigns = _CsvSink(out / f"campaigns{suffix}.csv", CAMPAIGN_COLUMNS)
+
+    def write(self, rows: _Rows) -> None:
+        self.events.write(pd.DataFrame(rows.events, columns=EVENT_COLUMNS))
+        self.tickets.write(pd.DataFrame(rows.tickets, columns=TICKET_COLUMNS))
+        self.surveys.write(pd.DataFrame(rows.surveys, columns=SURVEY_COLUMNS))
+        self.campaigns.write(pd.DataFrame(rows.exposures, columns=CAMPAIGN_COLUMNS))
+        self.records.write(pd.DataFrame(rows.records, columns=RECORD_COLUMNS))
+
+    def close(self) -> None:
+        self.events.close(pd.DataFrame([], columns=EVENT_COLUMNS))
+        self.records.close(pd.DataFrame([], columns=RECORD_COLUMNS))
+        for sink in (self.tickets, self.surveys, self.campaigns):
+            sink.close()
+
+
 @dataclass
 class _Rows:
-    """The period's source rows being written, with the running id counters of each source."""
+    """The period's source rows not yet written, with the running id counters of each source. With
+    a `stream`, the rows go to the files every SLICE_PERSONS persons; without, they stay in memory
+    (the drift modes that rewrite whole frames)."""
 
     events: list = field(default_factory=list)
     tickets: list = field(default_factory=list)
@@ -194,9 +297,21 @@ class _Rows:
     tk_n: int = 0
     sv_n: int = 0
     ex_n: int = 0
+    stream: _Stream | None = None
+    persons: int = 0
+
+    def person_done(self) -> None:
+        self.persons += 1
+        if self.stream is not None and self.persons % SLICE_PERSONS == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.write(self)
+            self.events, self.tickets, self.surveys, self.exposures, self.records = [], [], [], [], []
 
 
-def _plant_driver_traces(rows: _Rows, people: list[tuple], period: int, rng: np.random.Generator) -> None:
+def _plant_driver_traces(rows: _Rows, people: Iterable[tuple], period: int, rng: np.random.Generator) -> None:
     """Append each driver's trace (a cancel ticket; an error -> help -> downgrade session; a
     billing + payment_failed session) for the people who carry it (or its noise). `people`:
     (index, driver flags, e-mail, devices, start of activity, its length in seconds) per person."""
@@ -220,9 +335,9 @@ def _plant_driver_traces(rows: _Rows, people: list[tuple], period: int, rng: np.
             for e, event_type in enumerate(types):
                 rows.ev_n += 1
                 event_id = f"E{period}-{rows.ev_n:09d}"
-                rows.events.append({"event_id": event_id, "user_id": customer_id, "device_id": device, "event_type": event_type,
-                                    "session_id": f"S{period}-{i:06d}-d{s}", "ts": (t0 + timedelta(seconds=30 * e)).isoformat()})  # fmt: skip
+                rows.events.append((event_id, customer_id, device, event_type, f"S{period}-{i:06d}-d{s}", (t0 + timedelta(seconds=30 * e)).isoformat()))
                 rows.records.append(("events", event_id, true_person))
+        rows.person_done()
 
 
 def planted_truth(seed: int) -> dict:
@@ -245,10 +360,31 @@ DEFAULT_LEAVE_RATE = 0.02
 CHURNED_LEAVE_WEIGHT = 4.0
 
 
+def _cdf(p: np.ndarray | list[float]) -> list[float]:
+    """The cumulative shares `Generator.choice(len(p), p=p)` draws against (NumPy's own steps)."""
+    cdf = np.asarray(p, dtype=float).cumsum()
+    cdf /= cdf[-1]
+    return cdf.tolist()
+
+
+def _pick(rng: np.random.Generator, cdf: list[float]) -> int:
+    """`rng.choice(len(p), p=p)` for `cdf = _cdf(p)` without its per-call checks (a hot loop): the
+    same single uniform draw and the same index (`searchsorted(u, side="right")`), ~30x faster."""
+    return bisect_right(cdf, rng.random())
+
+
+@lru_cache(maxsize=64)
+def _options_cdf(weights: tuple[float, ...]) -> list[float]:
+    p = np.array(weights, dtype=float)
+    return _cdf(p / p.sum())
+
+
 def _choice(rng: np.random.Generator, options: dict[str, float]) -> str:
     keys = list(options)
-    p = np.array([options[k] for k in keys], dtype=float)
-    return keys[rng.choice(len(keys), p=p / p.sum())]
+    return keys[_pick(rng, _options_cdf(tuple(options[k] for k in keys)))]
+
+
+GENDER_CDF = _cdf(GENDER_SHARES)
 
 
 def _typo(rng: np.random.Generator, text: str) -> str:
@@ -289,7 +425,7 @@ def _draw_person(rng: np.random.Generator, i: int, p: PlantedPersona, device_cou
     plan = _choice(rng, p.plans)
     signup = BASE_DATE - timedelta(days=int(rng.integers(30, 900)))
     age_band = AGE_BANDS[rng.integers(len(AGE_BANDS))]
-    gender = GENDERS[rng.choice(3, p=[0.48, 0.48, 0.04])]
+    gender = GENDERS[_pick(rng, GENDER_CDF)]
     region = REGIONS[rng.integers(len(REGIONS))]
     crm_email = email if rng.random() > 0.02 else ""
     crm_phone = _phone_format(rng, digits) if rng.random() > 0.05 else ""
@@ -303,10 +439,11 @@ def _joiner_pool(users: int, seed: int, n: int, device_start: int) -> tuple[np.n
     person users+j is the same whoever asks for how many joiners."""
     rng = np.random.default_rng([seed, 1004])
     shares = np.array([p.share for p in PERSONAS])
+    persona_cdf = _cdf(shares / shares.sum())
     personas, drivers, people = np.zeros(n, dtype=int), [], []
     device_counter = device_start
     for j in range(n):
-        personas[j] = rng.choice(len(PERSONAS), p=shares / shares.sum())
+        personas[j] = _pick(rng, persona_cdf)
         flags = {f"driver_{name}": bool(rng.random() < spec["prevalence"]) for name, spec in CHURN_DRIVERS.items()}
         extra = bool(rng.random() < 1 - (1 - CHURN_DRIVER_BOOST) ** sum(flags.values()))
         noise = {f"noise_{name}": bool(rng.random() < DRIVER_NOISE) for name in CHURN_DRIVERS}
@@ -344,7 +481,7 @@ def _person_activity(rows: _Rows, rng: np.random.Generator, holdout_rng: np.rand
     activity = rng.lognormal(0, 0.35) * behaviour_scale
     types = list(p.event_mix) + [t for t in EVENT_TYPES if t not in p.event_mix]
     base = np.array([p.event_mix.get(t, 0.15) for t in types])
-    mix = rng.dirichlet(base / base.sum() * 40)
+    mix = _cdf(rng.dirichlet(base / base.sum() * 40))  # each event's type: _pick(rng, mix)
     n_sessions = rng.poisson(p.sessions_per_month * 3 * activity * share)
     if person["churned"]:
         n_sessions = int(n_sessions * 0.6)
@@ -358,10 +495,9 @@ def _person_activity(rows: _Rows, rng: np.random.Generator, holdout_rng: np.rand
         for e in range(1 + rng.poisson(p.events_per_session - 1)):
             rows.ev_n += 1
             event_id = f"E{period}-{rows.ev_n:09d}"
-            rows.events.append(
-                {"event_id": event_id, "user_id": "" if anonymous else customer_id, "device_id": device,
-                 "event_type": types[rng.choice(len(types), p=mix)], "session_id": session_id,
-                 "ts": (t0 + timedelta(seconds=30 * e)).isoformat()}
+            rows.events.append(  # EVENT_COLUMNS
+                (event_id, "" if anonymous else customer_id, device, types[_pick(rng, mix)], session_id,
+                 (t0 + timedelta(seconds=30 * e)).isoformat())
             )  # fmt: skip
             rows.records.append(("events", event_id, true_person))
     n_tickets = rng.poisson(p.tickets_per_month * 3 * share)
@@ -432,6 +568,34 @@ def _person_activity(rows: _Rows, rng: np.random.Generator, holdout_rng: np.rand
             rows.records.append(("campaigns", exposure_id, true_person))
 
 
+def _write_whole(rows: _Rows, out: Path, suffix: str, seed: int, period: int, drift: str, people: list[dict]) -> dict[str, int]:
+    """Write the period's rows kept in memory, after a drift that rewrites whole frames (`broken`,
+    `bias`) changed them; return the row counts per source."""
+    ev = pd.DataFrame(rows.events, columns=EVENT_COLUMNS)
+    tk = pd.DataFrame(rows.tickets, columns=TICKET_COLUMNS)
+    sv = pd.DataFrame(rows.surveys, columns=SURVEY_COLUMNS)
+    ex = pd.DataFrame(rows.exposures, columns=CAMPAIGN_COLUMNS)
+    records = rows.records
+    qrng = np.random.default_rng([seed, period, 7])
+    if drift == "broken":  # a telemetry export loses its key field; survey scores arrive as text
+        ev.loc[qrng.random(len(ev)) < 0.4, "event_type"] = ""
+        if len(sv):
+            sv["nps"] = sv["nps"].astype(object)
+            sv.loc[qrng.random(len(sv)) < 0.3, "nps"] = "n/a"
+    if drift == "bias":  # one group is mostly missing from this period's telemetry
+        north = {f"C{i:06d}" for i in range(len(people)) if people[i]["region"] == "north"}
+        drop = ev["user_id"].isin(north) & (qrng.random(len(ev)) < 0.8)
+        kept = set(ev.loc[~drop, "event_id"])
+        ev = ev[~drop].reset_index(drop=True)
+        records = [r for r in records if r[0] != "events" or r[1] in kept]
+    ev.to_parquet(out / f"events{suffix}.parquet", index=False)
+    tk.to_csv(out / f"tickets{suffix}.csv", index=False)
+    sv.to_csv(out / f"surveys{suffix}.csv", index=False)
+    ex.to_csv(out / f"campaigns{suffix}.csv", index=False)
+    pd.DataFrame(records, columns=RECORD_COLUMNS).to_parquet(out / "truth" / f"records{suffix}.parquet", index=False)
+    return {"events": len(ev), "tickets": len(tk), "surveys": len(sv), "campaigns": len(ex)}
+
+
 def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "none",
              join_rate: float | None = None, leave_rate: float | None = None) -> dict[str, int]:
     """Write synthetic sources + sources.yaml + truth files under `out`; return row counts per source.
@@ -463,13 +627,12 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
         persona_idx = np.where(movers, 3, persona_idx)
 
     drivers = planted_drivers(users, seed)
-    persons = []
-    crm_rows = []
+    driver_churn = drivers["driver_churn"].to_numpy()
     people: list[dict] = []
     device_counter = 0
     for i in range(users):
         p = PERSONAS[persona_idx[i]]
-        person = _draw_person(pop_rng, i, p, device_counter, bool(drivers.at[i, "driver_churn"]))
+        person = _draw_person(pop_rng, i, p, device_counter, bool(driver_churn[i]))
         device_counter += len(person["devices"])
         people.append(person)
 
@@ -503,34 +666,54 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     present = left > period
     turnover = bool(period or n_joined)
 
-    for i, person in enumerate(people):
-        p = PERSONAS[persona_idx[i]]
-        true_person, customer_id = f"T{i:06d}", f"C{i:06d}"
-        row = {"true_person": true_person, "true_persona": p.name, "true_persona_id": int(persona_idx[i]), "churned": person["churned"],
-               "plan": person["plan"], "region": person["region"], "age_band": person["age_band"], "gender": person["gender"],
-               **{c: bool(drivers.at[i, c]) for c in drivers.columns if c.startswith("driver_")}}  # fmt: skip
-        if turnover:
-            row["joined_period"] = int(joined[i])
-            row["left_period"] = int(left[i]) if left[i] <= period else -1
-        persons.append(row)
-        crm_rows.append(
-            {"customer_id": customer_id, "full_name": person["name"], "email": person["crm_email"], "phone": person["crm_phone"],
-             "plan": person["plan"], "region": person["region"], "signup_date": person["signup"].date().isoformat(),
-             "age_band": person["age_band"], "gender": person["gender"], "churned": int(person["churned"])}
-        )  # fmt: skip
+    suffix = f"_p{period}" if period else ""
+    flags = {c: drivers[c].to_numpy() for c in drivers.columns}  # per-person lookups without pandas indexing
+    driver_columns = [c for c in drivers.columns if c.startswith("driver_")]
+    persons_sink, crm_sink = _ParquetSink(out / "truth" / f"persons{suffix}.parquet"), _CsvSink(out / f"crm{suffix}.csv", CRM_COLUMNS)
+    for lo in range(0, len(people), SLICE_PERSONS):
+        persons, crm_rows = [], []
+        for i in range(lo, min(lo + SLICE_PERSONS, len(people))):
+            person = people[i]
+            p = PERSONAS[persona_idx[i]]
+            true_person, customer_id = f"T{i:06d}", f"C{i:06d}"
+            row = {"true_person": true_person, "true_persona": p.name, "true_persona_id": int(persona_idx[i]), "churned": person["churned"],
+                   "plan": person["plan"], "region": person["region"], "age_band": person["age_band"], "gender": person["gender"],
+                   **{c: bool(flags[c][i]) for c in driver_columns}}  # fmt: skip
+            if turnover:
+                row["joined_period"] = int(joined[i])
+                row["left_period"] = int(left[i]) if left[i] <= period else -1
+            persons.append(row)
+            crm_rows.append(
+                (customer_id, person["name"], person["crm_email"], person["crm_phone"], person["plan"], person["region"],
+                 person["signup"].date().isoformat(), person["age_band"], person["gender"], int(person["churned"]))
+            )  # fmt: skip  (CRM_COLUMNS)
+        persons_sink.write(pd.DataFrame(persons))
+        crm_sink.write(pd.DataFrame(crm_rows, columns=CRM_COLUMNS))
+    persons_sink.close(pd.DataFrame([]))
+    crm_sink.close()
 
     start = BASE_DATE + timedelta(days=30 * period)
     window_start = start - timedelta(days=WINDOW_DAYS)
     window = WINDOW_DAYS * 86400
     behaviour_scale = 0.5 if drift == "behaviour" else 1.0
 
-    rows = _Rows(records=[("crm", f"C{i:06d}", f"T{i:06d}") for i in range(len(people))])
+    # Rows go to the files slice by slice, except for the drifts that rewrite whole frames (in memory).
+    stream = None if drift in WHOLE_FRAME_DRIFTS else _Stream(out, suffix)
+    rows = _Rows(stream=stream)
+    for lo in range(0, len(people), SLICE_PERSONS):  # the CRM rows' truth first, then every row in the order written
+        rows.records.extend(("crm", f"C{i:06d}", f"T{i:06d}") for i in range(lo, min(lo + SLICE_PERSONS, len(people))))
+        rows.flush()
+
+    def traced(i: int, act_start: datetime, span: float) -> tuple:
+        return i, {c: a[i] for c, a in flags.items()}, people[i]["email"], people[i]["devices"], act_start, span
+
     holdout_rng = np.random.default_rng([seed, period + 1, 1002])  # planted holdout: its own stream
     base_present = [i for i in range(users) if present[i]]
     for i in base_present:  # people who left are silent: no draws, no rows
         _person_activity(rows, rng, holdout_rng, typo_rng, i, PERSONAS[persona_idx[i]], people[i], period, drift, behaviour_scale, window_start, window)
+        rows.person_done()
     traces = np.random.default_rng([seed, period + 1, 1001])
-    _plant_driver_traces(rows, [(i, drivers.iloc[i], people[i]["email"], people[i]["devices"], window_start, window) for i in base_present], period, traces)
+    _plant_driver_traces(rows, (traced(i, window_start, window) for i in base_present), period, traces)
     # Joiners after every base row (their own streams), so base rows do not depend on how many joined.
     joiners = [i for i in range(users, len(people)) if present[i]]
     spans = {}
@@ -541,37 +724,16 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
     j_holdout, j_typo = np.random.default_rng([seed, period + 1, 1012]), np.random.default_rng([seed, period + 1, 1013])
     for i in joiners:
         _person_activity(rows, j_rng, j_holdout, j_typo, i, PERSONAS[persona_idx[i]], people[i], period, drift, behaviour_scale, *spans[i])
-    _plant_driver_traces(rows, [(i, drivers.iloc[i], people[i]["email"], people[i]["devices"], *spans[i]) for i in joiners],
-                         period, np.random.default_rng([seed, period + 1, 1011]))  # fmt: skip
-    events, tickets, surveys, exposures, records = rows.events, rows.tickets, rows.surveys, rows.exposures, rows.records
-    crm = pd.DataFrame(crm_rows)
-    ev = pd.DataFrame(events, columns=["event_id", "user_id", "device_id", "event_type", "session_id", "ts"])
-    tk = pd.DataFrame(tickets, columns=["ticket_id", "email", "subject", "body", "created_at"])
-    sv = pd.DataFrame(surveys, columns=["response_id", "respondent_email", "respondent_name", "nps", "answer", "submitted_at"])
-    ex = pd.DataFrame(exposures, columns=["exposure_id", "customer_id", "email", "campaign", "sent_at", "converted", "arm"])
-    qrng = np.random.default_rng([seed, period, 7])
-    if drift == "broken":  # a telemetry export loses its key field; survey scores arrive as text
-        ev.loc[qrng.random(len(ev)) < 0.4, "event_type"] = ""
-        if len(sv):
-            sv["nps"] = sv["nps"].astype(object)
-            sv.loc[qrng.random(len(sv)) < 0.3, "nps"] = "n/a"
-    if drift == "bias":  # one group is mostly missing from this period's telemetry
-        north = {f"C{i:06d}" for i in range(len(persons)) if persons[i]["region"] == "north"}
-        drop = ev["user_id"].isin(north) & (qrng.random(len(ev)) < 0.8)
-        kept = set(ev.loc[~drop, "event_id"])
-        ev = ev[~drop].reset_index(drop=True)
-        records = [r for r in records if r[0] != "events" or r[1] in kept]
+        rows.person_done()
+    _plant_driver_traces(rows, (traced(i, *spans[i]) for i in joiners), period, np.random.default_rng([seed, period + 1, 1011]))
+    rows.flush()
+    if stream is not None:
+        stream.close()
+        n_rows = {"events": rows.ev_n, "tickets": rows.tk_n, "surveys": rows.sv_n, "campaigns": rows.ex_n}
+    else:
+        n_rows = _write_whole(rows, out, suffix, seed, period, drift, people)
 
-    suffix = f"_p{period}" if period else ""
-    crm.to_csv(out / f"crm{suffix}.csv", index=False)
-    ev.to_parquet(out / f"events{suffix}.parquet", index=False)
-    tk.to_csv(out / f"tickets{suffix}.csv", index=False)
-    sv.to_csv(out / f"surveys{suffix}.csv", index=False)
-    ex.to_csv(out / f"campaigns{suffix}.csv", index=False)
-    pd.DataFrame(records, columns=["source", "source_key", "true_person"]).to_parquet(out / "truth" / f"records{suffix}.parquet", index=False)
-    pd.DataFrame(persons).to_parquet(out / "truth" / f"persons{suffix}.parquet", index=False)
     (out / "truth" / f"planted{suffix}.json").write_text(json.dumps(planted_truth(seed), indent=2), encoding="utf-8")
-
     specs = [
         SourceSpec(name="crm", kind="crm", path=out / f"crm{suffix}.csv", key="customer_id",
                    identifiers={"customer_id": "customer_id", "email": "email", "phone": "phone", "name": "full_name"},
@@ -590,5 +752,5 @@ def generate(users: int, seed: int, out: Path, period: int = 0, drift: str = "no
                    fields={"campaign": "campaign", "converted": "converted"}, categorical=["arm"]),
     ]  # fmt: skip
     dump_sources(specs, out / f"sources{suffix}.yaml")
-    return {"crm": len(crm), "events": len(ev), "tickets": len(tk), "surveys": len(sv), "campaigns": len(ex), "persons": int(present.sum()),
+    return {"crm": len(people), **n_rows, "persons": int(present.sum()),
             **({"joined": n_joined, "left": int((~present).sum())} if turnover else {})}
