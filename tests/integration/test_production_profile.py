@@ -130,7 +130,7 @@ def test_personas_serve_answers_from_redis_on_the_production_profile(production_
     published = pd.read_parquet(Path(home) / "features" / "persona_assignment.parquet")
     champion = published[published["model_version"] == published["model_version"].max()].sample(20, random_state=1)
     port = free_port()
-    env = dict(run_env, PERSONAS_API_TOKENS="prod-reader-token:reader")
+    env = dict(run_env, PERSONAS_API_TOKENS="prod-reader-token:reader,prod-writer-token:writer")
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "personas"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -143,6 +143,19 @@ def test_personas_serve_answers_from_redis_on_the_production_profile(production_
             got = httpx.get(f"http://127.0.0.1:{port}/persons/{row.person_id}/persona", headers=headers, timeout=10)
             assert got.status_code == 200, got.text
             assert (got.json()["persona_id"], got.json()["model_version"]) == (int(row.persona_id), int(row.model_version))
+        # Pushed events (living personas) update the person's features and persona in Redis: the
+        # same code path as on the local profile, with the registry in PostgreSQL (no registry file).
+        behaviour = pd.read_parquet(Path(home) / "features" / "person_behaviour.parquet").set_index("person_id")
+        current = published[published["model_version"] == published["model_version"].max()]
+        person = current[~current["person_id"].isin(champion["person_id"]) & current["person_id"].isin(behaviour.index)].iloc[-1]
+        pushed = httpx.post(f"http://127.0.0.1:{port}/persons/{person.person_id}/events", json={"events": [{"event_type": "login"}] * 3},
+                            headers={"Authorization": "Bearer prod-writer-token"}, timeout=60)  # fmt: skip
+        assert pushed.status_code == 200, pushed.text
+        body = pushed.json()
+        assert body["previous"]["persona_id"] == int(person.persona_id) and body["model_version"] == int(person.model_version)
+        assert body["behaviour"]["n_events"] == behaviour.loc[person.person_id, "n_events"] + 3
+        again = httpx.get(f"http://127.0.0.1:{port}/persons/{person.person_id}/persona", headers=headers, timeout=10).json()
+        assert again["persona_id"] == body["persona_id"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
