@@ -479,30 +479,64 @@ def _row_hashes(raw: pd.DataFrame) -> pd.Series:
 
 class _SeenRows:
     """The row hashes of a file seen so far (sorted) with the number of each hash's first row,
-    so a repeated row is found across chunks: 16 bytes per distinct row, not a Python dict entry."""
+    so a repeated row is found across chunks: 16 bytes per distinct row, not a Python dict entry.
+
+    Kept as a few sorted runs, merged like a binary counter (a run joins the one before it once it
+    is as large): each chunk's new hashes cost a sort of the chunk and their
+    share of O(log n) merges, not a re-sort of every hash seen so far (which made a file of n rows
+    cost O(n^2 / chunk): 10M event rows took 627 s to ingest where 3.3M took 81 s)."""
 
     def __init__(self) -> None:
-        self.hashes = np.empty(0, dtype=np.uint64)
-        self.rows = np.empty(0, dtype=np.int64)
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def load(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        """Start from saved state: `hashes` sorted, `rows` their first rows."""
+        self._runs = [(hashes, rows)] if len(hashes) else []
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
+        while len(self._runs) > 1:
+            self._merge_last()
+        return self._runs[0] if self._runs else (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """Every distinct hash seen, sorted (what the ingest state saves)."""
+        return self._merged()[0]
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The first row of each of `hashes`."""
+        return self._merged()[1]
+
+    def _merge_last(self) -> None:
+        (h1, r1), (h2, r2) = self._runs[-2], self._runs[-1]
+        merged_hashes, merged_rows = np.concatenate([h1, h2]), np.concatenate([r1, r2])
+        order = np.argsort(merged_hashes, kind="stable")  # two sorted runs: timsort merges them in linear time
+        self._runs[-2:] = [(merged_hashes[order], merged_rows[order])]
 
     def first_rows(self, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Per row (in file order), the number of the first earlier row with the same hash (0 when
         none); remembers the hashes seen for the first time."""
         first = np.zeros(len(hashes), dtype=np.int64)
         found = np.zeros(len(hashes), dtype=bool)
-        if len(self.hashes) and len(hashes):
-            pos = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-            found = self.hashes[pos] == hashes
-            first[found] = self.rows[pos[found]]
+        if len(hashes) and self._runs:
+            needles = np.argsort(hashes, kind="stable")  # sorted needles: each binary search starts near the last
+            sorted_hashes = hashes[needles]
+            for run_hashes, run_rows in self._runs:  # a hash is in one run at most: only new ones are added
+                pos = np.minimum(np.searchsorted(run_hashes, sorted_hashes), len(run_hashes) - 1)
+                hit = run_hashes[pos] == sorted_hashes
+                first[needles[hit]] = run_rows[pos[hit]]
+                found[needles[hit]] = True
         again = pd.Series(hashes).duplicated(keep="first").to_numpy()
         new = ~found & ~again
         within = again & ~found  # first seen earlier in this chunk
         if within.any():
             first[within] = pd.Series(rows[new], index=hashes[new]).reindex(hashes[within]).to_numpy()
         if new.any():
-            merged_hashes, merged_rows = np.concatenate([self.hashes, hashes[new]]), np.concatenate([self.rows, rows[new]])
-            order = np.argsort(merged_hashes, kind="stable")
-            self.hashes, self.rows = merged_hashes[order], merged_rows[order]
+            order = np.argsort(hashes[new], kind="stable")
+            self._runs.append((hashes[new][order], rows[new][order]))
+            while len(self._runs) > 1 and len(self._runs[-1][0]) >= len(self._runs[-2][0]):
+                self._merge_last()
         return first
 
 
@@ -735,7 +769,9 @@ class _Keys:
     full ingest would keep this row and quarantine the later file's)."""
 
     def __init__(self) -> None:
-        self.run: dict[str, str] = {}
+        # key -> where first seen this run, as file number * 2**40 + row (a string per key cost ~75 bytes)
+        self.run: dict[str, int] = {}
+        self.run_files: list[str] = []
         self.lake: pa_arrow.Array | None = None
         self.lake_order = self.lake_rows = np.empty(0, dtype=np.int64)
         self.names: list[str] = []
@@ -758,7 +794,10 @@ class _Keys:
 
     def seen(self, keys: pd.Series) -> pd.Series:
         """Which keys were seen before (this run, or in the earlier rows of an append)."""
-        mask = keys.isin(self.run.keys()) if self.run else pd.Series(False, index=keys.index)
+        # A lookup per key: `isin(self.run.keys())` built a hash table of every key seen so far on each
+        # chunk, so a file's keys cost O(n^2 / chunk).
+        run = self.run
+        mask = pd.Series(np.fromiter((k in run for k in keys.tolist()), dtype=bool, count=len(keys)), index=keys.index)
         if self.lake is not None and len(self.lake) and len(keys):
             at = pc.fill_null(pc.index_in(pa_arrow.array(keys.to_numpy(dtype=object), type=pa_arrow.string()), value_set=self.lake), -1).to_numpy()
             hit = at >= 0
@@ -771,10 +810,16 @@ class _Keys:
         return mask
 
     def add(self, keys: pd.Series, file_name: str) -> None:
-        self.run.update(zip(keys.tolist(), (f"{file_name} row {i}" for i in keys.index)))
+        if file_name not in self.run_files:
+            self.run_files.append(file_name)
+        base = self.run_files.index(file_name) << 40
+        self.run.update(zip(keys.tolist(), (base + i for i in keys.index.tolist())))
 
     def where(self, key: str) -> str:
-        return self.found[key] if key in self.found else self.run[key]
+        if key in self.found:
+            return self.found[key]
+        at = self.run[key]
+        return f"{self.run_files[at >> 40]} row {at & ((1 << 40) - 1)}"
 
 
 def _fingerprint(ws: Workspace, spec: SourceSpec, cfg: IngestConfig) -> str:
@@ -931,7 +976,7 @@ def _file_entry(ws: Workspace, spec: SourceSpec, path: Path, report: FileReport,
 def _load_seen(ws: Workspace, source: str, entry: dict) -> _SeenRows:
     seen = _SeenRows()
     table = pq.read_table(_state_folder(ws, source) / entry["seen_rows"])
-    seen.hashes, seen.rows = table.column("hash").to_numpy().astype(np.uint64), table.column("row").to_numpy().astype(np.int64)
+    seen.load(table.column("hash").to_numpy().astype(np.uint64), table.column("row").to_numpy().astype(np.int64))
     return seen
 
 

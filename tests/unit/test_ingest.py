@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -294,3 +295,38 @@ def test_a_tail_key_first_seen_in_a_later_file_ingests_the_folder_in_full(tmp_pa
     inc, full, ws_inc, ws_full = _ingest_twice(tmp_path, _spec, {"a.csv": head, "b.csv": later}, {"a.csv": grown}, folder=True)
     assert inc[0].mode == "full" and "later file" in inc[0].full_reason
     _assert_same_lake(inc, full, ws_inc, ws_full)
+
+
+def test_seen_rows_and_keys_across_many_chunks_match_a_plain_dictionary():
+    """The sorted runs of `_SeenRows` (merged like a binary counter) and `_Keys`' packed positions
+    give, chunk after chunk, exactly what one dict of everything seen so far gives."""
+    import personaops.ingest as ingest
+
+    rng = np.random.default_rng(5)
+    seen, keys = ingest._SeenRows(), ingest._Keys()
+    first_of: dict[int, int] = {}
+    where_of: dict[str, str] = {}
+    row = 0
+    for chunk in range(40):
+        size = int(rng.integers(1, 300))
+        rows = np.arange(row + 1, row + size + 1, dtype=np.int64)
+        row += size
+        hashes = rng.integers(0, 500, size).astype(np.uint64)  # many repeats, within and across chunks
+        expected = np.array([first_of.get(int(h), 0) for h in hashes])
+        for h, r in zip(hashes, rows):
+            first_of.setdefault(int(h), int(r))
+        within = [first_of[int(h)] if first_of[int(h)] != r else 0 for h, r in zip(hashes, rows)]
+        expected = np.where(expected > 0, expected, within)
+        assert seen.first_rows(hashes, rows).tolist() == expected.tolist(), f"chunk {chunk}"
+        assert len(seen._runs) <= 1 + int(np.log2(max(2, len(first_of))))  # merged: a few runs, not one per chunk
+        file = f"part-{chunk // 10}.csv"
+        batch = pd.Series([f"K{int(k)}" for k in rng.integers(0, 700, size)], index=rows)
+        again = batch.duplicated(keep="first") | keys.seen(batch)
+        assert again.tolist() == [k in where_of or k in set(batch.iloc[:i]) for i, k in enumerate(batch)]
+        keys.add(batch[~again], file)
+        for i, k in batch[~again].items():
+            where_of[k] = f"{file} row {i}"
+        assert all(keys.where(k) == w for k, w in where_of.items())
+    order = np.argsort(np.array(list(first_of), dtype=np.uint64), kind="stable")
+    assert seen.hashes.tolist() == np.array(list(first_of), dtype=np.uint64)[order].tolist()  # what the state saves
+    assert seen.rows.tolist() == np.array(list(first_of.values()))[order].tolist()
