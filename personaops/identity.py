@@ -409,6 +409,7 @@ def resolve_identities(
             entities, training, cfg.min_entities_for_matching, cfg.seed, cfg.u_sampling_max_pairs, low,
             backend=cfg.backend, spark_master=cfg.spark_master, spark_driver_memory=cfg.spark_driver_memory,
             spark_shuffle_partitions=cfg.spark_shuffle_partitions, em_max_iterations=cfg.em_max_iterations,
+            max_block_pairs_per_entity=cfg.max_block_pairs_per_entity,
         )  # fmt: skip
         trained, model = scored.trained, scored.model
         pairs = scored.pairs
