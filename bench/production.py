@@ -95,9 +95,10 @@ def _stage_log(stderr: str) -> list[dict]:
 
 
 def _child(code: str, args: list[str], env: dict, what: str, rss_limit_mib: float | None = None,
-           log: Path | None = None) -> tuple[dict, float, float, dict]:
-    """Run `python -c code args` in a session of its own: (its RESULT json, wall seconds, peak RSS MiB,
-    a watch record). The watch samples the child's resident set every 0.5 s; past `rss_limit_mib`
+           log: Path | None = None, result: Path | None = None) -> tuple[dict, float, float, dict]:
+    """Run `python -c code args` in a session of its own: (its record, wall seconds, peak RSS MiB,
+    a watch record). The record is the JSON the child wrote to `result` when given, else its
+    stdout's RESULT line. The watch samples the child's resident set every 0.5 s; past `rss_limit_mib`
     the child is killed and the RESULT is None (the watch says where it stood)."""
     started = time.perf_counter()
     sampled, samples, killed = 0.0, [], None
@@ -139,7 +140,6 @@ def _child(code: str, args: list[str], env: dict, what: str, rss_limit_mib: floa
         return None, wall, round(sampled, 1), watch
     if log:  # what the child printed, next to its log
         log.with_suffix(".stdout").write_text(stdout)
-    result = Path(args[2]) if len(args) > 2 else None  # the pipeline writes its record there
     if result is not None and result.is_file():
         record = json.loads(result.read_text())
     else:
@@ -195,8 +195,9 @@ def one_size(users: int, env: dict[str, str], data: Path | None = None, rss_limi
             generate_seconds, generate_rss = None, None  # generated beforehand (--data)
         load_before = load_average()
         log = log_dir / f"production-{users}.log" if log_dir else None
-        record, wall, peak, watch = _child(PIPELINE, [str(data / "sources.yaml"), f"{tmp}/ws", f"{tmp}/result.json"], run_env,
-                                           f"the production pipeline at {users:,} people", rss_limit_mib, log)
+        result = Path(tmp) / "result.json"
+        record, wall, peak, watch = _child(PIPELINE, [str(data / "sources.yaml"), f"{tmp}/ws", str(result)], run_env,
+                                           f"the production pipeline at {users:,} people", rss_limit_mib, log, result)
         if record is None:  # stopped by the memory watch: what it finished, where it stood
             finished = {e["stage"]: e for e in watch["stage_log"] if e["event"] == "finished"}
             started = {e["stage"]: e for e in watch["stage_log"] if e["event"] == "started"}

@@ -38,7 +38,6 @@ class ProbabilisticMatches:
     entities: int
     em_sessions: int
     model: dict | None = None  # the trained Splink model (JSON settings), kept for incremental runs
-    blocking: list[dict] | None = None  # per blocking rule: pairs it compares, kept / narrowed / dropped
 
 
 def _string_levels(col: str):
@@ -181,8 +180,11 @@ def _blocking_rules(columns: list[str], table: pd.DataFrame | None = None, max_p
             pairs = block_pairs(table, narrowed)
         if pairs > max_pairs:
             decision["action"] = "dropped"
+        elif narrowed == spec:
+            decision["action"] = "kept"
+            rules.append(block_on(*spec))
         else:
-            decision.update(action="kept") if narrowed == spec else decision.update(action="narrowed", to=" & ".join(narrowed), pairs_after=pairs)
+            decision.update(action="narrowed", to=" & ".join(narrowed), pairs_after=pairs)
             rules.append(block_on(*narrowed))
         decisions.append(decision)
     return rules, decisions
@@ -398,8 +400,8 @@ def score_entities(
     if backend == "spark":
         db.spark.catalog.clearCache()  # the persisted intermediate tables of this run
     if scored.empty:
-        return ProbabilisticMatches(empty, True, len(entities), sessions, model, blocking)
-    return ProbabilisticMatches(_pairs(scored, model), True, len(entities), sessions, model, blocking)
+        return ProbabilisticMatches(empty, True, len(entities), sessions, model)
+    return ProbabilisticMatches(_pairs(scored, model), True, len(entities), sessions, model)
 
 
 def _pairs(scored: pd.DataFrame, model: dict) -> pd.DataFrame:

@@ -37,7 +37,8 @@ def _production():
 
 def test_the_watch_reads_the_written_record_and_keeps_the_stage_log(tmp_path):
     production = _production()
-    record, wall, peak, watch = production._child(CHILD, ["20", "-", str(tmp_path / "r.json")], dict(os.environ), "a small child", None, tmp_path / "c.log")
+    record, wall, peak, watch = production._child(CHILD, ["20", "-", str(tmp_path / "r.json")], dict(os.environ), "a small child", None, tmp_path / "c.log",
+                                                  tmp_path / "r.json")  # fmt: skip
     assert record == {"ok": True, "mib": 20}
     assert peak >= 20 and wall > 0.6
     assert [(e["stage"], e["event"]) for e in watch["stage_log"]] == [("ingest", "started"), ("ingest", "finished"), ("resolve", "started"), ("resolve", "finished")]
@@ -47,7 +48,7 @@ def test_the_watch_reads_the_written_record_and_keeps_the_stage_log(tmp_path):
 
 def test_the_watch_stops_a_child_past_the_limit_and_says_where(tmp_path):
     production = _production()
-    record, _, peak, watch = production._child(CHILD, ["400", "-", str(tmp_path / "r.json")], dict(os.environ), "a big child", 200.0)
+    record, _, peak, watch = production._child(CHILD, ["400", "-", str(tmp_path / "r.json")], dict(os.environ), "a big child", 200.0, None, tmp_path / "r.json")
     assert record is None and not (tmp_path / "r.json").exists()
     assert watch["in_stage"] == "resolve" and watch["killed"]["rss_mib"] > 200.0 and peak > 200.0
     assert [e["stage"] for e in watch["stage_log"] if e["event"] == "finished"] == ["ingest"]
