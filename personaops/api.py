@@ -70,10 +70,9 @@ class PersonaService:
 
     def _feast(self):
         if self._store is None:
-            from personaops.feature_store import SERVING_SERVICE, feature_store
+            from personaops.feature_store import SERVING_SERVICE, feature_store, local_registry_missing
 
-            # The production profile's registry is in PostgreSQL: no file to look for.
-            if self.cfg.profile == "local" and not (self.ws.feast / "registry.db").exists():
+            if local_registry_missing(self.ws, self.cfg):
                 raise NotFoundError(f"No Feast registry in {self.ws.root}; run `personas run` (or `personas demo`) before serving.")
             store = feature_store(self.ws, self.cfg)
             self._service = store.get_feature_service(SERVING_SERVICE)

@@ -174,6 +174,12 @@ def publish_assignments(ws: Workspace, cfg: PersonasConfig, assignments: pd.Data
     return online_publisher(feature_store(ws, cfg)).replace(ASSIGNMENT_VIEW, rows.reset_index(drop=True))
 
 
+def local_registry_missing(ws: Workspace, cfg: PersonasConfig) -> bool:
+    """The local profile's file registry is not there yet (no `personas run` has applied the repo);
+    the production profile's registry is in PostgreSQL, with no file to look for."""
+    return cfg.profile == "local" and not (ws.feast / "registry.db").exists()
+
+
 def read_persona(ws: Workspace, cfg: PersonasConfig, person_ids: list[str]) -> pd.DataFrame:
     """Online persona features of these persons (NaN where the store has none)."""
     store = feature_store(ws, cfg)

@@ -214,10 +214,9 @@ class LivingPersonas:
 
     def _feast(self):
         if self._store is None:
-            from personaops.feature_store import feature_store
+            from personaops.feature_store import feature_store, local_registry_missing
 
-            # The production profile's registry is in PostgreSQL: no file to look for.
-            if self.cfg.profile == "local" and not (self.ws.feast / "registry.db").exists():
+            if local_registry_missing(self.ws, self.cfg):
                 raise NotFoundError(f"No Feast registry in {self.ws.root}; run `personas run` (or `personas demo`) first.")
             self._store = feature_store(self.ws, self.cfg)
             for name in (BEHAVIOUR_VIEW, ASSIGNMENT_VIEW, TRAITS_VIEW):
