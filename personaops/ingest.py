@@ -27,6 +27,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pandas.core.util.hashing import combine_hash_arrays  # pandas' own row-hash combiner (pandas<3 pinned)
 
 from personaops.config import IngestConfig
 from personaops.errors import SourceError
@@ -471,10 +472,37 @@ def _pandera_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame, spec: Sour
 
 
 def _row_hashes(raw: pd.DataFrame) -> pd.Series:
-    """Each row's 64-bit hash over its mapped columns (uint64); a row's hash depends on that row alone."""
+    """Each row's 64-bit hash over its mapped columns (uint64); a row's hash depends on that row alone.
+
+    The same values as `pd.util.hash_pandas_object(raw.fillna("\\x00"), index=False)`, column by
+    column: pandas factorizes every object column before hashing it (a hash table per column, then
+    the distinct values hashed), which for columns of mostly distinct values (ids, times) costs more
+    than hashing every value; a column's first rows decide which way it is hashed (the hashes are the
+    same either way: tests/unit/test_ingest.py), and only a column holding missing values is copied."""
     if raw.empty:
         return pd.Series([], dtype="uint64", index=raw.index)
-    return pd.util.hash_pandas_object(raw.fillna("\x00"), index=False)
+    arrays = []
+    for _, column in raw.items():
+        if column.isna().any():
+            column = column.fillna("\x00")
+        values = column.to_numpy()
+        sample = values[:_HASH_SAMPLE]
+        repeats = values.dtype == object and len(pd.unique(sample)) <= len(sample) // 2
+        arrays.append(pd.util.hash_array(values, categorize=bool(repeats)))
+    return pd.Series(combine_hash_arrays(iter(arrays), len(arrays)), index=raw.index, dtype="uint64")
+
+
+_HASH_SAMPLE = 2_000
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex(hashes: np.ndarray) -> np.ndarray:
+    """Each uint64 as 16 lower-case hex digits (f"{h:016x}"), as an object array of str, without a Python call per value."""
+    raw = np.ascontiguousarray(hashes, dtype=">u8").view(np.uint8).reshape(-1, 8)
+    digits = np.empty((len(raw), 16), dtype=np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[raw >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[raw & 15]
+    return digits.view("S16").ravel().astype("U16").astype(object)
 
 
 class _SeenRows:
@@ -701,7 +729,7 @@ def _validate_chunk(
     first = seen_rows.first_rows(hashed.to_numpy(dtype=np.uint64), raw.index.to_numpy(dtype=np.int64))
     for idx, row in zip(raw.index[first > 0], first[first > 0]):
         reasons.setdefault(int(idx), []).append(f"duplicate of row {row}")
-    hashes = hashed.map(lambda h: f"{h:016x}")
+    hashes = pd.Series(_hex(hashed.to_numpy(dtype=np.uint64)), index=hashed.index, dtype=object)
     # Keys: rows already rejected and missing keys are skipped; a key seen earlier (this file or an
     # earlier file of the source) is a duplicate. Vectorised; only duplicates are looked at one by one.
     keys = canon["source_key"]
@@ -709,8 +737,9 @@ def _validate_chunk(
     again = candidates.duplicated(keep="first") | seen_keys.seen(candidates)
     first_in_file = candidates[~again]
     seen_keys.add(first_in_file, path.name)
-    for idx, key in candidates[again].items():
-        reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {seen_keys.where(key)})")
+    repeated = candidates[again]
+    for idx, key, at in zip(repeated.index, repeated.tolist(), seen_keys.where_all(repeated)):
+        reasons.setdefault(int(idx), []).append(f"duplicate key {str(key)[:60]!r} (first at {at})")
 
     # Erased persons (personaops/erasure.py): rows matching a tombstone are quarantined as
     # 'erased', whatever else is wrong with them, and their raw values are not kept.
@@ -763,15 +792,74 @@ class _Redo(Exception):
     """An append that would not give what a full ingest gives: ingest the source in full."""
 
 
-class _Keys:
-    """The record keys of a source seen so far: this run's (key -> where first seen) and, for an
-    append, the earlier rows' keys as the lake holds them (Arrow, with the file each came from).
-    `later` is set when a key was first seen in a file that comes after the one being read (a
-    full ingest would keep this row and quarantine the later file's)."""
+# Two independent SipHash keys: a record key is known by its two 64-bit hashes (128 bits).
+_KEY_HASH = ("personaops:key:1", "personaops:key:2")
+
+
+def _key_hashes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes (uint64) of each key (str)."""
+    keys = np.asarray(keys, dtype=object)
+    return tuple(pd.util.hash_array(keys, hash_key=k, categorize=False) for k in _KEY_HASH)  # type: ignore[return-value]
+
+
+class _KeyRuns:
+    """Record keys seen so far, each as its two 64-bit hashes with a packed position: sorted runs
+    merged like a binary counter (as `_SeenRows`), 24 bytes a key. A Python dict of the key
+    strings cost about 150 bytes a key: 33M keys at 1,000,000 people were most of ingest's 7 GiB.
+
+    Two keys are taken as the same when both hashes agree. Two different keys agree in 128 bits
+    of two independently keyed SipHash-2-4 hashes with odds of about 2**-128 per pair: for 10**9
+    keys in one source (5 * 10**17 pairs) about 10**-21, far below a disk's undetected error rate.
+    A collision would quarantine one row as a duplicate key; it cannot merge or lose rows silently."""
 
     def __init__(self) -> None:
-        # key -> where first seen this run, as file number * 2**40 + row (a string per key cost ~75 bytes)
-        self.run: dict[str, int] = {}
+        self._runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(r[0]) for r in self._runs)
+
+    def find(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+        """Per key (its two hashes), the position stored with it, or -1 when not seen."""
+        out = np.full(len(h1), -1, dtype=np.int64)
+        if not len(h1) or not self._runs:
+            return out
+        needles = np.argsort(h1, kind="stable")  # sorted needles: each binary search starts near the last
+        n1, n2 = h1[needles], h2[needles]
+        for r1, r2, pos in self._runs:
+            lo = np.searchsorted(r1, n1, side="left")
+            hi = np.searchsorted(r1, n1, side="right")
+            one = hi - lo == 1
+            at = lo[one]
+            hit = r2[at] == n2[one]
+            out[needles[np.flatnonzero(one)[hit]]] = pos[at[hit]]
+            for i in np.flatnonzero(hi - lo > 1):  # the first hash alone repeats: compare the second in that span
+                match = np.flatnonzero(r2[lo[i] : hi[i]] == n2[i])
+                if len(match):
+                    out[needles[i]] = pos[lo[i] + match[0]]
+        return out
+
+    def add(self, h1: np.ndarray, h2: np.ndarray, positions: np.ndarray) -> None:
+        """Remember keys not seen before (their hashes and positions)."""
+        if not len(h1):
+            return
+        order = np.argsort(h1, kind="stable")
+        self._runs.append((h1[order], h2[order], np.asarray(positions, dtype=np.int64)[order]))
+        while len(self._runs) > 1 and len(self._runs[-1][0]) >= len(self._runs[-2][0]):
+            a, b = self._runs[-2], self._runs[-1]
+            order = np.argsort(np.concatenate([a[0], b[0]]), kind="stable")  # two sorted runs: timsort merges them in linear time
+            merged = tuple(np.concatenate([x, y])[order] for x, y in zip(a, b))
+            self._runs[-2:] = [merged]  # type: ignore[list-item]
+
+
+class _Keys:
+    """The record keys of a source seen so far: this run's (their hashes -> where first seen, see
+    `_KeyRuns`) and, for an append, the earlier rows' keys as the lake holds them (Arrow, with the
+    file each came from). `later` is set when a key was first seen in a file that comes after the
+    one being read (a full ingest would keep this row and quarantine the later file's)."""
+
+    def __init__(self) -> None:
+        # where each key was first seen this run, as file number * 2**40 + row
+        self.run = _KeyRuns()
         self.run_files: list[str] = []
         self.lake: pa_arrow.Array | None = None
         self.lake_order = self.lake_rows = np.empty(0, dtype=np.int64)
@@ -795,10 +883,7 @@ class _Keys:
 
     def seen(self, keys: pd.Series) -> pd.Series:
         """Which keys were seen before (this run, or in the earlier rows of an append)."""
-        # A lookup per key: `isin(self.run.keys())` built a hash table of every key seen so far on each
-        # chunk, so a file's keys cost O(n^2 / chunk).
-        run = self.run
-        mask = pd.Series(np.fromiter((k in run for k in keys.tolist()), dtype=bool, count=len(keys)), index=keys.index)
+        mask = pd.Series(self.run.find(*_key_hashes(keys.to_numpy(dtype=object))) >= 0, index=keys.index)
         if self.lake is not None and len(self.lake) and len(keys):
             at = pc.fill_null(pc.index_in(pa_arrow.array(keys.to_numpy(dtype=object), type=pa_arrow.string()), value_set=self.lake), -1).to_numpy()
             hit = at >= 0
@@ -811,16 +896,29 @@ class _Keys:
         return mask
 
     def add(self, keys: pd.Series, file_name: str) -> None:
+        """Remember keys seen for the first time (not seen before, each once), at their rows of `file_name`."""
         if file_name not in self.run_files:
             self.run_files.append(file_name)
         base = self.run_files.index(file_name) << 40
-        self.run.update(zip(keys.tolist(), (base + i for i in keys.index.tolist())))
+        self.run.add(*_key_hashes(keys.to_numpy(dtype=object)), base + keys.index.to_numpy(dtype=np.int64))
+
+    def where_all(self, keys: pd.Series) -> list[str]:
+        """Where each key was first seen ("<file> row <n>"); every key must have been seen."""
+        if not len(keys):
+            return []
+        values = keys.tolist()
+        at = self.run.find(*_key_hashes(np.asarray(values, dtype=object)))
+        out = []
+        for key, pos in zip(values, at.tolist()):
+            if key in self.found:
+                out.append(self.found[key])
+            else:
+                assert pos >= 0, "a repeated key was never seen"  # invariant, never user input
+                out.append(f"{self.run_files[pos >> 40]} row {pos & ((1 << 40) - 1)}")
+        return out
 
     def where(self, key: str) -> str:
-        if key in self.found:
-            return self.found[key]
-        at = self.run[key]
-        return f"{self.run_files[at >> 40]} row {at & ((1 << 40) - 1)}"
+        return self.where_all(pd.Series([key], dtype=object))[0]
 
 
 def _fingerprint(ws: Workspace, spec: SourceSpec, cfg: IngestConfig) -> str:

@@ -330,3 +330,60 @@ def test_seen_rows_and_keys_across_many_chunks_match_a_plain_dictionary():
     order = np.argsort(np.array(list(first_of), dtype=np.uint64), kind="stable")
     assert seen.hashes.tolist() == np.array(list(first_of), dtype=np.uint64)[order].tolist()  # what the state saves
     assert seen.rows.tolist() == np.array(list(first_of.values()))[order].tolist()
+
+
+def test_row_hashes_column_by_column_equal_pandas_whole_frame_hashes():
+    """`_row_hashes` hashes each column the cheaper way (factorized or value by value): the same
+    uint64 per row as `hash_pandas_object` on the whole frame, which the lake's `_row_hash` and the
+    saved ingest state hold; and `_hex` spells them as f"{h:016x}" does."""
+    import personaops.ingest as ingest
+
+    rng = np.random.default_rng(11)
+    n = 5_000
+    raw = pd.DataFrame(
+        {
+            "id": [f"E-{i:07d}" for i in range(n)],  # every value distinct: hashed value by value
+            "kind": rng.choice(["login", "view", "café", ""], n).astype(object),  # few values: factorized first
+            "sparse": pd.Series(rng.choice(["a", None], n), dtype=object),  # missing values hash as "\x00"
+            "late": [None] * (n // 2) + [f"v{i % 3000}" for i in range(n - n // 2)],  # the first rows do not show the rest
+            "empty": pd.Series([None] * n, dtype=object),
+        },
+        index=pd.Index(np.arange(1, n + 1), name="_row_number"),
+    )
+    expected = pd.util.hash_pandas_object(raw.fillna("\x00"), index=False)
+    got = ingest._row_hashes(raw)
+    assert got.dtype == np.uint64 and got.index.equals(raw.index)
+    assert got.to_numpy().tolist() == expected.to_numpy().tolist()
+    assert ingest._row_hashes(raw.iloc[:0]).empty
+    values = np.array([0, 1, 255, 2**63, 2**64 - 1, *expected.to_numpy()[:50]], dtype=np.uint64)
+    assert ingest._hex(values).tolist() == [f"{int(h):016x}" for h in values]
+
+
+def test_key_runs_find_keys_by_both_hashes_even_when_the_first_collides():
+    """`_KeyRuns` (record keys as two 64-bit hashes in sorted runs) answers what a dict keyed by
+    the pair answers, chunk after chunk, also where many keys share their first hash."""
+    import personaops.ingest as ingest
+
+    rng = np.random.default_rng(3)
+    runs, expected = ingest._KeyRuns(), {}
+    pos = 0
+    for chunk in range(60):
+        size = int(rng.integers(1, 200))
+        h1 = rng.integers(0, 40, size).astype(np.uint64)  # first hashes collide a lot
+        h2 = rng.integers(0, 30, size).astype(np.uint64)
+        got = runs.find(h1, h2)
+        assert got.tolist() == [expected.get((int(a), int(b)), -1) for a, b in zip(h1, h2)], f"chunk {chunk}"
+        fresh: dict = {}
+        for a, b in zip(h1.tolist(), h2.tolist()):
+            if (a, b) not in expected and (a, b) not in fresh:
+                fresh[(a, b)] = pos
+                pos += 1
+        if fresh:
+            pairs = np.array(list(fresh), dtype=np.uint64)
+            runs.add(pairs[:, 0].copy(), pairs[:, 1].copy(), np.array(list(fresh.values()), dtype=np.int64))
+            expected.update(fresh)
+        assert len(runs) == len(expected) and len(runs._runs) <= 1 + int(np.log2(max(2, len(expected))))
+    keys = pd.Series(["K1", "K2", "k1"], index=[4, 9, 12], dtype=object)
+    a1, a2 = ingest._key_hashes(keys.to_numpy())
+    b1, b2 = ingest._key_hashes(np.array(["K1"], dtype=object))
+    assert a1[0] == b1[0] and a2[0] == b2[0] and len(set(a1.tolist())) == 3 and not np.array_equal(a1, a2)  # deterministic, independent
