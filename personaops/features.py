@@ -343,21 +343,29 @@ def full_read_sources(ws, batches: dict[str, list[str]], kinds: dict[str, str]) 
     return out
 
 
-def save_incremental_state(ws, fingerprint: str, batches, kinds, as_of, events: pd.DataFrame, tickets: pd.DataFrame) -> None:
-    """What the next incremental run needs: inputs, as-of time, event-type counts, latest times per person."""
+def save_incremental_state(ws, fingerprint: str, batches, kinds, as_of, events: "pd.DataFrame | EventSummary", tickets: pd.DataFrame) -> None:
+    """What the next incremental run needs: inputs, as-of time, event-type counts, latest times per
+    person. `events`: the event rows with their person, or full_tables' EventSummary of them."""
     import json
 
     folder = _state_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
     times = pd.DataFrame({"person_id": pd.Series(dtype=object)})
+    summary = events if isinstance(events, EventSummary) else None  # a full_tables run: the events' summary, not their rows
     for name, frame in (("last_event", events), ("last_ticket", tickets)):
-        if len(frame) and "event_time" in frame.columns:
+        if isinstance(frame, EventSummary):
+            part = frame.last.rename(name)
+            times = times.merge(part.reset_index(), on="person_id", how="outer") if len(times) else part.reset_index()
+        elif len(frame) and "event_time" in frame.columns:
             part = frame.groupby("person_id")["event_time"].max().rename(name)
             times = times.merge(part.reset_index(), on="person_id", how="outer") if len(times) else part.reset_index()
     tmp = folder / ".times.parquet.tmp"
     times.to_parquet(tmp, index=False)
     tmp.replace(folder / "times.parquet")
-    counts = events["event_type"].value_counts().to_dict() if len(events) and "event_type" in events.columns else {}
+    if summary is not None:
+        counts = summary.type_counts
+    else:
+        counts = events["event_type"].value_counts().to_dict() if len(events) and "event_type" in events.columns else {}
     state = {"fingerprint": fingerprint, "batches": batches, "kinds": kinds, "as_of": pd.Timestamp(as_of).isoformat(), "event_types": {str(k): int(v) for k, v in counts.items()}}
     from personaops.workspace import atomic_write_text
 
@@ -553,3 +561,250 @@ def forget_incremental_state(ws) -> None:
     """Drop the incremental state before the tables are rewritten (a run killed part-way then
     computes everything next time instead of merging into half-written tables)."""
     (_state_dir(ws) / "state.json").unlink(missing_ok=True)
+
+
+# --- a full run within bounded memory ------------------------------------------------------------
+# A full run used to hold every lake row with its person as pandas objects (the records-to-person
+# map and the events with their person id, session and type strings: 12-14 GiB estimated at
+# 1,000,000 people). `full_tables` computes the same tables with the event rows streamed: each
+# record batch of an events source gets its person from a sorted index of record-key hashes and
+# is folded into per-person partial aggregates that combine exactly (counts add, maxima take the
+# max, distinct sessions and days are kept as distinct (person, value) pairs). The other sources
+# (CRM, tickets, surveys, campaigns: an eighth of the rows) are read as before.
+STREAM_BATCH_ROWS = 1 << 18  # rows of a record batch folded at a time: memory follows this, not the rows
+
+
+class EventSummary:
+    """What a full run keeps of the events instead of their rows: the behaviour table, each
+    person's latest event time and the event-type counts (for the incremental state)."""
+
+    def __init__(self, table: pd.DataFrame, last: pd.Series, type_counts: dict[str, int]) -> None:
+        self.table, self.last, self.type_counts = table, last, type_counts
+
+
+class _Fallback(Exception):
+    """The streamed events path cannot give exactly what the whole-frame path gives for this data."""
+
+
+def _streamable_events(ws, batches: dict[str, list[str]], kinds: dict[str, str]) -> list[str]:
+    """The events sources whose rows only feed the behaviour table (no text, label or sensitive
+    columns) and that have event times and types: those are streamed; [] when any is not."""
+    import pyarrow.parquet as pq
+
+    sources = [s for s, k in kinds.items() if k == "events" and s in batches]
+    for source in sources:
+        for b in batches[source]:
+            names = set(pq.read_schema(ws.lake / source / f"batch={b}" / "part-0.parquet").names)
+            if "text" in names or any(c.startswith(("label__", "sensitive__")) for c in names) or not {"event_time", "event_type", "source_key"} <= names:
+                return []
+    return sources
+
+
+def _record_index(ws, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The records of `source` of persons with analytics consent, as (first key hash sorted,
+    second key hash, person code) and the persons (code -> person id); read in batches."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from personaops.consent import exclude_without_analytics
+    from personaops.ingest import _key_hashes
+
+    codes_of: dict[str, int] = {}
+    h1s, h2s, codes = [], [], []
+    file = pq.ParquetFile(ws.identity / "record_person.parquet")
+    for batch in file.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=["source", "source_key", "person_id"]):
+        batch = batch.filter(pc.equal(batch.column("source"), source))
+        if not batch.num_rows:
+            continue
+        if batch.column("source_key").null_count or batch.column("person_id").null_count:
+            raise _Fallback("a record without key or person")
+        h1, h2 = _key_hashes(batch.column("source_key").to_numpy(zero_copy_only=False))
+        encoded = pc.dictionary_encode(batch.column("person_id"))
+        local = np.array([codes_of.setdefault(p, len(codes_of)) for p in encoded.dictionary.to_pylist()], dtype=np.int64)
+        h1s.append(h1)
+        h2s.append(h2)
+        codes.append(local[encoded.indices.to_numpy(zero_copy_only=False)])
+    persons = list(codes_of)
+    h1 = np.concatenate(h1s) if h1s else np.empty(0, dtype=np.uint64)
+    h2 = np.concatenate(h2s) if h2s else np.empty(0, dtype=np.uint64)
+    code = np.concatenate(codes) if codes else np.empty(0, dtype=np.int64)
+    del h1s, h2s, codes
+    allowed = exclude_without_analytics(ws, pd.DataFrame({"person_id": pd.Series(persons, dtype=object)}))
+    if len(allowed) < len(persons):
+        keep_person = np.zeros(len(persons), dtype=bool)
+        keep_person[[codes_of[p] for p in allowed["person_id"]]] = True
+        keep = keep_person[code]
+        h1, h2, code = h1[keep], h2[keep], code[keep]
+    order = np.argsort(h1, kind="stable")
+    h1, h2, code = h1[order], h2[order], code[order]
+    if len(h1) > 1 and (h1[1:] == h1[:-1]).any():  # a key twice, or two keys sharing a 64-bit hash: the merge's rules apply
+        raise _Fallback("a record key's first hash repeats")
+    return h1, h2, code, persons
+
+
+def _event_summary(ws, batches: dict[str, list[str]], sources: list[str]) -> tuple["_BehaviourParts", pd.Timestamp]:
+    """The behaviour table's inputs folded batch by batch (see above); (summary, latest event time).
+    Equals behaviour_features on the events joined with their persons (tests/unit/test_features.py)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from personaops.ingest import _key_hashes
+
+    person_ids: dict[str, int] = {}  # person id -> global code
+    type_codes: dict[str, int] = {}  # event type -> code, in order of first appearance (value_counts' order before sorting)
+    n_events, last_time, type_n, sessions, days = [], [], [], [], []
+    for source in sources:
+        h1, h2, code, persons = _record_index(ws, source)
+        to_global = np.array([person_ids.setdefault(p, len(person_ids)) for p in persons], dtype=np.int64)
+        for b in batches[source]:
+            path = ws.lake / source / f"batch={b}" / "part-0.parquet"
+            file = pq.ParquetFile(path)
+            columns = [c for c in ("source_key", "event_time", "event_type", "session_id") if c in file.schema_arrow.names]
+            for batch in file.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns):
+                if batch.column("source_key").null_count:
+                    raise _Fallback("an event without key")
+                q1, q2 = _key_hashes(batch.column("source_key").to_numpy(zero_copy_only=False))
+                needles = np.argsort(q1)  # sorted needles: each binary search starts near the last
+                at = np.empty(len(q1), dtype=np.int64)
+                at[needles] = np.minimum(np.searchsorted(h1, q1[needles]), max(len(h1) - 1, 0))
+                hit = (h1[at] == q1) & (h2[at] == q2) if len(h1) else np.zeros(len(q1), dtype=bool)
+                if not hit.any():
+                    continue
+                rows = np.flatnonzero(hit)
+                batch = batch.take(pa_indices(rows))
+                person = to_global[code[at[rows]]]
+                times, types = batch.column("event_time"), batch.column("event_type")
+                if times.null_count or types.null_count:
+                    raise _Fallback("an event without time or type")
+                t = times.cast("int64").to_numpy()
+                encoded = pc.dictionary_encode(types)
+                local = np.array([type_codes.setdefault(v, len(type_codes)) for v in encoded.dictionary.to_pylist()], dtype=np.int64)
+                kind = local[encoded.indices.to_numpy(zero_copy_only=False)]
+                day = np.floor_divide(t, 86_400 * 10**9) * (86_400 * 10**9)
+                session = batch.column("session_id").to_numpy(zero_copy_only=False) if "session_id" in columns else np.full(len(t), None, dtype=object)
+                session = np.asarray(session, dtype=object)
+                missing = pd.isna(session)
+                if missing.any():  # the day stands in for a missing session, spelled as behaviour_features spells it
+                    session = session.copy()
+                    session[missing] = ("day:" + pd.Series(pd.to_datetime(day[missing], utc=True)).astype(str)).to_numpy(dtype=object)
+                s1, s2 = _key_hashes(session, repeated=True)
+                frame = pd.DataFrame({"p": person, "t": t, "k": kind, "d": day, "s1": s1, "s2": s2})
+                grouped = frame.groupby("p")
+                n_events.append(grouped.size())
+                last_time.append(grouped["t"].max())
+                type_n.append(frame.groupby(["p", "k"]).size())
+                sessions.append(frame[["p", "s1", "s2"]].drop_duplicates())
+                days.append(frame[["p", "d"]].drop_duplicates())
+        del h1, h2, code
+    if not n_events:
+        raise _Fallback("no event of a person")  # the whole-frame path's empty table
+    names = np.array(list(person_ids), dtype=object)
+    n = pd.concat(n_events).groupby(level=0).sum()
+    last = pd.concat(last_time).groupby(level=0).max()
+    s = pd.concat(sessions, ignore_index=True)
+    if (s.drop_duplicates(["p", "s1"]).shape[0]) != s.drop_duplicates().shape[0]:
+        raise _Fallback("two sessions of a person share a 64-bit hash")
+    n_sessions = s.drop_duplicates().groupby("p").size()
+    active = pd.concat(days, ignore_index=True).drop_duplicates().groupby("p").size()
+    kinds_n = pd.concat(type_n).groupby(level=[0, 1]).sum()
+    types = np.array(list(type_codes), dtype=object)
+    type_total = kinds_n.groupby(level=1).sum()
+    counts_by_type = pd.Series(type_total.reindex(np.arange(len(types))).to_numpy(), index=pd.Index(types, dtype=object), name="count").sort_values(ascending=False)
+    latest = int(last.max())
+    summary = _BehaviourParts(names, n, n_sessions, active, last, kinds_n, types, counts_by_type)
+    return summary, pd.Timestamp(latest, tz="UTC")
+
+
+def pa_indices(rows: np.ndarray):
+    import pyarrow as pa
+
+    return pa.array(rows, type=pa.int64())
+
+
+class _BehaviourParts:
+    """Per-person partial aggregates of the events, combined; `finish(as_of)` gives the table."""
+
+    def __init__(self, names, n, n_sessions, active, last, kinds_n, types, counts_by_type) -> None:
+        self.names, self.n, self.n_sessions, self.active, self.last_ns = names, n, n_sessions, active, last
+        self.kinds_n, self.types, self.counts_by_type = kinds_n, types, counts_by_type
+
+    def _by_person(self, series: pd.Series) -> pd.Series:
+        return pd.Series(series.to_numpy(), index=pd.Index(self.names[series.index.to_numpy()], dtype=object, name="person_id"))
+
+    def finish(self, as_of: pd.Timestamp) -> EventSummary:
+        """The behaviour table (behaviour_features' columns, order and arithmetic), the latest event per person, the type counts."""
+        last = self._by_person(self.last_ns)
+        last = pd.Series(pd.to_datetime(last.to_numpy(), utc=True), index=last.index, name="event_time").sort_index()
+        out = pd.DataFrame({"n_events": self._by_person(self.n).sort_index().astype("int64")})
+        out["n_sessions"] = self._by_person(self.n_sessions).astype("int64")
+        out["active_days"] = self._by_person(self.active).astype("int64")
+        out["events_per_session"] = out["n_events"] / out["n_sessions"].clip(lower=1)
+        out["days_since_last_event"] = (as_of - last).dt.total_seconds() / 86400.0
+        top = self.counts_by_type.index[:MAX_EVENT_TYPES]
+        labels = np.where(np.isin(self.types, np.asarray(top, dtype=object)), self.types, "other").astype(object)
+        persons = self.names[self.kinds_n.index.get_level_values(0).to_numpy()]
+        kind_labels = labels[self.kinds_n.index.get_level_values(1).to_numpy()]
+        long = pd.Series(self.kinds_n.to_numpy(), index=pd.MultiIndex.from_arrays([pd.Index(persons, dtype=object, name="person_id"), pd.Index(kind_labels, dtype=object, name="event_type")]))
+        counts = long.groupby(level=[0, 1]).sum().unstack(fill_value=0).astype("int64")
+        shares = counts.div(counts.sum(axis=1), axis=0)
+        shares.columns = [event_type_column(c) for c in shares.columns]
+        out = out.join(shares).fillna(0.0)
+        table = _stamp(out.rename_axis("person_id"), as_of)
+        type_counts = {str(k): int(v) for k, v in self.counts_by_type.items()}
+        return EventSummary(table, last.rename_axis("person_id"), type_counts)
+
+
+def full_tables(ws, batches: dict[str, list[str]], kinds: dict[str, str]):
+    """(as_of, tables without the embeddings, texts, sensitive, update for save_incremental_state)
+    of a full run: what the features stage computes from whole frames (`behaviour_features` and the
+    rest on every source's rows with their person), with the events streamed (see above). Falls
+    back to whole frames where the events carry more than the behaviour table reads."""
+    import pyarrow.parquet as pq
+
+    from personaops.consent import exclude_without_analytics
+    from personaops.ingest import read_lake
+
+    streamed = _streamable_events(ws, batches, kinds)
+    summary = latest = None
+    if streamed:
+        try:
+            summary, latest = _event_summary(ws, batches, streamed)
+        except _Fallback:
+            streamed, summary, latest = [], None, None
+    frames: dict[str, pd.DataFrame] = {}
+    for source, ids in batches.items():
+        if source in streamed:
+            continue
+        mapping = pq.read_table(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"], filters=[("source", "=", source)]).to_pandas()
+        mapping = exclude_without_analytics(ws, mapping)
+        frame = read_lake(ws, source, ids, list(LAKE_COLUMNS), LAKE_PREFIXES)
+        frame["source"] = source
+        frames[source] = _with_person(frame, mapping, source)
+        del mapping
+    stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
+    if latest is not None:
+        stamps.append(latest)
+    as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
+
+    def of_kind(kind: str) -> pd.DataFrame:
+        parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    tickets, campaigns = of_kind("tickets"), of_kind("campaigns")
+    if summary is not None:
+        events = summary.finish(as_of)
+        behaviour = events.table
+    else:
+        events = of_kind("events")
+        behaviour = behaviour_features(events, as_of)
+    tables = {
+        "person_behaviour": behaviour,
+        "person_support": support_features(tickets, as_of),
+        "person_survey": survey_features(of_kind("surveys"), as_of),
+        "person_campaign": campaign_features(campaigns, as_of),
+        "person_profile": profile_features(of_kind("crm"), as_of),
+        "person_labels": label_table(frames, campaigns, as_of),
+    }
+    texts = person_texts(frames)
+    sensitive = sensitive_table(frames)
+    return as_of, tables, texts, sensitive, {"events": events, "tickets": tickets}

@@ -288,9 +288,19 @@ def _arrow_strings(series: pd.Series) -> pa_arrow.ChunkedArray | None:
         return None
 
 
-def _clean(series: pd.Series) -> pd.Series:
-    """Strip strings (as str.strip() does); empty strings become missing."""
-    strings = _arrow_strings(series)
+_UNSET = object()
+
+
+def _arrow_columns(raw: pd.DataFrame) -> dict:
+    """Each column of a chunk as Arrow strings (or None, see _arrow_strings), made once per chunk
+    for the checks and the cleaning that each read it (three conversions a column before)."""
+    return {c: _arrow_strings(raw[c]) for c in raw.columns}
+
+
+def _clean(series: pd.Series, strings=_UNSET) -> pd.Series:
+    """Strip strings (as str.strip() does); empty strings become missing. `strings`: the series
+    as _arrow_strings gives it, when already made."""
+    strings = _arrow_strings(series) if strings is _UNSET else strings
     if strings is not None:
         # Vectorised in Arrow: the same characters str.strip() removes, then "" -> missing.
         stripped = pc.utf8_trim(strings, characters=_PY_WHITESPACE)
@@ -300,9 +310,9 @@ def _clean(series: pd.Series) -> pd.Series:
     return s.where(s.map(lambda v: isinstance(v, str) and v != ""), None)
 
 
-def _str_mask(series: pd.Series, arrow_test, python_test) -> pd.Series:
+def _str_mask(series: pd.Series, arrow_test, python_test, strings=_UNSET) -> pd.Series:
     """Boolean mask of str values passing the test (Arrow when all values are str); False elsewhere."""
-    strings = _arrow_strings(series)
+    strings = _arrow_strings(series) if strings is _UNSET else strings
     if strings is not None:
         return pd.Series(pc.fill_null(arrow_test(strings), False).to_numpy(zero_copy_only=False), index=series.index, dtype=bool)
     return series.map(lambda v: isinstance(v, str) and python_test(v)).astype(bool)
@@ -326,26 +336,30 @@ def _date_problem(value: str) -> str:
     return "is before 1970 or in the future"
 
 
-def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefix: str = "") -> tuple[pd.DataFrame, dict[int, list[str]]]:
-    """Map raw string columns to canonical typed columns; collect coercion failures per row."""
+def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefix: str = "", arrow: dict | None = None) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Map raw string columns to canonical typed columns; collect coercion failures per row.
+    `arrow`: the chunk's columns as _arrow_columns gives them, when already made."""
     reasons: dict[int, list[str]] = {}
+
+    def clean(col: str) -> pd.Series:
+        return _clean(raw[col], arrow[col] if arrow is not None and col in arrow else _UNSET)
 
     def flag(mask: pd.Series, message) -> None:
         for idx in mask[mask].index:
             reasons.setdefault(int(idx), []).append(message(idx) if callable(message) else message)
 
     out = pd.DataFrame(index=raw.index)
-    out["source_key"] = _clean(raw[spec.key]) if spec.key else pd.Series([f"{key_prefix}row{i}" for i in raw.index], index=raw.index, dtype=object)
+    out["source_key"] = clean(spec.key) if spec.key else pd.Series([f"{key_prefix}row{i}" for i in raw.index], index=raw.index, dtype=object)
     for kind, col in spec.identifiers.items():
-        out[kind] = _clean(raw[col])
+        out[kind] = clean(col)
     for kind, cols in spec.attributes.items():
-        parts = [_clean(raw[c]).fillna("") for c in ([cols] if isinstance(cols, str) else cols)]
+        parts = [clean(c).fillna("") for c in ([cols] if isinstance(cols, str) else cols)]
         joined = parts[0]
         for p in parts[1:]:
             joined = joined.str.cat(p, sep=" ")
         out[kind] = _clean(joined.str.replace(r"\s+", " ", regex=True))
     if spec.timestamp:
-        raw_ts = _clean(raw[spec.timestamp])
+        raw_ts = clean(spec.timestamp)
         # dateutil reads "now"/"today" as the parse time and drops zone names it does not know
         # ("EST" becomes UTC, 5 hours off): neither is a recorded time, so neither is parsed.
         words = raw_ts.notna() & ~_str_mask(raw_ts, lambda a: pc.match_substring_regex(a, r"\p{Nd}"), lambda v: re.search(r"\d", v) is not None)
@@ -363,13 +377,13 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefi
         flag(raw_ts.notna() & parsed.isna() & ~(words | zones), lambda i: f"{spec.timestamp}: {str(raw_ts[i])[:60]!r} {_date_problem(raw_ts[i])}")
         out["event_time"] = parsed
     if spec.text:
-        parts = [_clean(raw[c]).fillna("") for c in spec.text]
+        parts = [clean(c).fillna("") for c in spec.text]
         joined = parts[0]
         for p in parts[1:]:
             joined = joined.str.cat(p, sep="\n")
         out["text"] = joined.str.strip().where(lambda s: s != "", None)
     for role, col in spec.fields.items():
-        values = _clean(raw[col])
+        values = clean(col)
         if role == "score":
             num = pd.to_numeric(values, errors="coerce")
             flag(values.notna() & num.isna(), lambda i, c=col, v=values: f"{c}: {str(v[i])[:60]!r} is not a number")
@@ -381,18 +395,18 @@ def _canonical(spec: SourceSpec, raw: pd.DataFrame, cfg: IngestConfig, key_prefi
         else:
             out[role] = values
     for col in spec.numeric:
-        values = _clean(raw[col])
+        values = clean(col)
         num = pd.to_numeric(values, errors="coerce")
         flag(values.notna() & num.isna(), lambda i, c=col, v=values: f"{c}: {str(v[i])[:60]!r} is not a number")
         out[f"num__{col}"] = num
     for col in spec.categorical:
-        out[f"cat__{col}"] = _clean(raw[col])
+        out[f"cat__{col}"] = clean(col)
     for col in spec.labels:
-        parsed_bool, bad = _parse_bool(_clean(raw[col]))
+        parsed_bool, bad = _parse_bool(clean(col))
         flag(bad, lambda i, c=col: f"{c}: {str(raw.at[i, c])[:60]!r} is not a yes/no label")
         out[f"label__{col}"] = parsed_bool
     for col in spec.sensitive:
-        out[f"sensitive__{col}"] = _clean(raw[col])
+        out[f"sensitive__{col}"] = clean(col)
     return out, reasons
 
 
@@ -650,6 +664,17 @@ def ingest_file(
     now = pd.Timestamp(datetime.now(timezone.utc))
     schema = _schema(spec, cfg, now)
     seen_rows = append["seen_rows"] if append else _SeenRows()
+    # A Parquet file's last row group's row hashes (what the next append compares) are taken from
+    # this pass when it reads that row group whole, instead of reading the rows again afterwards.
+    tail: dict | None = None
+    if fmt == "parquet":
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa_arrow.ArrowException, OSError):
+            meta = None  # not readable: the reader below says so in one sentence
+        tail_from = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups - 1)) if meta is not None else 0
+        if meta is not None and (start is None or int(start["rows"]) <= tail_from):
+            tail = {"from": tail_from, "hashes": []}
     track["seen_rows"] = seen_rows
     lake = _ParquetBatch(ws.lake / spec.name / f"batch={batch_id}" / "part-0.parquet")
     quarantine = _ParquetBatch(ws.quarantine / spec.name / f"batch={batch_id}" / "part-0.parquet")
@@ -663,7 +688,7 @@ def ingest_file(
                 raw = pd.DataFrame(columns=spec.mapped_columns(), dtype=object)
             spec.require_columns(path, list(raw.columns))
             raw = raw[spec.mapped_columns()]
-            accepted, quarantined = _validate_chunk(spec, path, ws, cfg, raw, rejects, batch_id, copy_of, now, schema, seen_rows, seen_keys)
+            accepted, quarantined = _validate_chunk(spec, path, ws, cfg, raw, rejects, batch_id, copy_of, now, schema, seen_rows, seen_keys, tail)
             rows_in += len(raw) + len(rejects)
             accepted_rows += len(accepted)
             quarantined_rows += len(quarantined)
@@ -679,6 +704,7 @@ def ingest_file(
         quarantine.abort()
         raise
     track["unsettled"] = unsettled
+    track["tail"] = tail
     return FileReport(file=str(path), batch_id=batch_id, rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined_rows, note=note, batches=[batch_id])
 
 
@@ -693,29 +719,31 @@ def _file_digest(path: Path):
 
 def _validate_chunk(
     spec: SourceSpec, path: Path, ws: Workspace, cfg: IngestConfig, raw: pd.DataFrame, rejects: pd.DataFrame, batch_id: str,
-    copy_of: str | None, now: pd.Timestamp, schema: pa.DataFrameSchema, seen_rows: _SeenRows, seen_keys: dict[str, str],
+    copy_of: str | None, now: pd.Timestamp, schema: pa.DataFrameSchema, seen_rows: _SeenRows, seen_keys: "_Keys",
+    tail: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(accepted canonical rows with lineage, quarantined rows with reasons) of one chunk of a file."""  # fmt: skip
     reasons: dict[int, list[str]] = {}
     if copy_of is not None:
         for idx in raw.index:
             reasons.setdefault(int(idx), []).append(f"the file is a byte-for-byte copy of {copy_of}, already ingested from this source")
+    arrow = _arrow_columns(raw)
     text_columns = set(spec.text)
     for col in raw.columns:
         if col in text_columns:
             continue  # free text has its own limit (ingest.max_text_chars)
-        too_long = _str_mask(raw[col], lambda a: pc.greater(pc.utf8_length(a), MAX_FIELD_CHARS), lambda v: len(v) > MAX_FIELD_CHARS)
+        too_long = _str_mask(raw[col], lambda a: pc.greater(pc.utf8_length(a), MAX_FIELD_CHARS), lambda v: len(v) > MAX_FIELD_CHARS, arrow[col])
         for idx in too_long[too_long].index:
             reasons.setdefault(int(idx), []).append(f"{col} is longer than {MAX_FIELD_CHARS:,} characters")
     bad_bytes = (
-        pd.concat([_str_mask(raw[c], lambda a: pc.match_substring(a, "\ufffd"), lambda v: "\ufffd" in v) for c in raw.columns], axis=1).any(axis=1)
+        pd.concat([_str_mask(raw[c], lambda a: pc.match_substring(a, "\ufffd"), lambda v: "\ufffd" in v, arrow[c]) for c in raw.columns], axis=1).any(axis=1)
         if len(raw) and len(raw.columns)
         else pd.Series(False, index=raw.index, dtype=bool)
     )
     for idx in bad_bytes[bad_bytes].index:
         reasons.setdefault(int(idx), []).append("holds bytes that are not valid UTF-8 (or NUL)")
 
-    canon, coercion = _canonical(spec, raw, cfg, key_prefix=f"{path.name}:" if spec.path.is_dir() else "")
+    canon, coercion = _canonical(spec, raw, cfg, key_prefix=f"{path.name}:" if spec.path.is_dir() else "", arrow=arrow)
     for idx, msgs in coercion.items():
         reasons.setdefault(idx, []).extend(msgs)
     for idx, msgs in _pandera_reasons(schema, canon, spec).items():
@@ -726,6 +754,8 @@ def _validate_chunk(
         kept.extend(dict.fromkeys(m for m in msgs if m not in kept and not (m.endswith(" is missing") and m[: -len(" is missing")] in already)))
 
     hashed = _row_hashes(raw)
+    if tail is not None:  # the hashes of the rows after tail["from"] (the file's last row group)
+        tail["hashes"].append(hashed.to_numpy(dtype=np.uint64)[raw.index.to_numpy(dtype=np.int64) > tail["from"]])
     first = seen_rows.first_rows(hashed.to_numpy(dtype=np.uint64), raw.index.to_numpy(dtype=np.int64))
     for idx, row in zip(raw.index[first > 0], first[first > 0]):
         reasons.setdefault(int(idx), []).append(f"duplicate of row {row}")
@@ -796,10 +826,11 @@ class _Redo(Exception):
 _KEY_HASH = ("personaops:key:1", "personaops:key:2")
 
 
-def _key_hashes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes (uint64) of each key (str)."""
+def _key_hashes(keys: np.ndarray, repeated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes (uint64) of each key (str). `repeated`: values repeat a lot
+    (hash each distinct value once; the same hashes)."""
     keys = np.asarray(keys, dtype=object)
-    return tuple(pd.util.hash_array(keys, hash_key=k, categorize=False) for k in _KEY_HASH)  # type: ignore[return-value]
+    return tuple(pd.util.hash_array(keys, hash_key=k, categorize=repeated) for k in _KEY_HASH)  # type: ignore[return-value]
 
 
 class _KeyRuns:
@@ -1067,7 +1098,12 @@ def _file_entry(ws: Workspace, spec: SourceSpec, path: Path, report: FileReport,
         groups = _row_group_digests(path)
         tail_from = sum(n for n, _ in groups[:-1])
         tail = f"tail-{token}.parquet"
-        pq.write_table(pa_arrow.table({"hash": _parquet_row_hashes(spec, path, tail_from)}), folder / tail)
+        taken = track.get("tail")
+        if taken is not None and taken["from"] == tail_from:  # taken while validating (see ingest_file)
+            tail_hashes = np.concatenate(taken["hashes"]) if taken["hashes"] else np.empty(0, dtype=np.uint64)
+        else:
+            tail_hashes = _parquet_row_hashes(spec, path, tail_from)
+        pq.write_table(pa_arrow.table({"hash": tail_hashes}), folder / tail)
         entry.update(schema=str(file.schema_arrow.remove_metadata()), with_nulls=read.get("with_nulls", []), row_groups=groups, tail_from=tail_from, tail_hashes=tail)
     return entry
 

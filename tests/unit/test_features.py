@@ -150,3 +150,71 @@ def test_sensitive_table_takes_each_attributes_last_value_as_the_transposed_grou
     # one source: the column keeps its type
     only = F.sensitive_table({"surveys": score})
     assert only["score"].dtype == np.float64
+
+
+def test_full_tables_with_streamed_events_equal_the_whole_frame_tables(tmp_path, monkeypatch):
+    """`full_tables` folds the event rows batch by batch into per-person aggregates (persons found
+    through record-key hashes) and reads the other sources whole: every table, the texts, the
+    sensitive table and the incremental state equal the whole-frame computation the features stage
+    did, also with missing sessions, unmapped records and many small batches."""
+    import types
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from personaops.config import IngestConfig
+    from personaops.generate import generate
+    from personaops.ingest import ingest_sources, read_lake
+    from personaops.sources import load_sources
+    from personaops.workspace import Workspace
+
+    generate(150, 4, tmp_path / "data")
+    ws = Workspace(tmp_path / "ws")
+    specs = load_sources(tmp_path / "data" / "sources.yaml")
+    reports = ingest_sources(specs, ws, IngestConfig(), "r1")
+    kinds = {s.name: s.kind for s in specs}
+    batches = {r.source: r.batch_ids for r in reports}
+    rng = np.random.default_rng(8)
+    for b in batches["events"]:  # a fifth of the sessions missing: the day stands in for them
+        path = ws.lake / "events" / f"batch={b}" / "part-0.parquet"
+        table = pq.read_table(path)
+        sessions = table.column("session_id").to_numpy(zero_copy_only=False).astype(object)
+        sessions[rng.random(len(sessions)) < 0.2] = None
+        pq.write_table(table.set_column(table.schema.get_field_index("session_id"), "session_id", pa.array(sessions, pa.string())), path)
+    parts = []
+    for r in reports:
+        keys = read_lake(ws, r.source, r.batch_ids, ["source_key"])["source_key"]
+        keys = keys[rng.random(len(keys)) < 0.97]  # some records of no person: left out, as the inner merge leaves them
+        parts.append(pd.DataFrame({"source": r.source, "source_key": keys, "person_id": "P" + (keys.map(hash) % 60).astype(str)}))
+    record_person = pd.concat(parts, ignore_index=True)
+    ws.identity.mkdir(parents=True, exist_ok=True)
+    record_person.to_parquet(ws.identity / "record_person.parquet", index=False)
+
+    frames = {}
+    for source, ids in batches.items():
+        frame = read_lake(ws, source, ids, list(F.LAKE_COLUMNS), F.LAKE_PREFIXES)
+        frame["source"] = source
+        frames[source] = F._with_person(frame, record_person, source)
+    as_of = max(f["event_time"].max() for f in frames.values() if "event_time" in f.columns)
+    of_kind = lambda kind: pd.concat([f for s, f in frames.items() if kinds[s] == kind], ignore_index=True)  # noqa: E731
+    expected = {
+        "person_behaviour": F.behaviour_features(of_kind("events"), as_of), "person_support": F.support_features(of_kind("tickets"), as_of),
+        "person_survey": F.survey_features(of_kind("surveys"), as_of), "person_campaign": F.campaign_features(of_kind("campaigns"), as_of),
+        "person_profile": F.profile_features(of_kind("crm"), as_of), "person_labels": F.label_table(frames, of_kind("campaigns"), as_of),
+    }  # fmt: skip
+
+    monkeypatch.setattr(F, "STREAM_BATCH_ROWS", 700)  # many batches per lake file
+    got_as_of, tables, texts, sensitive, update = F.full_tables(ws, batches, kinds)
+    assert isinstance(update["events"], F.EventSummary)  # the events were streamed, not read whole
+    assert got_as_of == as_of
+    assert list(tables) == list(expected)
+    for name, table in tables.items():
+        assert len(table) > 0, name
+        pd.testing.assert_frame_equal(table, expected[name], check_exact=True, obj=name)
+    pd.testing.assert_frame_equal(texts, F.person_texts(frames), check_exact=True)
+    pd.testing.assert_frame_equal(sensitive, F.sensitive_table(frames), check_exact=True)
+    mine, theirs = types.SimpleNamespace(features=tmp_path / "a"), types.SimpleNamespace(features=tmp_path / "b")
+    F.save_incremental_state(mine, "fp", batches, kinds, as_of, update["events"], update["tickets"])
+    F.save_incremental_state(theirs, "fp", batches, kinds, as_of, of_kind("events"), of_kind("tickets"))
+    assert (tmp_path / "a" / F.INCREMENTAL_STATE / "state.json").read_text() == (tmp_path / "b" / F.INCREMENTAL_STATE / "state.json").read_text()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / F.INCREMENTAL_STATE / "times.parquet"), pd.read_parquet(tmp_path / "b" / F.INCREMENTAL_STATE / "times.parquet"))
