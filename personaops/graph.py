@@ -257,20 +257,53 @@ def merge_sequence_signals(previous: pd.DataFrame, added: pd.DataFrame, changed:
     `changed` persons' rows replaced by `added` (`sequence_signals` of their sessions): the rows a
     full build gives, in its order (by kind; within a kind persons in session order, `person|...`
     as text; each person's rows as their own sessions order them)."""
+    kept = previous[~previous["person_id"].isin(changed)]
+    merged = concat_sequence_signals([kept, added])
+    return previous.iloc[:0] if merged is None else merged
+
+
+def concat_sequence_signals(parts: list[pd.DataFrame], ordered: bool = False) -> pd.DataFrame | None:
+    """The sequence signals of disjoint sets of persons (each person's rows in one part, as
+    `sequence_signals` orders them) as one categorical table in a full build's order: by kind;
+    within a kind persons in `person|` text order; each person's rows in their part's order.
+    `ordered`: every part's persons come before the next part's in that text order (person
+    buckets), so a stable sort by kind alone gives that order. None when every part is empty."""
     from pandas.api.types import union_categoricals
 
-    kept = previous[~previous["person_id"].isin(changed)]
-    parts = [p for p in (kept, added) if len(p)]
+    parts = [p for p in parts if len(p)]
     if not parts:
-        return previous.iloc[:0]
+        return None
     cols = {c: union_categoricals([pd.Categorical(p[c].astype(object)) if not isinstance(p[c].dtype, pd.CategoricalDtype) else p[c].array for p in parts]) for c in ("person_id", "signal")}
-    kind_of = np.array([SEQUENCE_KINDS.get(str(v).split(":", 1)[0], 0) for v in cols["signal"].categories], dtype=np.int64)
-    person_key = np.array([f"{v}|" for v in cols["person_id"].categories], dtype=object)
-    rank = np.empty(len(person_key), dtype=np.int64)
-    rank[np.argsort(person_key, kind="stable")] = np.arange(len(person_key))
-    position = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
-    order = np.lexsort((position, rank[cols["person_id"].codes], kind_of[cols["signal"].codes]))
+    kind_of = np.array([SEQUENCE_KINDS.get(str(v).split(":", 1)[0], 0) for v in cols["signal"].categories], dtype=np.int8)
+    if ordered:
+        order = np.argsort(kind_of[cols["signal"].codes], kind="stable")
+    else:
+        person_key = np.array([f"{v}|" for v in cols["person_id"].categories], dtype=object)
+        rank = np.empty(len(person_key), dtype=np.int64)
+        rank[np.argsort(person_key, kind="stable")] = np.arange(len(person_key))
+        position = np.concatenate([np.arange(len(p), dtype=np.int64) for p in parts])
+        order = np.lexsort((position, rank[cols["person_id"].codes], kind_of[cols["signal"].codes]))
     return pd.DataFrame({c: v.take(order) for c, v in cols.items()})
+
+
+def combine_event_parts(parts: list[EventParts]) -> EventParts:
+    """The behaviour part of all events from `event_parts` of disjoint sets of persons (each
+    person's sessions in one part): `did` rows in (person, type) order, every count summed, the
+    count tables in canonical order: what `event_parts` gives on all the sessions at once."""
+    parts = [p for p in parts if len(p.did)] or parts[:1]
+    if len(parts) == 1:
+        return parts[0]
+
+    def summed(name: str, keys: list[str]) -> pd.DataFrame:
+        total = pd.concat([getattr(p, name)[[*keys, "weight"]] for p in parts], ignore_index=True)
+        total = total.groupby(keys, sort=False)["weight"].sum().reset_index()
+        total["weight"] = total["weight"].astype("int64")
+        return total
+
+    did = pd.concat([p.did for p in parts], ignore_index=True).sort_values(["person_id", "event_type"], kind="stable").reset_index(drop=True)
+    co = summed("co", ["event_type_x", "event_type_y"])
+    co = co[co["weight"] > 0].sort_values(["event_type_x", "event_type_y"]).reset_index(drop=True)
+    return EventParts(did, _by_weight(summed("types", ["event_type"]), ["event_type"]), _by_weight(summed("nxt", ["a", "b"]), ["a", "b"]), co)
 
 
 def build_graph(
@@ -379,34 +412,86 @@ def combine_signals(parts: list[pd.DataFrame], categorical: bool = False) -> pd.
     return pd.DataFrame(columns)
 
 
+@dataclass
+class SignalMatrix:
+    """Persons x signals 0/1 as a sparse uint8 CSR matrix (`values`, sorted indices) with its
+    `index` (persons) and `columns` (signals): signal_matrix's cells without the dense persons x
+    signals array (GBs at a million persons and thousands of signals)."""
+
+    values: object
+    index: pd.Index
+    columns: pd.Index
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), len(self.columns))
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "SignalMatrix":
+        from scipy import sparse
+
+        return cls(sparse.csr_matrix(frame.to_numpy(dtype=np.uint8)), frame.index, frame.columns)
+
+    def take_rows(self, mask: np.ndarray) -> "SignalMatrix":
+        """The persons where `mask` (bool, one per person) holds."""
+        return SignalMatrix(self.values[np.flatnonzero(mask)], self.index[mask], self.columns)
+
+    def select(self, names: list) -> "SignalMatrix":
+        """Only the signal columns `names`, in that order."""
+        at = self.columns.get_indexer(names)
+        return SignalMatrix(self.values[:, at], self.index, self.columns[at])
+
+    def column(self, name) -> np.ndarray:
+        """One signal's 0/1 (uint8) per person."""
+        return self.values[:, self.columns.get_loc(name)].toarray().ravel()
+
+    def to_frame(self) -> pd.DataFrame:
+        m = np.zeros(self.shape, dtype="uint8")
+        coo = self.values.tocoo()
+        m[coo.row, coo.col] = 1
+        return pd.DataFrame(m, index=self.index, columns=self.columns)
+
+
 def signal_matrix(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 10, max_share: float = 0.95) -> pd.DataFrame:
     """Persons x signals, 0/1 (uint8), keeping signals shown by at least `min_persons` people and
     by at most `max_share` (0-1) of them (near-universal signals say nothing)."""
     if signals.empty:
         return pd.DataFrame(index=persons)
+    return signal_sparse(signals, persons, min_persons, max_share).to_frame()
+
+
+def signal_sparse(signals: pd.DataFrame, persons: pd.Index, min_persons: int = 10, max_share: float = 0.95) -> SignalMatrix:
+    """signal_matrix's cells as a SignalMatrix (sparse)."""
+    from scipy import sparse
+
+    if signals.empty:
+        return SignalMatrix(sparse.csr_matrix((len(persons), 0), dtype=np.uint8), persons, pd.Index([], dtype=object, name="signal"))
     # On integer codes (object or categorical columns alike): a string groupby and isin over tens
     # of millions of rows were most of the stage at 100k people. Same columns and cells as
     # "support = distinct people per signal; keep; fill the kept (person, signal) pairs".
     p_codes, p_values = pd.factorize(signals["person_id"])
     s_codes, s_values = pd.factorize(signals["signal"])
     p_values, s_values = np.asarray(p_values, dtype=object), np.asarray(s_values, dtype=object)
+    width = max(len(s_values), 1)
     # distinct (person, signal) pairs by hashing (pd.unique): np.unique sorted them, 14 CPU s for
     # 4.6 million pairs here against 1.1 s (the counts below do not depend on the order)
-    pairs = pd.unique(p_codes.astype(np.int64) * max(len(s_values), 1) + s_codes)
-    support = np.bincount(pairs % max(len(s_values), 1), minlength=len(s_values))
+    pairs = pd.unique(p_codes.astype(np.int64) * width + s_codes)
+    del p_codes, s_codes
+    sigs = (pairs % width).astype(np.int64)
+    support = np.bincount(sigs, minlength=len(s_values))
     keep = (support >= min_persons) & (support <= max_share * len(persons))
-    row_of = persons.get_indexer(p_values)
-    rows, sigs = row_of[p_codes], s_codes
+    rows = persons.get_indexer(p_values)[pairs // width]
+    del pairs
     valid = keep[sigs] & (rows >= 0)
     rows, sigs = rows[valid], sigs[valid]
-    # Filled by position (a crosstab pivots through a dense unstack: minutes at 100k persons).
     columns = pd.Index(np.sort(s_values[np.flatnonzero(np.bincount(sigs, minlength=len(s_values)))]), name="signal")  # the kept codes shown, ascending
-    m = np.zeros((len(persons), len(columns)), dtype="uint8")
-    m[rows, columns.get_indexer(s_values)[sigs]] = 1
-    return pd.DataFrame(m, index=persons, columns=columns)
+    cols = columns.get_indexer(s_values)[sigs]
+    values = sparse.csr_matrix((np.ones(len(rows), dtype=np.uint8), (rows, cols)), shape=(len(persons), len(columns)))  # the pairs are distinct: no sums
+    values.sort_indices()
+    return SignalMatrix(values, persons, columns)
 
 
-def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series | None, as_of: pd.Timestamp) -> pd.DataFrame:
+def graph_features(matrix: "pd.DataFrame | SignalMatrix", mix: pd.DataFrame, churned: pd.Series | None, as_of: pd.Timestamp) -> pd.DataFrame:
     """Per person graph features: `intent_centrality` (mention-weighted share of people who share
     the person's intents, 0-1), `n_sequence_patterns` (3-step sequences shown), `n_signals`, and
     `neighbourhood_churn_rate` (churn rate of the other people sharing the person's signals,
@@ -420,18 +505,20 @@ def graph_features(matrix: pd.DataFrame, mix: pd.DataFrame, churned: pd.Series |
         out["intent_centrality"] = (m * popularity).sum(axis=1)
     else:
         out["intent_centrality"] = 0.0
-    values = matrix.to_numpy(dtype=np.uint8)  # one block: no copy (a column selection of the frame copied, then summed per column)
+    from scipy import sparse
+
+    # 0/1 cells as a sparse matrix (a dense persons x signals array was GBs at a million persons);
+    # every sum below adds integers, so it is what the dense sums were
+    values = matrix.values if isinstance(matrix, SignalMatrix) else sparse.csr_matrix(matrix.to_numpy(dtype=np.uint8))
     seq = np.fromiter((str(c).startswith("seq:") for c in matrix.columns), dtype=bool, count=len(matrix.columns))
-    out["n_sequence_patterns"] = values[:, seq].sum(axis=1, dtype=np.int64) if seq.any() else 0
-    out["n_signals"] = values.sum(axis=1, dtype=np.int64)
+    out["n_sequence_patterns"] = np.asarray(values[:, np.flatnonzero(seq)].sum(axis=1, dtype=np.int64)).ravel() if seq.any() else 0
+    out["n_signals"] = np.asarray(values.sum(axis=1, dtype=np.int64)).ravel()
     if churned is not None and len(matrix.columns):
         y = churned.reindex(persons)
         known = y.notna().to_numpy()
         yv = np.nan_to_num(y.to_numpy(dtype=float))
         # Sparse: a dense float copy is persons x signals x 8 bytes (GBs at 100k persons). The
         # products sum integers, so they are exactly what the dense ones were.
-        from scipy import sparse
-
         x = sparse.csr_matrix(values, dtype=np.float64)
         churners = x[known].T @ yv[known]  # per signal: churners showing it
         members = np.asarray(x[known].sum(axis=0)).ravel()

@@ -65,11 +65,16 @@ def churn_signals(matrix: pd.DataFrame, churned: pd.Series, persona: pd.Series, 
     "risk" lists churn-raising signals (odds ratio > 1) first, "both" ranks by p-value only."""
     from statsmodels.stats.multitest import multipletests
 
+    from personaops.graph import SignalMatrix
+
+    # the 0/1 cells as a sparse matrix (a dense persons x signals frame, and its row copy, were
+    # GBs at a million persons); every figure below counts integers, so it is what they gave
+    matrix = matrix if isinstance(matrix, SignalMatrix) else SignalMatrix.from_frame(matrix)
     y = churned.reindex(matrix.index)
     keep = y.notna() & persona.reindex(matrix.index).notna()
-    x = matrix if keep.all() else matrix[keep]  # everyone labelled: no copy of the matrix
+    x = matrix if keep.all() else matrix.take_rows(keep.to_numpy())  # everyone labelled: no copy of the matrix
     y, strata = y[keep].astype(int).to_numpy(), persona.reindex(matrix.index)[keep].to_numpy()
-    if x.empty or len(np.unique(y)) < 2:
+    if 0 in x.shape or len(np.unique(y)) < 2:
         raise NotFoundError("Churn signals need people with a churn label of both values; the sources carry no usable `churned` label.")
     rows = []
     counts = _strata_counts(x, y, strata)
@@ -166,7 +171,9 @@ def _strata_counts(x: pd.DataFrame, y: np.ndarray, strata: np.ndarray) -> np.nda
     instead of one pass over the people per signal and stratum)."""
     from scipy import sparse
 
-    m = sparse.csr_matrix(x.to_numpy(dtype=np.uint8), dtype=np.float64)
+    from personaops.graph import SignalMatrix
+
+    m = sparse.csr_matrix(x.values if isinstance(x, SignalMatrix) else x.to_numpy(dtype=np.uint8), dtype=np.float64)
     levels = np.unique(strata)
     out = np.zeros((m.shape[1], len(levels), 2, 2))
     for k, level in enumerate(levels):
@@ -237,10 +244,10 @@ def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: n
         if i >= depth or row.odds_ratio <= 1 or row.p_adjusted >= 0.05:
             kept_rows.append(i)
             continue
-        s = x[row.signal].to_numpy().astype(bool)
+        s = _signal_column(x, row.signal).astype(bool)
         if kept_signals:
             # the strongest few: more strata would leave cells empty
-            if _mh_pvalue_within(s, y, strata, [x[k].to_numpy() for k in kept_signals[:4]]) >= alpha:
+            if _mh_pvalue_within(s, y, strata, [_signal_column(x, k) for k in kept_signals[:4]]) >= alpha:
                 echoes.append(i)
                 explained_by[i] = "; ".join(kept_signals[:4])
                 continue
@@ -252,6 +259,13 @@ def _explain_away(table: pd.DataFrame, x: pd.DataFrame, y: np.ndarray, strata: n
     return out
 
 
+def _signal_column(x, name) -> np.ndarray:
+    """One signal's values per person, from a signal frame or a graph.SignalMatrix."""
+    from personaops.graph import SignalMatrix
+
+    return x.column(name) if isinstance(x, SignalMatrix) else x[name].to_numpy()
+
+
 def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
     """Report signals shown by nearly the same people once (the better ranked), the rest as `same_as`."""
     from scipy import sparse
@@ -259,7 +273,9 @@ def _fold_same_people(table: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame
     signals = table["signal"].tolist()
     # Every pair's Jaccard index from one sparse product (a pass over the people per pair was
     # hours at 100k persons and thousands of signals); integer counts, so the same values.
-    m = sparse.csc_matrix(matrix[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
+    from personaops.graph import SignalMatrix
+
+    m = sparse.csc_matrix(matrix.select(signals).values if isinstance(matrix, SignalMatrix) else matrix[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
     inter = (m.T @ m).toarray()
     size = np.diag(inter)
     kept: list[int] = []
@@ -609,11 +625,28 @@ def frame_records(table: pd.DataFrame) -> list[dict]:
 
 
 # --- pipeline stages (called by flows/build_personas.py) ----------------------------------------
-def _analytics_record_person(ws: Workspace) -> pd.DataFrame:
-    """source, source_key, person_id of every record whose person gave analytics consent."""
+def _analytics_record_person(ws: Workspace, sources: list[str] | None = None) -> pd.DataFrame:
+    """source, source_key, person_id of every record whose person gave analytics consent (of
+    `sources` only, when given)."""
     from personaops.consent import exclude_without_analytics
 
-    return exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))  # no analytics consent, no graph
+    filters = [("source", "in", list(sources))] if sources is not None else None
+    if sources is not None and not sources:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ("source", "source_key", "person_id")})
+    return exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"], filters=filters))  # no analytics consent, no graph
+
+
+def _engagement_trend(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], as_of: pd.Timestamp) -> pd.Series:
+    """models.churn.engagement_trend of every consented event record's person, one bucket of
+    persons at a time (_event_buckets; the trend is per person): the whole frame of event rows
+    with their record keys and persons was the stage's largest piece at scale."""
+    from models import churn
+
+    parts = [churn.engagement_trend(events, as_of) for events in _event_buckets(ws, None, batches, kinds, ("event_time",))]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return churn.engagement_trend(pd.DataFrame(columns=["person_id", "event_time"]), as_of)
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None,
@@ -769,7 +802,7 @@ def _graph_fingerprint(ws: Workspace, cfg) -> str:
     from personaops import consent, erasure, graph
 
     h = hashlib.sha256(Path(graph.__file__).read_bytes())
-    for code in (graph_stage, _graph_plan, _kind_rows, _sessions, write_string_table):
+    for code in (graph_stage, _graph_plan, _kind_rows, _sessions, write_string_table, _behaviour_by_bucket, _event_buckets):
         h.update(inspect.getsource(code).encode())
     h.update(cfg.insights.model_dump_json().encode())
     h.update(consent.default_status().encode())
@@ -857,6 +890,127 @@ def _sessions(graph, events: pd.DataFrame) -> pd.DataFrame:
     return graph.session_frame(events) if len(events) and "event_type" in events.columns else graph.session_frame(pd.DataFrame())
 
 
+GRAPH_BUCKET_ROWS = 2_000_000  # event rows per bucket of persons in a full graph build (its memory)
+
+
+def _event_buckets(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], columns: tuple[str, ...], bucket_rows: int | None = None):
+    """The rows `_kind_rows(ws, records, batches, kinds, "events", columns)` gives (consented event
+    records' lake rows with their person), as one frame per bucket of persons (person_id, then
+    `columns` the lake has), in bucket order; each bucket's rows in the lake's order. The buckets are
+    ranges of the persons in `person|` text order (the order of the sequence signals), about
+    `bucket_rows` (GRAPH_BUCKET_ROWS) lake rows each. A DuckDB join gives every lake row its person
+    (spilling to disk past 1 GB), and one pass over each lake file writes its rows to their bucket's
+    spill file: memory holds one bucket's rows, not every event row with its person and record key.
+    `records`: an Arrow table (source, source_key, person_id), or None to read the record map."""
+    import tempfile
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from personaops.consent import exclude_without_analytics
+
+    bucket_rows = GRAPH_BUCKET_ROWS if bucket_rows is None else bucket_rows
+    sources = [s for s, _ in batches.items() if kinds.get(s) == "events"]
+    files = [(s, ws.lake / s / f"batch={b}" / "part-0.parquet") for s in sources for b in batches[s]]
+    files = [(s, path) for s, path in files if path.is_file()]
+    if not files:
+        return
+
+    def quoted(path) -> str:
+        return "'" + str(path).replace("'", "''") + "'"
+
+    with tempfile.TemporaryDirectory(prefix="graph-buckets-", dir=ws.root) as tmp:
+        con = duckdb.connect()
+        writers: dict[int, pq.ParquetWriter] = {}
+        held: dict[int, list] = {}
+        try:
+            con.execute(f"SET temp_directory = {quoted(Path(tmp) / 'duckdb')}")
+            con.execute("SET memory_limit = '1GB'")
+            con.execute("SET threads = 1")
+            if records is None:
+                con.execute(f"CREATE VIEW rp AS SELECT source, source_key, person_id FROM read_parquet({quoted(ws.identity / 'record_person.parquet')})")
+            else:
+                con.register("rp", records.select(["source", "source_key", "person_id"]))
+            con.register("event_sources", pa.table({"source": pa.array(sources, pa.string())}))
+            found = con.execute("SELECT DISTINCT person_id FROM rp WHERE source IN (SELECT source FROM event_sources)").fetchnumpy()["person_id"]
+            persons = exclude_without_analytics(ws, pd.DataFrame({"person_id": np.asarray(found, dtype=object)}))["person_id"].to_numpy(dtype=object)
+            del found
+            persons = persons[np.argsort(np.array([f"{p}|" for p in persons], dtype=object), kind="stable")]  # code = rank in `person|` order
+            if not len(persons):
+                return
+            n_rows = sum(pq.ParquetFile(path).metadata.num_rows for _, path in files)
+            n_buckets = int(min(max(1, -(-n_rows // max(bucket_rows, 1))), len(persons)))
+            con.register("codes", pa.table({"person_id": pa.array(persons, pa.string()), "code": pa.array(np.arange(len(persons), dtype=np.int64))}))
+            names = {c for _, path in files for c in pq.read_schema(path).names}
+            target = {c: next(pq.read_schema(p).field(c).type for _, p in files if c in pq.read_schema(p).names) for c in columns if c in names}
+            for source, path in files:
+                con.register("this_source", pa.table({"source": pa.array([source], pa.string())}))
+                joined = con.execute(f"SELECT e.file_row_number AS r, c.code FROM read_parquet({quoted(path)}, file_row_number = true) e "
+                                     "JOIN (SELECT source_key, person_id FROM rp WHERE source = (SELECT source FROM this_source)) k ON e.source_key = k.source_key "
+                                     "JOIN codes c ON k.person_id = c.person_id").fetchnumpy()  # fmt: skip
+                pfile = pq.ParquetFile(path)
+                code = np.full(pfile.metadata.num_rows, -1, dtype=np.int64)
+                code[np.asarray(joined["r"], dtype=np.int64)] = np.asarray(joined["code"], dtype=np.int64)
+                del joined
+                present = [c for c in target if c in pfile.schema_arrow.names]
+                start = 0
+                for batch in pfile.iter_batches(batch_size=1 << 18, columns=present or None):
+                    at = code[start : start + batch.num_rows]
+                    start += batch.num_rows
+                    cols = {"_code": pa.array(at, pa.int64())}
+                    for c, kind in target.items():
+                        cols[c] = batch.column(c).cast(kind) if c in present else pa.nulls(batch.num_rows, kind)
+                    table = pa.table(cols)
+                    bucket = np.where(at >= 0, at * n_buckets // len(persons), -1)
+                    for b in np.unique(bucket[bucket >= 0]).tolist():
+                        part = table.filter(pa.array(bucket == b))
+                        if n_buckets == 1:
+                            held.setdefault(b, []).append(part)
+                            continue
+                        if b not in writers:
+                            writers[b] = pq.ParquetWriter(Path(tmp) / f"bucket-{b}.parquet", part.schema)
+                        writers[b].write_table(part)
+                del code
+        finally:
+            con.close()
+            for w in writers.values():
+                w.close()
+        for b in range(n_buckets):
+            if b in held:
+                table = pa.concat_tables(held.pop(b))
+            elif b in writers:
+                table = pq.read_table(Path(tmp) / f"bucket-{b}.parquet")
+            else:
+                continue
+            events = table.drop_columns(["_code"]).to_pandas()
+            events.insert(0, "person_id", persons[table["_code"].to_numpy()])
+            del table
+            yield events
+            del events
+
+
+def _behaviour_by_bucket(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], bucket_rows: int | None = None):
+    """(graph.EventParts, sequence signals) of every consented event record's person: what
+    `event_parts` and `sequence_signals(categorical=True)` of `_sessions` over all of
+    `_kind_rows(..., "events")` give, computed one bucket of persons at a time (_event_buckets):
+    every figure is a sum over persons and a session belongs to one person. Memory: one bucket's
+    sessions, not every event row with a `person|session` string (17-19 GiB estimated at 1M people)."""
+    from personaops import graph
+
+    parts, sequences = [], []
+    for events in _event_buckets(ws, records, batches, kinds, ("event_time", "event_type", "session_id"), bucket_rows):
+        sessions = _sessions(graph, events)
+        del events
+        parts.append(graph.event_parts(sessions))
+        sequences.append(graph.sequence_signals(sessions, categorical=True))
+        del sessions
+    if not parts:
+        sessions = _sessions(graph, pd.DataFrame(columns=["person_id", "event_time"]))
+        return graph.event_parts(sessions), graph.sequence_signals(sessions, categorical=True)
+    return graph.combine_event_parts(parts), graph.concat_sequence_signals(sequences, ordered=True) if len(sequences) > 1 else sequences[0]
+
+
 def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
     """Build and store the run's graph; derive per-person signals and graph features (Feast, online).
 
@@ -913,10 +1067,7 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         del old_signals, then, now
         update = {"mode": "incremental", "persons_recomputed": int(len(changed_index))}
     else:
-        sessions = _sessions(graph, _kind_rows(ws, records, batches, kinds, "events", columns))
-        parts = graph.event_parts(sessions)
-        sequence = graph.sequence_signals(sessions, categorical=True)
-        del sessions
+        parts, sequence = _behaviour_by_bucket(ws, records, batches, kinds)
         update = {"mode": "full", "full_reason": reason}
     exposures = _kind_rows(ws, records, batches, kinds, "campaigns")
     del records  # (3 string columns of every record: hundreds of MB at 100k people)
@@ -935,7 +1086,7 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     churned = labels.set_index("person_id")[label] if label in labels.columns else None
     write_insight_table(ws, run_id, "person_churn_labels", labels[["person_id", label]].rename(columns={label: "churned"}) if churned is not None else pd.DataFrame(columns=["person_id", "churned"]))
     persons = pd.Index(assignments["person_id"].astype(str), name="person_id")
-    matrix = graph.signal_matrix(signals, persons, cfg.insights.min_signal_persons)
+    matrix = graph.signal_sparse(signals, persons, cfg.insights.min_signal_persons)  # sparse: no dense persons x signals array
     mix = intent_mix(text_intents, intents)
     write_insight_table(ws, run_id, "person_intent_mix", mix)
     feats = graph.graph_features(matrix, mix, churned, pd.Timestamp(as_of))
@@ -1139,12 +1290,14 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     signals = read_signals(ws, run_id)
     churned = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     mix = read_insight_table(ws, "person_intent_mix", run_id)
-    matrix = graph.signal_matrix(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
+    # sparse: the dense persons x signals frame is built once for churn_inputs and dropped after
+    matrix = graph.signal_sparse(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
     stamp = pd.Timestamp(as_of)
-    record_person = _analytics_record_person(ws)  # once for the events, campaigns and surveys
-    trend = churn.engagement_trend(_lake_kind(ws, batches, kinds, "events", ("event_time",), record_person), stamp)
+    trend = _engagement_trend(ws, batches, kinds, stamp)
+    # the records of the campaign and survey sources only (every record's key, as Python strings, was GBs at 1M people)
+    record_person = _analytics_record_person(ws, [s for s in batches if kinds.get(s) in ("campaigns", "surveys")])
     out: dict = {"model_version": version}
-    inputs = churn.churn_inputs(frame, persona, mix, matrix)
+    inputs = churn.churn_inputs(frame, persona, mix, matrix.to_frame() if len(signals) else pd.DataFrame(index=matrix.index))
     del frame
     intents = read_insight_table(ws, "intents", run_id)
     campaign = cfg.insights.opportunity_campaign
@@ -1179,7 +1332,9 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     else:
         probability = _scored(model, inputs, "churn", models_run, earlier, scores)
         ranked = churn_signals(matrix, churned, persona)
-        reasons = churn.top_reasons(matrix, ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked)
+        ranked = ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked
+        shown = [c for c in dict.fromkeys(ranked.loc[ranked["odds_ratio"] > 1, "signal"]) if c in matrix.columns] if len(ranked) else []
+        reasons = churn.top_reasons(matrix.select(shown).to_frame(), ranked)  # only the columns it reads (the raising ranked signals)
         out["metrics"] = model.metrics
     if opportunity_model is None:
         out.setdefault("skipped_opportunity", f"no exposures to campaign {campaign!r} (insights.opportunity_campaign) in the sources")

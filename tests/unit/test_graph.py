@@ -197,3 +197,72 @@ def test_an_incremental_update_of_the_behaviour_part_equals_a_full_build(tmp_pat
         churned = pd.Series([float(i % 2) for i in range(len(people))], index=persons)
         mix = pd.DataFrame({"person_id": people[::3], "intent_0": 1.0, "intent_1": 0.0})
         pd.testing.assert_frame_equal(graph.graph_features(matrix, mix, churned, T0), graph.graph_features(graph.signal_matrix(full_signals, persons, 2, 0.9), mix, churned, T0))
+
+
+def test_person_buckets_combined_equal_the_whole_frame():
+    """The behaviour part and sequence signals computed per bucket of persons (ranges in `person|`
+    text order) and combined equal event_parts / sequence_signals of all sessions at once; the
+    sparse signal matrix equals the dense one, and graph features on either are the same."""
+    rng = np.random.default_rng(23)
+    for trial in range(8):
+        people = [f"P{i}" for i in range(int(rng.integers(3, 60)))]  # P1 and P10: "P1|" sorts after "P10|"
+        events = _random_events(rng, people, int(rng.integers(20, 1500)), T0, 12 if trial % 2 else 2)
+        sessions = graph.session_frame(events)
+        full_parts, full_seq = graph.event_parts(sessions), graph.sequence_signals(sessions, categorical=True)
+        ranked = sorted(set(events["person_id"]), key=lambda p: f"{p}|")
+        n_buckets = int(rng.integers(1, 6))
+        parts, seqs = [], []
+        for b in range(n_buckets):
+            mine = set(ranked[b * len(ranked) // n_buckets : (b + 1) * len(ranked) // n_buckets])
+            s = graph.session_frame(events[events["person_id"].isin(mine)])
+            parts.append(graph.event_parts(s))
+            seqs.append(graph.sequence_signals(s, categorical=True))
+        combined = graph.combine_event_parts(parts)
+        for name in ("did", "types", "nxt", "co"):
+            pd.testing.assert_frame_equal(getattr(combined, name), getattr(full_parts, name))
+        seq = graph.concat_sequence_signals(seqs, ordered=True)
+        pd.testing.assert_frame_equal(seq.astype(object), full_seq.astype(object))
+        pd.testing.assert_frame_equal(graph.concat_sequence_signals(seqs[::-1]).astype(object), full_seq.astype(object))  # any part order, unordered
+        persons = pd.Index(people + ["nobody"], name="person_id")
+        sparse_matrix = graph.signal_sparse(full_seq, persons, 2, 0.9)
+        dense = graph.signal_matrix(full_seq.astype(object), persons, 2, 0.9)
+        pd.testing.assert_frame_equal(sparse_matrix.to_frame(), _reference_matrix(full_seq.astype(object), persons, 2, 0.9))
+        pd.testing.assert_frame_equal(dense, sparse_matrix.to_frame())
+        churned = pd.Series([float(i % 2) if i % 5 else np.nan for i in range(len(persons))], index=persons)
+        mix = pd.DataFrame({"person_id": people[::3], "intent_0": 1.0, "intent_1": 0.5})
+        pd.testing.assert_frame_equal(graph.graph_features(sparse_matrix, mix, churned, T0), graph.graph_features(dense, mix, churned, T0))
+
+
+def test_the_graph_stage_builds_sessions_bucket_by_bucket_from_the_lake(tmp_path):
+    """insights._behaviour_by_bucket on a small lake (two event sources, two batches, a record
+    without a lake row, a lake row without a record, a source without session ids): with many
+    buckets, the same behaviour part and sequence signals as the whole frame (_kind_rows)."""
+    import pyarrow as pa
+
+    from personaops import insights
+
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(3)
+    people = [f"P{i}" for i in range(40)]
+    records, batches = [], {"app": ["b1", "b2"], "web": ["w1"], "crm": ["c1"]}
+    for source, ids in batches.items():
+        for b in ids:
+            ev = _random_events(rng, people, 400, T0, 9)
+            ev["source_key"] = [f"{source}-{b}-{i}" for i in range(len(ev))]
+            person = ev.pop("person_id")
+            if source == "web":
+                ev = ev.drop(columns="session_id")
+            folder = ws.lake / source / f"batch={b}"
+            folder.mkdir(parents=True)
+            ev.iloc[1:].to_parquet(folder / "part-0.parquet", index=False)  # row 0: a record whose lake row is gone
+            records.append(pd.DataFrame({"source": source, "source_key": ev["source_key"].iloc[:-1], "person_id": person.iloc[:-1], "_batch_id": b}))  # last row: no record
+    records = pa.Table.from_pandas(pd.concat(records, ignore_index=True), preserve_index=False)
+    kinds = {"app": "events", "web": "events", "crm": "crm"}
+    whole = insights._sessions(graph, insights._kind_rows(ws, records, batches, kinds, "events", ("event_time", "event_type", "session_id")))
+    expected_parts, expected_seq = graph.event_parts(whole), graph.sequence_signals(whole, categorical=True)
+    for rows in (10**9, 300, 97):
+        parts, seq = insights._behaviour_by_bucket(ws, records, batches, kinds, bucket_rows=rows)
+        for name in ("did", "types", "nxt", "co"):
+            pd.testing.assert_frame_equal(getattr(parts, name), getattr(expected_parts, name))
+        pd.testing.assert_frame_equal(seq.astype(object), expected_seq.astype(object))
+    assert not list(tmp_path.glob("graph-buckets-*"))  # spill files removed
