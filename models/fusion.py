@@ -29,23 +29,57 @@ SPARSE_ROW = 0.5  # a row missing more than this share of behaviour features cou
 def embedding_matrix(column: pd.Series | None, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Stack a column of vectors (lists/arrays/None) into (n, dim) float32 and a has-text mask."""
     out = np.zeros((n, dim), dtype=np.float32)
-    mask = np.zeros(n, dtype=bool)
-    if column is None or dim == 0:
-        return out, mask
-    for i, v in enumerate(column.to_numpy()):
-        if v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) == dim:
-            out[i] = np.asarray(v, dtype=np.float32)
-            mask[i] = True
+    mask = has_vector(column, n, dim)
+    if mask.any():
+        values = column.to_numpy()
+        out[mask] = np.stack([np.asarray(values[i], dtype=np.float32) for i in np.flatnonzero(mask)])
     return out, mask
 
 
-def _knn_mean(queries: np.ndarray, reference: np.ndarray, values: np.ndarray, k: int, metric: str) -> np.ndarray:
+def has_vector(column: pd.Series | None, n: int, dim: int) -> np.ndarray:
+    """Which rows of `column` hold a vector of length `dim` (the rows `embedding_matrix` fills)."""
+    if column is None or dim == 0:
+        return np.zeros(n, dtype=bool)
+    return np.fromiter((v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) == dim for v in column.to_numpy()), dtype=bool, count=n)
+
+
+def _knn_ids(queries: np.ndarray, reference: np.ndarray, k: int, metric: str) -> np.ndarray:
     import faiss
 
     index = faiss.IndexFlatIP(reference.shape[1]) if metric == "ip" else faiss.IndexFlatL2(reference.shape[1])
     index.add(np.ascontiguousarray(reference, dtype=np.float32))
-    _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(reference)))
-    return values[ids].mean(axis=1)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(reference)))[1]
+
+
+def _knn_mean(queries: np.ndarray, reference: np.ndarray, values: np.ndarray, k: int, metric: str) -> np.ndarray:
+    return values[_knn_ids(queries, reference, k, metric)].mean(axis=1)
+
+
+# Persons are represented BLOCK_ROWS at a time: the (persons x features+384) float64 matrix of a
+# block, not of everyone. A multiple of 4,096 rows, and a last block under 4,096 rows joins the one
+# before: OpenBLAS then multiplies every row with the same kernel as one whole-frame product does,
+# so the blocked representation equals the whole-frame one bit for bit (tests/unit/test_fusion_blocks.py).
+BLOCK_ROWS = 65_536
+_BLOCK_ALIGN = 4_096
+
+
+def row_blocks(n: int, size: int = BLOCK_ROWS) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering n rows, `size` rows each (a last range under 4,096 rows is
+    merged into the one before)."""
+    bounds = list(range(0, n, max(size, 1))) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < _BLOCK_ALIGN:
+        bounds.pop(-2)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass
+class _Completion:
+    """The whole-frame, narrow part of completing missing blocks (see `Fusion._prepare`)."""
+
+    z: np.ndarray  # (n, features) float64 standardised behaviour, NaN where still missing
+    has: np.ndarray  # (n,) the row holds a text vector
+    lend_rows: np.ndarray  # rows without text that get their neighbours' mean text direction
+    lend_ids: np.ndarray  # (len(lend_rows), neighbours) reference rows of each
 
 
 @dataclass
@@ -64,33 +98,59 @@ class Fusion:
     ref_text: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     pca_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     pca_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    block_rows: int = BLOCK_ROWS  # persons represented at a time (not saved: any size gives the same values)
 
     def _behaviour(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [frame[c].astype(float).to_numpy() if c in frame.columns else np.full(len(frame), np.nan) for c in self.feature_columns]
         return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
-    def _blocks(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(z with NaN, sparse-behaviour mask, text vectors, has-text mask)."""
-        x = self._behaviour(frame)
-        z = np.clip((x - self.means) / self.stds, -CLIP_Z, CLIP_Z) if x.size else x
+    def _z(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(standardised behaviour with NaN, sparse-behaviour mask) of every row, a block at a time."""
+        z = np.empty((len(frame), len(self.feature_columns)))
+        for start, stop in row_blocks(len(frame), self.block_rows):
+            x = self._behaviour(frame.iloc[start:stop])
+            z[start:stop] = np.clip((x - self.means) / self.stds, -CLIP_Z, CLIP_Z) if x.size else x
         sparse = np.isnan(z).mean(axis=1) > SPARSE_ROW if z.shape[1] else np.ones(len(frame), bool)
-        t, has = embedding_matrix(frame.get("text_embedding"), len(frame), self.text_dim)
-        return z, sparse, t, has
+        return z, sparse
 
-    def _complete(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        z, sparse, t, has = self._blocks(frame)
-        median_z = (self.medians - self.means) / self.stds
+    def _prepare(self, frame: pd.DataFrame, z: np.ndarray | None = None, sparse: np.ndarray | None = None) -> _Completion:
+        """What completing a row needs beyond the row itself, for every row at once (all narrow):
+        behaviour borrowed from the text neighbours of people with text and little behaviour, and
+        the text neighbours of people with behaviour and no text (the neighbour searches run on
+        every such person at once, as one search each, whatever the block size)."""
+        if z is None or sparse is None:
+            z, sparse = self._z(frame)
+        column = frame.get("text_embedding")
+        has = has_vector(column, len(frame), self.text_dim)
+        lend_rows, lend_ids = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
         if len(self.ref_z) and self.text_dim:
-            borrow = sparse & has
-            if borrow.any():
-                guess = _knn_mean(t[borrow], self.ref_text, self.ref_z, self.neighbours, "ip")
+            median_z = (self.medians - self.means) / self.stds
+            borrow = np.flatnonzero(sparse & has)
+            if len(borrow):
+                t, _ = embedding_matrix(column.iloc[borrow], len(borrow), self.text_dim)
+                guess = _knn_mean(t, self.ref_text, self.ref_z, self.neighbours, "ip")
                 z[borrow] = np.where(np.isnan(z[borrow]), guess, z[borrow])
-            lend = ~has & ~sparse
-            if lend.any():
-                filled = np.where(np.isnan(z[lend]), median_z, z[lend])
-                guess = _knn_mean(filled, self.ref_z, self.ref_text, self.neighbours, "l2")
-                t[lend] = guess / np.maximum(np.linalg.norm(guess, axis=1, keepdims=True), 1e-12)
-                has = has | lend
+            lend_rows = np.flatnonzero(~has & ~sparse)
+            if len(lend_rows):
+                filled = np.where(np.isnan(z[lend_rows]), median_z, z[lend_rows])
+                lend_ids = _knn_ids(filled, self.ref_z, self.neighbours, "l2")
+        return _Completion(z, has, lend_rows, lend_ids)
+
+    def _complete_block(self, frame: pd.DataFrame, prep: _Completion, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(behaviour, text) of rows start:stop with every missing value filled."""
+        median_z = (self.medians - self.means) / self.stds
+        z = prep.z[start:stop]
+        if self.text_dim:
+            t, _ = embedding_matrix(frame["text_embedding"].iloc[start:stop] if "text_embedding" in frame.columns else None, stop - start, self.text_dim)
+        else:
+            t = np.zeros((stop - start, 0), dtype=np.float32)
+        has = prep.has[start:stop].copy()
+        lo, hi = np.searchsorted(prep.lend_rows, [start, stop])
+        if hi > lo:
+            rows = prep.lend_rows[lo:hi] - start
+            guess = self.ref_text[prep.lend_ids[lo:hi]].mean(axis=1)
+            t[rows] = guess / np.maximum(np.linalg.norm(guess, axis=1, keepdims=True), 1e-12)
+            has[rows] = True
         z = np.where(np.isnan(z), median_z, z) if z.size else z
         if self.text_dim:
             t[~has] = self.text_fill
@@ -103,45 +163,92 @@ class Fusion:
         sizes = groups.map(groups.value_counts()).to_numpy(dtype=float)
         return 1.0 / np.sqrt(sizes)
 
-    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
-        z, t = self._complete(frame)
+    def _raw_blocks(self, frame: pd.DataFrame, prep: _Completion):
+        """(start, stop, the rows' weighted float64 [behaviour | text] matrix), a block at a time."""
         weights = self.column_weights()
-        z = z * weights * (self.behaviour_weight / np.sqrt(max(float((weights**2).sum()), 1.0)))
-        # hstack of the float64 behaviour block and the text block is float64 already: no second copy
-        return np.hstack([z, t * self.text_weight]).astype(np.float64, copy=False) if self.text_dim else z.astype(np.float64)
+        factor = self.behaviour_weight / np.sqrt(max(float((weights**2).sum()), 1.0))
+        for start, stop in row_blocks(len(frame), self.block_rows):
+            z, t = self._complete_block(frame, prep, start, stop)
+            z = z * weights * factor
+            # hstack of the float64 behaviour block and the text block is float64 already: no second copy
+            yield start, stop, (np.hstack([z, t * self.text_weight]).astype(np.float64, copy=False) if self.text_dim else z.astype(np.float64))
 
     def fit(self, frame: pd.DataFrame, text_dim: int, seed: int = 0) -> "Fusion":
+        self._fit(frame, text_dim, seed)
+        return self
+
+    def fit_transform(self, frame: pd.DataFrame, text_dim: int, seed: int = 0) -> np.ndarray:
+        """`fit(frame)` then `transform(frame)`, completing the frame's missing blocks once."""
+        return self._project(frame, self._fit(frame, text_dim, seed))
+
+    def _fit(self, frame: pd.DataFrame, text_dim: int, seed: int) -> _Completion:
         x = self._behaviour(frame)
         self.medians = np.nan_to_num(np.nanmedian(x, axis=0)) if x.size else np.zeros(0)
         filled = np.where(np.isnan(x), self.medians, x)
         self.means = filled.mean(axis=0)
         self.stds = np.maximum(filled.std(axis=0), 1e-6)
+        del x, filled
         self.text_dim = text_dim
-        z, sparse, t, has = self._blocks(frame)
+        z, sparse = self._z(frame)
         if text_dim:
-            mean = t[has].mean(axis=0) if has.any() else np.zeros(text_dim, dtype=np.float32)
+            column = frame.get("text_embedding")
+            # the mean text vector, summed row after row in float32 as `t[has].mean(axis=0)` sums it
+            total, count = None, 0
+            for start, stop in row_blocks(len(frame), self.block_rows):
+                t, has = embedding_matrix(column.iloc[start:stop] if column is not None else None, stop - start, text_dim)
+                t = t[has]
+                if not len(t):
+                    continue
+                if total is not None:
+                    t[0] += total  # (total + r0) + r1 + ...: the whole frame's order of additions
+                total = np.add.reduce(t, axis=0)
+                count += len(t)
+            mean = total / np.float32(count) if count else np.zeros(text_dim, dtype=np.float32)
             self.text_fill = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
-            both = np.flatnonzero(~sparse & has)
+            both = np.flatnonzero(~sparse & has_vector(column, len(frame), text_dim))
             if len(both):
                 pick = np.random.default_rng(seed).choice(both, size=min(REFERENCE_SIZE, len(both)), replace=False)
                 median_z = (self.medians - self.means) / self.stds
                 self.ref_z = np.where(np.isnan(z[pick]), median_z, z[pick]).astype(np.float32)
-                self.ref_text = t[pick].astype(np.float32)
-        raw = self._raw(frame)
-        self.pca_mean = raw.mean(axis=0)
-        n_comp = int(min(self.pca_components, raw.shape[1], max(len(raw) - 1, 1)))
-        # PCA by SVD of the centred matrix: rows of vt are the principal directions. Centred in
-        # place: the (persons x features+384) float64 matrix is the fit's largest; one copy of it.
-        raw -= self.pca_mean
-        _, _, vt = np.linalg.svd(raw, full_matrices=False)
-        self.pca_matrix = vt[:n_comp].T
-        return self
+                self.ref_text = embedding_matrix(column.iloc[pick], len(pick), text_dim)[0].astype(np.float32)
+        prep = self._prepare(frame, z, sparse)
+        # PCA from the covariance summed over blocks of persons (float64; each block shifted by
+        # the first block's mean, so the sums stay small) and its eigenvectors: the principal
+        # directions an SVD of the whole centred matrix gives, without that matrix.
+        n, total, shift, shifted_sum, cross = len(frame), None, None, None, None
+        for _, _, raw in self._raw_blocks(frame, prep):
+            if shift is None:
+                shift = raw.mean(axis=0)
+                shifted_sum, cross = np.zeros_like(shift), np.zeros((len(shift), len(shift)))
+            first = raw[0].copy()
+            if total is not None:
+                raw[0] += total  # the mean summed row after row, as `raw.mean(axis=0)` sums it
+            total = np.add.reduce(raw, axis=0)
+            raw[0] = first
+            raw -= shift
+            shifted_sum += raw.sum(axis=0)
+            cross += raw.T @ raw
+        self.pca_mean = total / n
+        n_comp = int(min(self.pca_components, len(shift), max(n - 1, 1)))
+        offset = shifted_sum / n
+        covariance = cross - n * np.outer(offset, offset)
+        values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
+        components = vectors[:, ::-1][:, :n_comp]
+        # a fixed sign per direction (an eigenvector's sign is arbitrary): its largest loading positive
+        signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(n_comp)])
+        self.pca_matrix = np.ascontiguousarray(components * np.where(signs == 0, 1.0, signs))
+        return prep
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """(n, pca_components) float32 representation of each row of `frame`."""
-        raw = self._raw(frame)
-        raw -= self.pca_mean  # in place: the same values as raw - pca_mean without a second matrix
-        return (raw @ self.pca_matrix).astype(np.float32)
+        return self._project(frame, self._prepare(frame))
+
+    def _project(self, frame: pd.DataFrame, prep: _Completion) -> np.ndarray:
+        out = np.empty((len(frame), self.pca_matrix.shape[1]), dtype=np.float32)
+        for start, stop, raw in self._raw_blocks(frame, prep):
+            raw -= self.pca_mean  # in place: the same values as raw - pca_mean without a second matrix
+            out[start:stop] = raw @ self.pca_matrix
+        return out
 
     ARRAYS = ("medians", "means", "stds", "text_fill", "ref_z", "ref_text", "pca_mean", "pca_matrix")
 

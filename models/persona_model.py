@@ -44,10 +44,14 @@ class PersonaScorer:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         idx, confidence = self.centroid_labels(frame)
+        return self.labelled(idx, confidence, frame.index)
+
+    def labelled(self, idx: np.ndarray, confidence: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """`predict`'s frame from the centroid indices and confidences `centroid_labels` gives."""
         ids = np.array(self.persona_ids + [UNASSIGNED], dtype=np.int64)
         names = np.array(self.persona_names + [UNASSIGNED_NAME], dtype=object)
         pick = np.where(idx == UNASSIGNED, len(self.persona_ids), idx)
-        return pd.DataFrame({"persona_id": ids[pick], "persona_name": names[pick], "confidence": confidence.round(6)}, index=frame.index)
+        return pd.DataFrame({"persona_id": ids[pick], "persona_name": names[pick], "confidence": confidence.round(6)}, index=index)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from models import registry
 from models.bias import persona_parity
 from models.clustering import UNASSIGNED, assign, fit_personas
 from models.continuity import Continuity, match_personas
+from models.embedder import TextRows
 from models.fusion import Fusion
 from models.persona_model import UNASSIGNED_NAME, PersonaModel, PersonaScorer
 from models.plots import persona_kpis, persona_map, persona_profiles
@@ -80,8 +81,8 @@ def fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, c
 def _fit_scorer(frame: pd.DataFrame, feature_columns: list[str], text_dim: int, cfg: ModelConfig) -> tuple[PersonaScorer, np.ndarray]:
     """(the fitted scorer, its representation of `frame`): the representation is what
     `scorer.represent(frame)` returns, computed once here and reused by training."""
-    fusion = Fusion(feature_columns, cfg.behaviour_weight, cfg.text_weight, cfg.pca_components).fit(frame, text_dim, seed=cfg.seed)
-    x = fusion.transform(frame)
+    fusion = Fusion(feature_columns, cfg.behaviour_weight, cfg.text_weight, cfg.pca_components)
+    x = fusion.fit_transform(frame, text_dim, seed=cfg.seed)  # = fit(frame) then transform(frame)
     clustering = fit_personas(
         x, cfg.k_min, cfg.k_max, cfg.restarts, cfg.iterations, cfg.seed, cfg.silhouette_sample,
         cfg.min_persona_share, cfg.outlier_mads, cfg.stability_floor, cfg.stability_rounds, cfg.selection_rows,
@@ -119,7 +120,7 @@ def train_persona_model(
     frame: pd.DataFrame,
     feature_columns: list[str],
     texts: pd.DataFrame,
-    text_vectors: np.ndarray,
+    text_vectors: "np.ndarray | TextRows",
     outcomes: pd.DataFrame,
     tags: dict[str, str],
     params: dict[str, str],
@@ -127,7 +128,9 @@ def train_persona_model(
     sensitive: pd.DataFrame | None = None,
 ) -> TrainResult:
     """`frame`: one row per person (index person_id) with `feature_columns` and `text_embedding`;
-    `sensitive`: sensitive attributes by person_id, for the bias audit only."""
+    `text_vectors`: a row per text of `texts` (`TextEmbedder.encode`, or `encode_rows`: each
+    distinct text's vector held once); `sensitive`: sensitive attributes by person_id, for the bias
+    audit only."""
     import mlflow
 
     experiment_id = registry.experiment_id(ws, cfg.experiment)
@@ -148,7 +151,8 @@ def train_persona_model(
     profiles = build_profiles(frame[feature_columns], labels, outcomes, texts, text_vectors, cfg.traits_per_persona, cfg.quotes_per_persona, fixed)
     names = {p["persona_id"]: p["name"] for p in profiles}
     scorer.persona_names = [names.get(pid, f"persona {pid}") for pid in continuity.persona_ids]
-    assignments = scorer.predict(frame).rename_axis("person_id").reset_index()
+    # = scorer.predict(frame): the labels and confidences above are those of the same representation
+    assignments = scorer.labelled(idx, confidence, frame.index).rename_axis("person_id").reset_index()
 
     bias = persona_parity(assignments.set_index("person_id")["persona_id"], sensitive) if sensitive is not None and len(sensitive.columns) else None
     if bias is not None and bias["by_attribute"]:
@@ -231,9 +235,22 @@ def load_profiles(ws: Workspace, run_id: str) -> list[dict]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def load_reference(ws: Workspace, run_id: str) -> pd.DataFrame:
+def reference_path(ws: Workspace, run_id: str) -> str:
+    """A local copy of the training reference frame of `run_id` (a parquet file)."""
     import mlflow
 
     registry.client(ws)
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
-    return pd.read_parquet(path)
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+
+
+def load_reference(ws: Workspace, run_id: str, columns: list[str] | None = None, without: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The training reference frame of `run_id`: all its columns, or those of `columns` it holds,
+    less those in `without` (e.g. `text_embedding`, its largest, for readers of the features)."""
+    import pyarrow.parquet as pq
+
+    path = reference_path(ws, run_id)
+    if columns is None and not without:
+        return pd.read_parquet(path)
+    names = pq.read_schema(path).names
+    keep = [c for c in (names if columns is None else columns) if c in names and c not in without and not c.startswith("__index_level_")]
+    return pd.read_parquet(path, columns=keep)
