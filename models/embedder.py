@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 Precision = Literal["auto", "fp32", "bf16"]
 _SPACES = re.compile(r"\s+")
+# Rows per row group of a cache part: `encode` reads parts a row group at a time.
+CACHE_ROW_GROUP = 65_536
 # Bump when the calibration procedure changes, so stored decisions are re-made.
 _CALIBRATION_VERSION = 1
 
@@ -260,7 +262,7 @@ class TextEmbedder:
         # A unique name per write: concurrent runs never overwrite each other's parts.
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=CACHE_ROW_GROUP)  # read back a row group at a time
         tmp.replace(folder / f"{name}.parquet")
 
     # --- fast path and its guard ------------------------------------------------------------
@@ -336,18 +338,31 @@ class TextEmbedder:
     # --- the public call --------------------------------------------------------------------
     def encode(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Vectors for `texts` (rows in the same order); distinct uncached texts are encoded once."""
+        rows = self.encode_rows(texts, progress)
+        return rows.distinct[rows.codes]
+
+    def encode_rows(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> "TextRows":
+        """`encode(texts)` as one vector per distinct text and each text's row among them: the
+        same rows, held once (generated and real texts repeat: 197 distinct in 17,474 at 10,000
+        people). Cached vectors are read a cache row group at a time."""
         started = time.perf_counter()
         if not texts:
             self.last_run = EncodeStats()
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return TextRows(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32))
         normalised = [normalise_text(t) for t in texts]
         hashes = [hashlib.sha1(t.encode("utf-8", errors="replace")).hexdigest() for t in normalised]
-        distinct = dict(zip(hashes, normalised))
-        found = self._cache_lookup(set(distinct))
-        todo = {h: t for h, t in distinct.items() if h not in found}
+        codes, uniques = pd.factorize(pd.Series(hashes, dtype=object), sort=False)  # distinct hashes, first seen first
+        del hashes
+        result = _Rows(codes, len(uniques))
+        uid = {h: i for i, h in enumerate(uniques.tolist())}
+        self._cache_fill(uid, result)
+        todo_ids = np.flatnonzero(~result.filled)
         precision = "fp32"
         calibration = None
-        if todo:
+        if len(todo_ids):
+            first = np.full(len(uniques), -1, dtype=np.int64)
+            first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # a row holding each distinct text
+            todo = {uniques[i]: normalised[first[i]] for i in todo_ids}
             # Longest first, in chunks of similar length: little padding per batch.
             order = sorted(todo, key=lambda h: len(todo[h]), reverse=True)
             todo_texts = [todo[h] for h in order]
@@ -359,20 +374,81 @@ class TextEmbedder:
                 if progress:
                     progress(min(start + step, len(todo_texts)), len(todo_texts))
             new = np.vstack(chunks)
+            del chunks
             self.texts_encoded += len(todo_texts)
             self._cache_store(order, new, precision)
-            found.update(zip(order, new))
-        out = np.vstack([found[h] for h in hashes])
+            result.put(np.array([uid[h] for h in order], dtype=np.int64), new)
         self.last_run = EncodeStats(
             texts=len(texts),
-            distinct=len(distinct),
-            cached=len(distinct) - len(todo),
-            encoded=len(todo),
+            distinct=len(uniques),
+            cached=len(uniques) - len(todo_ids),
+            encoded=len(todo_ids),
             precision=precision,
             seconds=time.perf_counter() - started,
             calibration=None if calibration is None else asdict(calibration),
         )
-        return out
+        return TextRows(codes.astype(np.int64, copy=False), result.distinct)
+
+    def _cache_fill(self, uid: dict[str, int], result: "_Rows") -> None:
+        """Write the stored vector of every wanted hash (`uid`: hash -> distinct id) into `result`,
+        from the first cache part (by name) holding it, a row group at a time."""
+        folder = self._cache_path()
+        if folder is None or not folder.is_dir() or not uid:
+            return
+        import pyarrow.parquet as pq
+
+        for part in sorted(folder.glob("part-*.parquet")):
+            file = pq.ParquetFile(part)
+            for group in range(file.num_row_groups):
+                hashes = file.read_row_group(group, columns=["text_hash"]).column("text_hash").to_pylist()
+                ids = np.fromiter((uid.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
+                rows = np.flatnonzero(ids >= 0)
+                if len(rows):
+                    rows = rows[~result.filled[ids[rows]]]
+                if not len(rows):
+                    continue
+                column = file.read_row_group(group, columns=["vector"]).column("vector").combine_chunks()
+                matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(hashes), -1)
+                result.put(ids[rows], matrix[rows])
+                del matrix, column
+
+
+@dataclass
+class TextRows:
+    """Vectors of a list of texts held once per distinct text: row i is `distinct[codes[i]]`.
+    Indexing (`rows[mask]`, `rows[positions]`) returns the float32 rows `encode` returns."""
+
+    codes: np.ndarray
+    distinct: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.codes), self.distinct.shape[1])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.distinct[self.codes[rows]]
+
+    def to_numpy(self) -> np.ndarray:
+        return self.distinct[self.codes]
+
+
+class _Rows:
+    """What `encode` fills: one vector per distinct text (its row `codes` says which)."""
+
+    def __init__(self, codes: np.ndarray, distinct: int):
+        self.codes = codes
+        self.filled = np.zeros(distinct, dtype=bool)
+        self.distinct: np.ndarray | None = None
+
+    def put(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Vector i of `vectors` is that of distinct text ids[i] (later ones win within one call)."""
+        if self.distinct is None:
+            self.distinct = np.zeros((len(self.filled), vectors.shape[1]), dtype=np.float32)
+        self.distinct[ids] = vectors
+        self.filled[ids] = True
 
 
 def person_embeddings(texts: pd.DataFrame, vectors: np.ndarray, max_texts: int) -> pd.DataFrame:

@@ -105,7 +105,8 @@ def _name(trait_list: list[dict], terms: list[str]) -> str:
 
 
 def quotes(texts: pd.DataFrame, vectors: np.ndarray, labels: pd.Series, persona: int, n: int) -> list[dict]:
-    """The `n` distinct texts of a persona nearest its text centroid (cosine, via faiss inner product)."""
+    """The `n` distinct texts of a persona nearest its text centroid (cosine, via faiss inner product).
+    `vectors`: a row per text (an array, or models.embedder.TextRows: each distinct text's vector once)."""
     import faiss
 
     mask = (texts["person_id"].map(labels) == persona).to_numpy()

@@ -125,7 +125,7 @@ def moved_share(ws, cfg: ModelConfig, version: int, champion: int) -> float | No
     if published.empty:
         return None
     try:
-        reference = load_reference(ws, registry.version_run_id(ws, cfg.registered_name, version))
+        reference = load_reference(ws, registry.version_run_id(ws, cfg.registered_name, version), columns=["person_id", "persona_id"])
     except Exception:  # no reference artifact (an older version): the share is unknown, not zero
         return None
     if "person_id" in reference.columns:

@@ -106,3 +106,22 @@ def test_fast_path_is_used_when_it_meets_the_floors_and_its_decision_is_kept(sha
     later = embedder_like(shared_embedder, tmp_path, precision="bf16", min_cosine=0.99, mean_cosine=0.999, min_top10_overlap=0.8, quality_sample=24)
     later.encode(texts(2, offset=30))
     assert later._calibration is not None and later._calibration.fp32_seconds == cal["fp32_seconds"]
+
+
+def test_encode_rows_holds_each_distinct_text_once_and_reads_the_cache_a_row_group_at_a_time(shared_embedder, tmp_path, monkeypatch):
+    import models.embedder as E
+
+    monkeypatch.setattr(E, "CACHE_ROW_GROUP", 4)  # several row groups per cache part
+    first = embedder_like(shared_embedder, tmp_path, precision="fp32")
+    batch = texts(10)
+    direct = first.encode(batch)  # stored as one part of 3 row groups
+    rows = texts(10) + [batch[2], " " + batch[7], batch[2]] + texts(3, offset=10)  # repeats, then 3 new texts
+    again = embedder_like(shared_embedder, tmp_path, precision="fp32")
+    compact = again.encode_rows(rows)
+    assert (again.last_run.distinct, again.last_run.cached, again.last_run.encoded) == (13, 10, 3)
+    assert compact.shape == (16, 384) and compact.distinct.shape == (13, 384)
+    whole = embedder_like(shared_embedder, tmp_path, precision="fp32").encode(rows)
+    assert np.array_equal(compact.to_numpy(), whole) and np.array_equal(whole[:10], direct)
+    mask = np.arange(16) % 3 == 0
+    assert np.array_equal(compact[mask], whole[mask])
+    assert np.array_equal(whole[10], whole[2]) and np.array_equal(whole[11], whole[7])
