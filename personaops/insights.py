@@ -1067,7 +1067,12 @@ def graph_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         del old_signals, then, now
         update = {"mode": "incremental", "persons_recomputed": int(len(changed_index))}
     else:
-        parts, sequence = _behaviour_by_bucket(ws, records, batches, kinds)
+        # the buckets read the record map in DuckDB; the campaign records are read again after
+        # (the Arrow record map of every record was 226 MiB at 100k people, ~2.2 GiB at 1M)
+        del records
+        parts, sequence = _behaviour_by_bucket(ws, None, batches, kinds)
+        campaigns = [s for s in batches if kinds.get(s) == "campaigns"]
+        records = pq.read_table(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id", "_batch_id"], filters=[("source", "in", campaigns)] if campaigns else [("source", "=", "\x00")])
         update = {"mode": "full", "full_reason": reason}
     exposures = _kind_rows(ws, records, batches, kinds, "campaigns")
     del records  # (3 string columns of every record: hundreds of MB at 100k people)
