@@ -109,45 +109,138 @@ def record_ids(frame: pd.DataFrame) -> pd.Series:
     return frame["source"].astype(str) + ":" + frame["source_key"].astype(str)
 
 
+class _RecordIds:
+    """Record ids ('source:key', as `record_ids` gives them) of record positions, built on demand:
+    a source code per record and the keys as one Arrow string array, not an id string per record
+    (37.7M records at 1,000,000 people)."""
+
+    def __init__(self, source: pd.Series, source_key):
+        """`source_key`: a Series, or Arrow tables (LINEAGE, in record order) to take it from."""
+        import pyarrow as pa
+
+        codes, names = pd.factorize(source.astype(str).to_numpy(dtype=object))
+        self.codes = codes.astype(np.int32)
+        self.names = np.asarray(names, dtype=object)
+        if isinstance(source_key, pd.Series):
+            self.keys = pa.array(source_key.astype(str).to_numpy(dtype=object), type=pa.large_string())
+        else:
+            chunks = [t["source_key"].cast(pa.large_string()).combine_chunks() for t in source_key]
+            self.keys = pa.concat_arrays(chunks) if chunks else pa.array([], pa.large_string())
+        if len(self.keys) != len(self.codes):
+            raise ValueError(f"the lineage has {len(self.keys):,} records, the resolve {len(self.codes):,}")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def at(self, positions) -> np.ndarray:
+        """The record ids of `positions` (object array of str)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pos = np.asarray(positions, dtype=np.int64)
+        if not len(pos):
+            return np.array([], dtype=object)
+        src = pa.array(self.names[self.codes[pos]], type=pa.large_string())
+        return pc.binary_join_element_wise(src, self.keys.take(pa.array(pos)), pa.scalar(":", pa.large_string())).to_numpy(zero_copy_only=False).astype(object)
+
+    def arrow(self, positions):
+        """The record ids of `positions` as an Arrow string array (no Python string per id)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pos = pa.array(np.asarray(positions, dtype=np.int64))
+        src = pa.DictionaryArray.from_arrays(pa.array(self.codes).take(pos), pa.array(list(self.names), pa.large_string())).cast(pa.large_string())
+        return pc.binary_join_element_wise(src, self.keys.take(pos), pa.scalar(":", pa.large_string())).cast(pa.string())
+
+    def __getitem__(self, position: int) -> str:
+        return str(self.at([int(position)])[0])
+
+    def find(self, ids) -> dict[str, int]:
+        """{record id: its first position} of the given ids that name a record."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = set(ids)
+        tails = {i.split(":", k)[k] for i in ids for k in range(1, i.count(":") + 1)}
+        if not tails:
+            return {}
+        pos = np.flatnonzero(pc.is_in(self.keys, value_set=pa.array(sorted(tails), pa.large_string())).to_numpy(zero_copy_only=False))
+        found = {}
+        for p, rid in zip(pos, self.at(pos)):
+            if rid in ids and rid not in found:
+                found[rid] = int(p)
+        return found
+
+
 def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int]:
     """Long table (record_idx, kind, key, node = 'kind:key') of usable normalised link keys.
 
     Each distinct raw value is normalised once and every record holding it points at the same
     key and node string objects: a key is shared by tens of records (a person's events), so at
     100,000 people this holds a few hundred thousand strings instead of one per record and key.
+    The rows are gathered as integer arrays per kind (record positions, value codes) and the
+    table is built once, after the shared-device filter: no per-kind frames, concatenated and
+    filtered copies of them (37.7M records at 1,000,000 people).
     """
     junk = {j.strip().lower() for j in cfg.junk_values}
-    parts = []
+    n = len(records)
+    source_codes, source_names = pd.factorize(records["source"]) if cfg.source_link_keys else (None, None)
+    found = []  # (kind, record positions, codes into the kind's keys, keys, nodes)
     for kind in cfg.link_keys:
         if kind not in records.columns:
             continue
-        values = records[kind].dropna().astype(str)
+        codes, uniques = pd.factorize(records[kind].to_numpy(dtype=object))  # missing: -1
+        keep = codes >= 0
         if cfg.source_link_keys:  # per-source rules: a source may be barred from linking on this kind
-            allowed = [src for src in pd.unique(records["source"]) if cfg.source_may_link_on(src, kind)]
-            values = values[records.loc[values.index, "source"].isin(allowed)]
-        codes, uniques = pd.factorize(values.to_numpy(dtype=object))
-        norm = NORMALISERS[kind](pd.Series(uniques, dtype=object))
+            allowed = [i for i, src in enumerate(source_names) if cfg.source_may_link_on(src, kind)]
+            keep &= np.isin(source_codes, allowed)
+        norm = NORMALISERS[kind](pd.Series(uniques, dtype=object).astype(str))
         usable = (norm.notna() & ~norm.isin(junk) & (norm != "")).to_numpy()
-        keep = usable[codes] if len(codes) else np.zeros(0, bool)
+        if len(usable):
+            keep &= usable[np.where(keep, codes, 0)]
+        rec = np.flatnonzero(keep)
         key_u = norm.to_numpy(dtype=object)
         node_u = (kind + ":" + norm.where(pd.Series(usable), "")).to_numpy(dtype=object)
-        c = codes[keep]
-        parts.append(pd.DataFrame({"record_idx": values.index.to_numpy()[keep], "kind": kind, "key": key_u[c], "node": node_u[c]}))
-    keys = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["record_idx", "kind", "key", "node"])
-    keys["record_idx"] = keys["record_idx"].astype(np.int64)
+        found.append([kind, rec, codes[rec], key_u, node_u])
+        del codes, keep
     shared_devices = 0
-    if "device_id" in set(keys["kind"]) and "customer_id" in set(keys["kind"]):
-        dev = keys[keys.kind == "device_id"][["record_idx", "key"]]
-        cust = keys[keys.kind == "customer_id"][["record_idx", "key"]]
-        pairs = dev.merge(cust, on="record_idx", suffixes=("_dev", "_cust")).drop_duplicates(["key_dev", "key_cust"])
-        per_device = pairs.groupby("key_dev").size()
-        shared = set(per_device[per_device > cfg.max_persons_per_device].index)
+    kinds_present = {f[0] for f in found if len(f[1])}
+    if "device_id" in kinds_present and "customer_id" in kinds_present:
+        dev = next(f for f in found if f[0] == "device_id")
+        cust = next(f for f in found if f[0] == "customer_id")
+        # distinct (device key, customer key) pairs of one record, by the keys' values (several raw values can share one)
+        dev_key = pd.factorize(dev[3])[0][dev[2]]
+        cust_key = pd.factorize(cust[3])[0]
+        cust_of = np.full(n, -1, np.int64)
+        cust_of[cust[1]] = cust_key[cust[2]]
+        c = cust_of[dev[1]]
+        both = c >= 0
+        pairs = pd.DataFrame({"d": dev_key[both], "c": c[both]}).drop_duplicates()
+        per_device = pairs.groupby("d").size()
+        shared = per_device.index[per_device > cfg.max_persons_per_device].to_numpy()
         shared_devices = len(shared)
         # A shared device never ties customers together, but its anonymous records stay one
         # device-level person rather than one person per record.
-        identified = set(cust["record_idx"])
-        keys = keys[~((keys.kind == "device_id") & keys.key.isin(shared) & keys.record_idx.isin(identified))]
-    return keys.reset_index(drop=True), shared_devices
+        drop = np.isin(dev_key, shared) & both  # identified: the record has a customer key
+        dev[1], dev[2] = dev[1][~drop], dev[2][~drop]
+    if not found:
+        return pd.DataFrame(columns=["record_idx", "kind", "key", "node"]).astype({"record_idx": np.int64}), shared_devices
+    keys = pd.DataFrame(
+        {
+            "record_idx": np.concatenate([f[1] for f in found]).astype(np.int64),
+            "kind": np.concatenate([_repeat(f[0], len(f[1])) for f in found]),
+            "key": np.concatenate([f[3][f[2]] for f in found]),
+            "node": np.concatenate([f[4][f[2]] for f in found]),
+        }
+    )
+    return keys, shared_devices
+
+
+def _repeat(value: str, n: int) -> np.ndarray:
+    """An object array of `n` references to one string (np.full makes a string object per element)."""
+    out = np.empty(n, dtype=object)
+    out[:] = value
+    return out
 
 
 def _hash(values) -> np.ndarray:
@@ -244,7 +337,8 @@ def _rule_edges(keys: pd.DataFrame, node_rank: np.ndarray) -> pd.DataFrame:
 def _deterministic(n: int, keys: pd.DataFrame, cfg: IdentityConfig, cannot: dict[int, set[int]]) -> tuple[np.ndarray, pd.DataFrame, list[dict]]:
     """(cluster label per record, rule edges used, refused links) of the rule pass."""
     codes, uniques = pd.factorize(keys["node"], sort=True)  # sorted: the codes order the nodes as their strings
-    graph = coo_matrix((np.ones(len(keys)), (keys["record_idx"].to_numpy(dtype=np.int64), n + codes)), shape=(n + len(uniques),) * 2)
+    index_type = np.int32 if n + len(uniques) < 2**31 else np.int64  # the components depend only on the structure: compact types
+    graph = coo_matrix((np.ones(len(keys), np.int8), (keys["record_idx"].to_numpy().astype(index_type), (n + codes).astype(index_type))), shape=(n + len(uniques),) * 2)
     _, labels = connected_components(graph, directed=False)
     labels = labels[:n].copy()
     component = labels[keys["record_idx"].to_numpy()]
@@ -298,34 +392,49 @@ def _entities(records: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) ->
         # which must not link people by another route.
         if col not in records.columns or (col == "device_id" and col in cfg.link_keys):
             continue
-        raw = records[col].astype("string")
+        # each distinct raw value normalised once (the string work on 37.7M mostly empty rows at
+        # 1,000,000 people was most of this function), then taken back to the records
+        codes, uniques = pd.factorize(records[col].to_numpy(dtype=object))  # missing: -1
+        raw = pd.Series(uniques, dtype=object).astype("string")
         if col == "email":
             norm = normalise_email(raw)
         elif col == "phone":
             norm = normalise_phone(raw)
         else:
             norm = normalise_text(raw)
-        frame[col] = norm.where(~norm.isin(junk) & (norm != ""))
+        norm = norm.where(~norm.isin(junk) & (norm != ""))
+        frame[col] = pd.Series(norm.array.take(codes, allow_fill=True), index=frame.index)
+        del codes
     attrs = [c for c in frame.columns if c != "entity"]
-    filled = frame[attrs].notna().sum(axis=1) if attrs else pd.Series(0, index=frame.index)
-    # The representative record is the cluster's most complete one (first on ties).
-    order = frame.assign(_filled=-filled.to_numpy(), _pos=np.arange(len(frame))).sort_values(["entity", "_filled", "_pos"])
-    representative = order.drop_duplicates("entity").set_index("entity")["_pos"]
+    filled = frame[attrs].notna().sum(axis=1).to_numpy() if attrs else np.zeros(len(frame), np.int64)
+    # The representative record is the cluster's most complete one (first on ties): an integer sort.
+    pos = np.arange(len(frame))
+    order = np.lexsort((pos, -filled, labels))
+    lab = labels[order]
+    first = np.ones(len(order), bool)
+    first[1:] = lab[1:] != lab[:-1]
+    representative = pd.Series(order[first], index=pd.Index(lab[first], name="entity"), name="_pos")
     entities = frame.groupby("entity", sort=True)[attrs].first().reset_index() if attrs else frame.drop_duplicates("entity")
-    training = frame.loc[filled.to_numpy() > 0, attrs].drop_duplicates()
+    training = frame.loc[filled > 0, attrs].drop_duplicates()
     if len(training) > cfg.max_training_rows:
         training = training.sample(cfg.max_training_rows, random_state=cfg.seed)
     training = training.reset_index(drop=True).rename_axis("entity").reset_index()
     return entities, representative, training
 
 
-def _assign_ids(labels: np.ndarray, anchors: pd.Series, rids: pd.Series, previous: pd.DataFrame | None) -> tuple[np.ndarray, list[dict]]:
+def _per_record(labels: np.ndarray, of_label: dict) -> np.ndarray:
+    """of_label[label] for every record (object array), one dict lookup per distinct label."""
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    return np.array([of_label[lab] for lab in uniq.tolist()], dtype=object)[inverse.reshape(-1)] if len(labels) else np.array([], dtype=object)
+
+
+def _assign_ids(labels: np.ndarray, anchors: pd.Series, rid: "_RecordIds", previous: pd.DataFrame | None) -> tuple[np.ndarray, list[dict]]:
     """Person id per record, plus merge/split events against the previous run's map."""
     anchor_ids = {lab: person_id_for(a) for lab, a in anchors.items()}
     if previous is None or previous.empty:
-        return np.array([anchor_ids[lab] for lab in labels], dtype=object), []
-    old = rids.map(pd.Series(previous["person_id"].to_numpy(), index=record_ids(previous)))
-    counts = pd.DataFrame({"label": labels, "old": old.to_numpy()}).dropna().value_counts().reset_index(name="n")
+        return _per_record(labels, anchor_ids), []
+    old = _old_persons(rid, previous)
+    counts = pd.DataFrame({"label": labels, "old": old}).dropna().value_counts().reset_index(name="n")
     # Most records first; on a tie the id the cluster's anchor key would give, then the smallest.
     counts["anchored"] = counts["old"] == counts["label"].map(anchor_ids)
     counts = counts.sort_values(["n", "anchored", "old"], ascending=[False, False, True])
@@ -351,7 +460,7 @@ def _assign_ids(labels: np.ndarray, anchors: pd.Series, rids: pd.Series, previou
     for o, group in counts.groupby("old"):
         if len(group) > 1:
             events.append({"event": "split", "old_ids": [o], "new_ids": sorted(assigned[lab] for lab in group["label"]), "label": None})
-    return np.array([assigned[lab] for lab in labels], dtype=object), events
+    return _per_record(labels, assigned), events
 
 
 def resolve_identities(
@@ -359,6 +468,7 @@ def resolve_identities(
     cfg: IdentityConfig,
     previous: pd.DataFrame | None = None,
     decisions: pd.DataFrame | None = None,
+    lineage=None,
 ) -> IdentityResult:
     """Link records into persons.
 
@@ -366,19 +476,25 @@ def resolve_identities(
     the probabilistic pass compares); `previous` is the last run's record -> person map (keeps
     ids stable and yields merge/split events); `decisions` holds review decisions (pair_id,
     record_l, record_r, decision = accept | reject; the latest per pair wins).
+
+    Given `lineage` (a callable yielding Arrow tables of the given LINEAGE columns in the records'
+    order, e.g. identity_store.lineage_reader), `records` need not carry the lineage columns (nor
+    source_key: the record ids are built from Arrow, not held as a string per record) and the result's
+    `records` and `edges` stay compact (RecordMap, EdgeList) until written (`frames()`) or
+    materialised (`to_pandas()`); without it they are DataFrames, as before.
     """
-    # Memory (100,000 people are 3.8M records): no copy of `records` unless its index needs
-    # resetting, and it is released (columns the caller does not hold) once the keys, entities,
-    # device pairs and lineage are taken from it; see docs/identity.md "Memory".
+    # Memory (1,000,000 people are 37.7M records): no copy of `records` unless its index needs
+    # resetting; no record-id string per record (_RecordIds); it is released once its keys,
+    # entities and device pairs are taken; see docs/identity.md "Memory".
+    compact = lineage is not None
     if not records.index.equals(pd.RangeIndex(len(records))):
         records = records.reset_index(drop=True)
     n = len(records)
-    rids = record_ids(records)
+    rid = _RecordIds(records["source"], records["source_key"] if "source_key" in records.columns or lineage is None else lineage(["source_key"]))
     accept_pairs, cannot = [], {}
     if decisions is not None and len(decisions):
         latest = decisions.drop_duplicates("pair_id", keep="last")
-        named = rids[rids.isin(set(latest["record_l"]) | set(latest["record_r"]))]
-        position = dict(zip(named[~named.duplicated()].to_numpy(), named.index[~named.duplicated()]))  # a record id's first row
+        position = rid.find(set(latest["record_l"]) | set(latest["record_r"]))  # a record id's first row
         for a, b, d in zip(latest["record_l"], latest["record_r"], latest["decision"]):
             if a in position and b in position:
                 ia, ib = int(position[a]), int(position[b])
@@ -395,7 +511,9 @@ def resolve_identities(
     # --- pass 2: Splink over one representative row per cluster ---------------------------------
     entities, representative, training = _entities(records, labels, cfg)
     devices = _device_pairs(records, cfg)
-    out = records[["source", "source_key", "_batch_id", "_row_number", "_row_hash"]].copy()
+    if lineage is None:
+        frame = records[LINEAGE].copy()
+        lineage = _frame_lineage(frame)
     del records  # the identifier and attribute columns are not needed any more
     sizes = pd.Series(labels).value_counts()
     prob_edges = pd.DataFrame(columns=["l", "r", "match_probability", "match_weight", "agreed", "method"])
@@ -444,44 +562,41 @@ def resolve_identities(
         else:
             refused.append({"record_l": int(row.l), "record_r": int(row.r), "rule": "splink", "reason": reason})
     if n:
-        labels = np.array([uf.find(int(x)) for x in labels])
+        labels = _find_all(uf, labels)
 
     # --- anchors, ids, history ------------------------------------------------------------------
     priority = {kind: i for i, kind in enumerate(cfg.link_keys)}
-    rid = rids.to_numpy()
     anchors = _anchors(keys, labels, priority, rid)
-    person, events = _assign_ids(labels, anchors, rids, previous)
-    index = _build_index(devices, keys, rule_labels, entities, representative, person, rids, model)
+    person, events = _assign_ids(labels, anchors, rid, previous)
+    index = _build_index(devices, keys, rule_labels, entities, representative, person, rid, model)
     del keys, anchors  # the key rows are not needed any more: freed before the edges are built
 
     # What linked each record: the highest-priority evidence on an edge that touches it (by record
     # position: record ids are unique, ingest quarantines a repeated key).
     rank = {**priority, "review": len(priority), "splink": len(priority) + 1}
-    best = np.full(n, len(rank), np.int64)  # len(rank): unlinked
-    ends = [(rule_edges["l"].to_numpy(dtype=np.int64), rule_edges["r"].to_numpy(dtype=np.int64), rule_edges["rule"].map(rank).to_numpy(dtype=np.int64))]
+    best = np.full(n, len(rank), np.int8 if len(rank) < 127 else np.int64)  # len(rank): unlinked
+    ends = [(rule_edges["l"].to_numpy(dtype=np.int64), rule_edges["r"].to_numpy(dtype=np.int64), rule_edges["rule"].map(rank).to_numpy(dtype=best.dtype))]
     if merges:
-        ends.append((np.array([m["l"] for m in merges], np.int64), np.array([m["r"] for m in merges], np.int64), np.array([rank[m["method"]] for m in merges], np.int64)))
+        ends.append((np.array([m["l"] for m in merges], np.int64), np.array([m["r"] for m in merges], np.int64), np.array([rank[m["method"]] for m in merges], best.dtype)))
     for left, right, r in ends:
         np.minimum.at(best, left, r)
         np.minimum.at(best, right, r)
-    out["person_id"] = person
-    out["linked_by"] = np.array([*rank, "unlinked"], dtype=object)[best]
-    del best, ends
+    del ends
+    linked_names = np.array([*rank, "unlinked"], dtype=object)
+    out = RecordMap(lineage, person, best, linked_names)
 
-    edges = _edge_frame(rule_edges, merges, rid)
+    edges = EdgeList(rule_edges, merges, rid)
     del rule_edges
 
-    old_map = None
+    old_of = None
     for e in events:  # evidence: the edges joining the old persons (merge) or the refused links (split)
         label = e.pop("label")
         if e["event"] == "merge":
-            members = set(rid[labels == label])
-            crossing = edges[edges["record_l"].isin(members) & edges["record_r"].isin(members)]
-            if old_map is None:
-                old_of = rids.map(pd.Series(previous["person_id"].to_numpy(), index=record_ids(previous)))
-                old_map = dict(zip(rid, old_of))
-            crossing = crossing[[old_map.get(a) != old_map.get(b) for a, b in zip(crossing["record_l"], crossing["record_r"])]]
-            e["evidence"] = crossing.head(20).drop(columns=["key"]).to_dict("records")
+            if old_of is None:
+                old_of = _old_persons(rid, previous)
+            crossing = edges.where(labels, label)
+            crossing = crossing[np.array([a != b for a, b in zip(old_of[crossing["_l"].to_numpy()], old_of[crossing["_r"].to_numpy()])], dtype=bool)]
+            e["evidence"] = crossing.head(20).drop(columns=["key", "_l", "_r"]).to_dict("records")
         else:
             pids = set(e["new_ids"])
             e["evidence"] = [
@@ -507,8 +622,8 @@ def resolve_identities(
 
     stats = {
         "records": n,
-        "persons": int(out["person_id"].nunique()),
-        "unlinked_records": int((out["linked_by"] == "unlinked").sum()),
+        "persons": int(len(pd.unique(person))),
+        "unlinked_records": int((best == len(rank)).sum()),
         "shared_devices_ignored": shared_devices,
         "entities_matched": int(len(entities)) if trained else 0,
         "probabilistic_links": int(sum(m["method"] == "splink" for m in merges)),
@@ -518,17 +633,139 @@ def resolve_identities(
         "merges": sum(e["event"] == "merge" for e in events),
         "splits": sum(e["event"] == "split" for e in events),
     }
+    if not compact:
+        out, edges = out.to_pandas(), edges.to_pandas()
     return IdentityResult(records=out, stats=stats, edges=edges, events=events, review=review_out, index=index)
 
 
-def _edge_frame(rule_edges: pd.DataFrame, merges: list[dict], rid: np.ndarray) -> pd.DataFrame:
+def _find_all(uf: _GuardedUnion, labels: np.ndarray) -> np.ndarray:
+    """uf.find of every label, by distinct label (a cluster's records share it)."""
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    return np.array([uf.find(int(x)) for x in uniq], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _old_persons(rid: "_RecordIds", previous: pd.DataFrame) -> np.ndarray:
+    """The previous run's person of every record position (NaN for records it did not have)."""
+    return pd.Series(rid.at(np.arange(len(rid)))).map(pd.Series(previous["person_id"].to_numpy(), index=record_ids(previous))).to_numpy(dtype=object)
+
+
+def _frame_lineage(frame: pd.DataFrame):
+    """A lineage callable over a frame's LINEAGE columns (RecordMap): the frame in slices."""
+
+    def frames(columns=LINEAGE):
+        if not len(frame):
+            yield frame
+        for start in range(0, len(frame), RecordMap.CHUNK):
+            yield frame.iloc[start : start + RecordMap.CHUNK]
+
+    return frames
+
+
+@dataclass
+class RecordMap:
+    """The record -> person map of a full resolve (RECORD_COLUMNS), held as the person per record
+    and a code of what linked it until written in chunks (`tables`) or materialised (`to_pandas`):
+    the lineage columns are read again from `lineage` (a callable yielding LINEAGE frames or Arrow
+    tables in record order) instead of being held as a string per record."""
+
+    CHUNK = 256 * 1024  # rows per written chunk: the strings of one chunk at a time
+
+    lineage: object
+    person: np.ndarray
+    linked: np.ndarray  # codes into linked_names
+    linked_names: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.person)
+
+    def frames(self):
+        """RECORD_COLUMNS in record order, a DataFrame (from a frame's lineage) or an Arrow table per chunk."""
+        import pyarrow as pa
+
+        start = 0
+        for part in self.lineage(LINEAGE):
+            m = len(part)
+            person, linked = self.person[start : start + m], self.linked_names[self.linked[start : start + m]]
+            if isinstance(part, pd.DataFrame):
+                part = part[LINEAGE].copy()
+                part["person_id"] = person
+                part["linked_by"] = linked
+            else:
+                part = part.select(LINEAGE).append_column("person_id", pa.array(person, pa.string())).append_column("linked_by", pa.array(linked, pa.string()))
+            start += m
+            yield part
+        if start != len(self.person):
+            raise ValueError(f"the lineage has {start:,} records, the resolve {len(self.person):,}")
+
+    def to_pandas(self) -> pd.DataFrame:
+        parts = [p if isinstance(p, pd.DataFrame) else p.to_pandas() for p in self.frames()]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+class EdgeList:
+    """The identity graph's edges of a full resolve (EDGE_COLUMNS) as record positions until
+    written in chunks (`frames`) or materialised (`to_pandas`): the rule edges' ends are integers and
+    their kind and key shared strings, not two record-id strings per edge."""
+
+    CHUNK = 256 * 1024  # rows per written chunk: the strings of one chunk at a time
+
+    def __init__(self, rule_edges: pd.DataFrame, merges: list[dict], rid: "_RecordIds"):
+        self.l = rule_edges["l"].to_numpy(dtype=np.int64)
+        self.r = rule_edges["r"].to_numpy(dtype=np.int64)
+        self.rule = rule_edges["rule"].to_numpy(dtype=object)
+        self.key = rule_edges["key"].to_numpy(dtype=object)
+        self.merges = merges
+        self.rid = rid
+
+    def __len__(self) -> int:
+        return len(self.l) + len(self.merges)
+
+    def _frame(self, rows: np.ndarray, merges: list[dict]) -> pd.DataFrame:
+        rule = pd.DataFrame({"l": self.l[rows], "r": self.r[rows], "rule": self.rule[rows], "key": self.key[rows]})
+        return _edge_frame(rule, merges, self.rid)
+
+    def frames(self, arrow: bool = True):
+        """EDGE_COLUMNS in order, in chunks: Arrow tables built from the positions without a Python
+        string per edge (the merges, few, come last as a DataFrame chunk), or DataFrames."""
+        import pyarrow as pa
+
+        n_rule = len(self.l)
+        if n_rule == 0 or not arrow:
+            for start in range(0, max(n_rule, 1), self.CHUNK):
+                stop = min(start + self.CHUNK, n_rule)
+                yield self._frame(np.arange(start, stop), self.merges if stop == n_rule else [])
+            return
+        for start in range(0, n_rule, self.CHUNK):
+            rows = slice(start, min(start + self.CHUNK, n_rule))
+            rule = pa.array(self.rule[rows], pa.string())
+            yield pa.table({"record_l": self.rid.arrow(self.l[rows]), "record_r": self.rid.arrow(self.r[rows]), "method": pa.array(_repeat("rule", len(rule)), pa.string()),
+                            "rule": rule, "key": pa.array(self.key[rows], pa.string()), "match_probability": pa.array(np.ones(len(rule))),
+                            "match_weight": pa.array(np.full(len(rule), np.nan)), "agreed": rule})  # fmt: skip
+        if self.merges:
+            yield self._frame(np.arange(0), self.merges)
+
+    def to_pandas(self) -> pd.DataFrame:
+        parts = list(self.frames(arrow=False))
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def where(self, labels: np.ndarray, label) -> pd.DataFrame:
+        """The edges (EDGE_COLUMNS plus their ends' positions _l, _r) with both ends in cluster `label`, in order."""
+        rows = np.flatnonzero((labels[self.l] == label) & (labels[self.r] == label))
+        merges = [m for m in self.merges if labels[m["l"]] == label and labels[m["r"]] == label]
+        out = self._frame(rows, merges)
+        out["_l"] = np.concatenate([self.l[rows], np.array([m["l"] for m in merges], np.int64)])
+        out["_r"] = np.concatenate([self.r[rows], np.array([m["r"] for m in merges], np.int64)])
+        return out
+
+
+def _edge_frame(rule_edges: pd.DataFrame, merges: list[dict], rid: "_RecordIds") -> pd.DataFrame:
     """EDGE_COLUMNS: the rule edges, then the merges. The six text columns are filled into one
     object block that becomes the frame's block as is (a frame built from a dict of columns
-    copies them into one block: twice the pointers of 6M edges at 100,000 people)."""
+    copies them into one block)."""
     n_rule, n = len(rule_edges), len(rule_edges) + len(merges)
     text = np.empty((6, n), dtype=object)  # record_l, record_r, method, rule, key, agreed
-    text[0, :n_rule] = rid[rule_edges["l"].to_numpy(dtype=np.int64)]
-    text[1, :n_rule] = rid[rule_edges["r"].to_numpy(dtype=np.int64)]
+    text[0, :n_rule] = rid.at(rule_edges["l"].to_numpy(dtype=np.int64))
+    text[1, :n_rule] = rid.at(rule_edges["r"].to_numpy(dtype=np.int64))
     text[2, :n_rule] = "rule"
     text[3, :n_rule] = rule_edges["rule"].to_numpy(dtype=object)
     text[4, :n_rule] = rule_edges["key"].to_numpy(dtype=object)
@@ -541,7 +778,7 @@ def _edge_frame(rule_edges: pd.DataFrame, merges: list[dict], rid: np.ndarray) -
     return edges
 
 
-def _anchors(keys: pd.DataFrame, labels: np.ndarray, priority: dict[str, int], rid: np.ndarray) -> pd.Series:
+def _anchors(keys: pd.DataFrame, labels: np.ndarray, priority: dict[str, int], rid: "_RecordIds") -> pd.Series:
     """Each cluster's anchor (index: every label, sorted): its highest-priority key node (smallest
     kind by priority, then smallest key), else 'record:' + its smallest record id. By integer
     sorts on the key rows instead of a sorted copy of them."""
@@ -555,13 +792,13 @@ def _anchors(keys: pd.DataFrame, labels: np.ndarray, priority: dict[str, int], r
     vals = node.reindex(all_labels).to_numpy(dtype=object)
     missing = pd.isna(vals)
     if missing.any():  # clusters without a key: their smallest record id (by sorting; a string groupby-min runs in Python)
-        lonely = np.isin(labels, all_labels[missing])
-        own = pd.DataFrame({"label": labels[lonely], "own": rid[lonely]}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
+        lonely = np.flatnonzero(np.isin(labels, all_labels[missing]))
+        own = pd.DataFrame({"label": labels[lonely], "own": rid.at(lonely)}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
         vals[missing] = ("record:" + own).reindex(all_labels[missing]).to_numpy(dtype=object)
     return pd.Series(vals, index=all_labels)
 
 
-def _build_index(devices, keys, rule_labels, entities, representative, person, rids, model) -> IdentityIndex:
+def _build_index(devices, keys, rule_labels, entities, representative, person, rid: "_RecordIds", model) -> IdentityIndex:
     """The identity index of a full pass (see IdentityIndex)."""
     idx = keys["record_idx"].to_numpy(dtype=np.int64)
     codes, nodes = pd.factorize(keys["node"])  # each distinct node hashed once
@@ -574,7 +811,7 @@ def _build_index(devices, keys, rule_labels, entities, representative, person, r
     first[1:] = (h[1:] != h[:-1]) | (e[1:] != e[:-1])
     rows = order[first]
     k = pd.DataFrame({"node_hash": node_hash[rows], "kind": keys["kind"].to_numpy(dtype=object)[rows], "entity": entity[rows],
-                      "person_id": person[idx[rows]], "first_record": rids.to_numpy()[idx[rows]]})  # fmt: skip
+                      "person_id": person[idx[rows]], "first_record": rid.at(idx[rows])})  # fmt: skip
     sizes = pd.Series(rule_labels).value_counts()
     uniq, first_pos = np.unique(rule_labels, return_index=True)
     person_of = pd.Series(person[first_pos], index=uniq)  # each rule cluster's person (its first record's)
@@ -582,7 +819,7 @@ def _build_index(devices, keys, rule_labels, entities, representative, person, r
     ents["entity"] = ents["entity"].astype(np.int64)
     ents["size"] = ents["entity"].map(sizes).fillna(0).astype(np.int64).to_numpy()
     ents["person_id"] = ents["entity"].map(person_of).to_numpy()
-    ents["record"] = rids.to_numpy()[ents["entity"].map(representative).to_numpy(dtype=np.int64)]
+    ents["record"] = rid.at(ents["entity"].map(representative).to_numpy(dtype=np.int64))
     return IdentityIndex(keys=k, devices=devices, entities=ents.reset_index(drop=True), model=model)
 
 

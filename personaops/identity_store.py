@@ -25,6 +25,7 @@ DECISIONS = ("accept", "reject")
 
 
 ROW_GROUP = 1024 * 1024  # pyarrow's default row group: a frame written in slices of it gives the same row groups
+LINEAGE_CHUNK = 256 * 1024  # rows of lineage read (and a full resolve's map written) at a time
 
 
 def _write_parquet(frame, path) -> None:
@@ -35,6 +36,13 @@ def _write_parquet(frame, path) -> None:
     import pyarrow.parquet as pq
 
     tmp = Workspace.ensure(path).with_name(f".{path.name}.tmp")
+    if hasattr(frame, "frames"):  # a full resolve's RecordMap / EdgeList: written chunk by chunk, never whole
+        if len(frame) <= ROW_GROUP:
+            frame = frame.to_pandas()
+        else:
+            _write_chunks(frame.frames(), tmp)
+            tmp.replace(path)
+            return
     if isinstance(frame, pd.DataFrame) and len(frame) > ROW_GROUP:
         first = pa.Table.from_pandas(frame.iloc[:ROW_GROUP], preserve_index=False)
         schema = first.schema
@@ -51,6 +59,46 @@ def _write_parquet(frame, path) -> None:
     else:
         pq.write_table(frame, tmp)
     tmp.replace(path)
+
+
+def _write_chunks(parts, tmp) -> None:
+    """Write DataFrames / Arrow tables (the same columns) as one Parquet file, typed by the first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, schema = None, None
+    try:
+        for part in parts:
+            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False) if isinstance(part, pd.DataFrame) else part
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(table.cast(schema) if table.schema != schema else table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def lineage_reader(ws: Workspace, batches: dict[str, list[str]]):
+    """A callable yielding the lake rows' LINEAGE (source, source_key, _batch_id, _row_number,
+    _row_hash; or the given ones of them) as Arrow tables of at most ROW_GROUP rows, in the order `read_lake` gives the rows:
+    a full resolve's record map takes its lineage from here when written instead of holding a
+    string per record (identity.RecordMap)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def tables(columns=LINEAGE):
+        read = [c for c in columns if c != "source"]
+        for source, ids in batches.items():
+            for b in ids:
+                pf = pq.ParquetFile(ws.lake / source / f"batch={b}" / "part-0.parquet")
+                for batch in pf.iter_batches(batch_size=LINEAGE_CHUNK, columns=read):
+                    t = pa.Table.from_batches([batch]).select(read)
+                    arrays = {c: t[c].cast(pa.string()) if c != "_row_number" else t[c] for c in read}
+                    arrays["source"] = pa.repeat(pa.scalar(source, pa.string()), t.num_rows)
+                    yield pa.Table.from_arrays([arrays[c] for c in columns], names=list(columns))
+
+    return tables
 
 
 def previous_map(ws: Workspace) -> pd.DataFrame | None:

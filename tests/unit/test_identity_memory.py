@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from personaops.config import IdentityConfig
-from personaops.identity import NORMALISERS, _anchors, _keys, _rule_edges
+from personaops.identity import NORMALISERS, _anchors, _keys, _RecordIds, _rule_edges
 
 
 def _records(n: int, seed: int) -> pd.DataFrame:
@@ -78,7 +78,7 @@ def test_rule_edges_and_anchors_match_the_sorted_copies():
     own = pd.DataFrame({"label": labels, "own": ("record:" + pd.Series(rid)).to_numpy()}).sort_values(["label", "own"]).drop_duplicates("label").set_index("label")["own"]
     joined = own.to_frame("own").join(anchors)
     expected_anchors = joined["node"].where(joined["node"].notna(), joined["own"])
-    got_anchors = _anchors(keys, labels, priority, rid)
+    got_anchors = _anchors(keys, labels, priority, _RecordIds(pd.Series("crm", index=records.index), records["source_key"]))
     assert got_anchors.index.tolist() == expected_anchors.index.tolist()
     assert got_anchors.tolist() == expected_anchors.tolist()
     assert any(a.startswith("record:") for a in got_anchors)  # both branches ran
