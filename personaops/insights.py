@@ -1302,7 +1302,11 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     # the records of the campaign and survey sources only (every record's key, as Python strings, was GBs at 1M people)
     record_person = _analytics_record_person(ws, [s for s in batches if kinds.get(s) in ("campaigns", "surveys")])
     out: dict = {"model_version": version}
-    inputs = churn.churn_inputs(frame, persona, mix, matrix.to_frame() if len(signals) else pd.DataFrame(index=matrix.index))
+    # Copy-on-write for this call only: the signal block (built here for it, referenced nowhere
+    # else) joins the inputs without the two copies add_prefix/astype/join made (persons x signals
+    # bytes each: GBs at a million persons); the same frame, tested cell for cell.
+    with pd.option_context("mode.copy_on_write", True):
+        inputs = churn.churn_inputs(frame, persona, mix, matrix.to_frame() if len(signals) else pd.DataFrame(index=matrix.index))
     del frame
     intents = read_insight_table(ws, "intents", run_id)
     campaign = cfg.insights.opportunity_campaign

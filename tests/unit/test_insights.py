@@ -227,3 +227,23 @@ def test_a_later_run_keeps_the_mined_intents_and_new_texts_join_the_nearest():
     assert after[["label", "terms"]].sort_index().equals(before[["label", "terms"]].sort_index())
     assert after["n_texts"].sum() == len(later) and after.loc[of_topic[1], "n_texts"] == before.loc[of_topic[1], "n_texts"] + 1
     assert (kept.text_intents["intent_label"] == kept.text_intents["intent_id"].map(after["label"])).all()
+
+
+def test_churn_inputs_under_copy_on_write_equal_the_plain_call():
+    """The flags stage builds the model inputs with copy-on-write on (the signal block joins
+    without copies): the same frame as the plain call, and the inputs do not write through to
+    the model frame."""
+    from models import churn
+
+    rng = np.random.default_rng(4)
+    persons = pd.Index([f"P{i}" for i in range(300)], name="person_id")
+    frame = pd.DataFrame({"a": rng.random(300), "b": rng.integers(0, 5, 300), "c": ["x"] * 300}, index=persons)
+    persona = pd.Series(rng.integers(0, 3, 300), index=persons).where(rng.random(300) > 0.1)
+    mix = pd.DataFrame({"person_id": persons[::2], "intent_0": rng.random(150), "intent_1": np.nan})
+    signals = pd.DataFrame((rng.random((300, 40)) < 0.2).astype("uint8"), index=persons, columns=pd.Index([f"s{i}" for i in range(40)], name="signal"))
+    plain = churn.churn_inputs(frame, persona, mix, signals.copy())
+    with pd.option_context("mode.copy_on_write", True):
+        cow = churn.churn_inputs(frame, persona, mix, signals.copy())
+    pd.testing.assert_frame_equal(cow, plain)
+    cow.iloc[0, 0] = -1.0
+    assert frame.iloc[0, 0] != -1.0
