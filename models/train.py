@@ -196,7 +196,7 @@ def train_persona_model(
             mlflow.log_artifact(str(persona_profiles(profiles, tmp_path / "persona_profiles.png")))
             mlflow.log_artifact(str(persona_kpis(profiles, tmp_path / "persona_kpis.png")))
             (tmp_path / "reference").mkdir()
-            reference.reset_index().to_parquet(tmp_path / REFERENCE_ARTIFACT, index=False)
+            write_frame(reference.reset_index(), tmp_path / REFERENCE_ARTIFACT)
             mlflow.log_artifact(str(tmp_path / REFERENCE_ARTIFACT), artifact_path="reference")
             state = scorer.save(tmp_path / "state")
             example = frame[feature_columns].head(5).astype("float64").reset_index(drop=True)
@@ -225,6 +225,27 @@ def train_persona_model(
         )
     aliases = next(v.aliases for v in registry.versions(ws, cfg.registered_name) if v.version == version)
     return TrainResult(run_id, version, aliases, scorer.clustering.k, profiles, assignments, metrics, describe(checks), continuity_report)
+
+
+WRITE_ROWS = 65_536
+
+
+def write_frame(frame: pd.DataFrame, path: Path, rows: int = WRITE_ROWS) -> None:
+    """`frame.to_parquet(path, index=False)`, converted to Arrow `rows` rows at a time (one row
+    group each): pyarrow otherwise holds an Arrow copy of every row (the embeddings' lists) at
+    once. The schema is the one pandas would infer for the whole frame (from a sample of rows
+    with a value in every column where there is one), so the file reads back as the same frame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if len(frame) <= rows:
+        frame.to_parquet(path, index=False)
+        return
+    sample = sorted({int(frame[c].notna().to_numpy().argmax()) for c in frame.columns} | {0})
+    schema = pa.Schema.from_pandas(frame.iloc[sample], preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(frame), rows):
+            writer.write_table(pa.Table.from_pandas(frame.iloc[start : start + rows], schema=schema, preserve_index=False))
 
 
 def load_profiles(ws: Workspace, run_id: str) -> list[dict]:
