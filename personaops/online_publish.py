@@ -259,6 +259,13 @@ class RedisPublisher:
         """(Redis keys, field names, values person-major) that Feast's online_write_batch writes for `rows`."""
         return encode_redis_hashes(view, rows, self.store.config.project, self.view_name(view), self.store.config.entity_key_serialization_version)
 
+    def encode_sliced(self, view, rows: pd.DataFrame) -> tuple[list[bytes], list[bytes], "_ValuesBySlice"]:
+        """`encode`'s keys and fields, and its values as `_ValuesBySlice` (encoded per slice of persons)."""
+        _, fields, _ = encode_redis_hashes(view, rows.iloc[:0], self.store.config.project, self.view_name(view), self.store.config.entity_key_serialization_version)  # checks view and columns
+        keys = redis_keys(view, rows, self.store.config.project, self.store.config.entity_key_serialization_version)
+        size = max(self.batch_persons, (_ENCODE_PERSONS // self.batch_persons) * self.batch_persons)
+        return keys, fields, _ValuesBySlice(view, rows.reset_index(drop=True), size)
+
     def update_entity(self, entity_value: str, read_views: list[str], compute: EntityUpdate) -> Any:
         """One WATCH/MULTI transaction on the entity's hash: every view's fields of one person
         change in one HSET, and a concurrent change makes the read and compute run again."""
@@ -266,7 +273,7 @@ class RedisPublisher:
 
     def replace(self, view_name: str, rows: pd.DataFrame) -> int:
         view = self.store.get_feature_view(view_name)
-        keys, fields, values = self.encode(view, rows)
+        keys, fields, values = self.encode_sliced(view, rows)
         ttl = int(self.store.config.online_store.key_ttl_seconds or 0)
 
         def attempt() -> None:
@@ -909,7 +916,6 @@ def encode_redis_hashes(view, rows: pd.DataFrame, project: str, view_name: str, 
     """(keys, fields, values): each person's Redis key (`serialize_entity_key` + project), the view's
     hash field names (mmh3 of "<view>:<feature>", then "_ts:<view>"), and the field values of every
     person in that order, person after person — byte for byte what Feast's Redis store writes."""
-    import pyarrow as pa
     from feast.infra.online_stores.helpers import _mmh3
 
     join = [(c.name, c.dtype.to_value_type()) for c in view.entity_columns]
@@ -919,15 +925,52 @@ def encode_redis_hashes(view, rows: pd.DataFrame, project: str, view_name: str, 
     missing = [c for c in [join[0][0], *(f for f, _ in features), view.batch_source.timestamp_field] if c not in rows.columns]
     if missing:
         raise PipelineStateError(f"Rows for feature view '{view.name}' lack column '{missing[0]}'; add it before publishing.")
-    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-    column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
-    suffix = project.encode("utf-8")
-    keys = [k + suffix for k in entity_keys(join[0][0], join[0][1], column(join[0][0]), entity_key_serialization_version)]
+    keys = redis_keys(view, rows, project, entity_key_serialization_version)
     fields = [_mmh3(f"{view_name}:{name}") for name, _ in features] + [f"_ts:{view_name}".encode()]
-    per_field = [feature_values(column(name), value_type)[0] for name, value_type in features]
+    return keys, fields, _redis_values(view, rows, features)
+
+
+def redis_keys(view, rows: pd.DataFrame, project: str, entity_key_serialization_version: int) -> list[bytes]:
+    """Each row's Redis key: `serialize_entity_key` of its (single) join key + the project."""
+    import pyarrow as pa
+
+    name, value_type = view.entity_columns[0].name, view.entity_columns[0].dtype.to_value_type()
+    column = pa.Table.from_pandas(rows[[name]].reset_index(drop=True), preserve_index=False).column(0).to_numpy(zero_copy_only=False)
+    suffix = project.encode("utf-8")
+    return [k + suffix for k in entity_keys(name, value_type, column, entity_key_serialization_version)]
+
+
+def _redis_values(view, rows: pd.DataFrame, features: list) -> list[bytes]:
+    """The field values of `rows`, person after person (features in order, then the event time)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(rows[[name for name, _ in features]].reset_index(drop=True), preserve_index=False)
+    per_field = [feature_values(table.column(name).to_numpy(zero_copy_only=False), value_type)[0] for name, value_type in features]
     per_field.append(_timestamp_protos(rows[view.batch_source.timestamp_field].reset_index(drop=True)))
-    values = list(itertools.chain.from_iterable(zip(*per_field)))
-    return keys, fields, values
+    return list(itertools.chain.from_iterable(zip(*per_field)))
+
+
+# A Redis publish encodes the field values of this many persons at a time (a multiple of its
+# batch), not of every person at once: a value is a Python bytes object per person and feature.
+_ENCODE_PERSONS = 65_536
+
+
+class _ValuesBySlice:
+    """Person-major field values of `rows`, encoded one slice of persons at a time on demand
+    (`write_redis_hashes` asks for its batches in order, none straddling two slices)."""
+
+    def __init__(self, view, rows: pd.DataFrame, slice_persons: int):
+        self.view, self.rows, self.size = view, rows, slice_persons
+        self.features = [(f.name, f.dtype.to_value_type()) for f in view.features]
+        self.start, self.values = -1, []
+
+    def get(self, start: int, stop: int) -> list[bytes]:
+        first = start - start % self.size
+        if first != self.start:
+            self.start, self.values = first, []  # the slice before is dropped first
+            self.values = _redis_values(self.view, self.rows.iloc[first : first + self.size], self.features)
+        nf = len(self.features) + 1
+        return self.values[(start - first) * nf : (stop - first) * nf]
 
 
 def _pack_members(keys: list[bytes]) -> bytes:
@@ -976,6 +1019,8 @@ def write_redis_hashes(client, members_key: bytes, keys: list[bytes], fields: li
     one person. The list of published keys is stored at `members_key` (and `members_key:next`
     while a publish runs, so keys of an interrupted publish are cleaned by the next one)."""
     nf = len(fields)
+    # values: a list (person-major), or `_ValuesBySlice` encoding them a slice of persons at a time
+    take = values.get if isinstance(values, _ValuesBySlice) else (lambda start, stop: values[start * nf : stop * nf])
     next_key = members_key + b":next"
     previous = set(_unpack_members(client.get(members_key))) | set(_unpack_members(client.get(next_key)))
     client.set(next_key, _pack_members(keys))
@@ -987,13 +1032,15 @@ def write_redis_hashes(client, members_key: bytes, keys: list[bytes], fields: li
         for start in range(0, len(keys), batch_persons):
             parts: list[bytes] = []
             add = parts.append
-            for i in range(start, min(start + batch_persons, len(keys))):
+            stop = min(start + batch_persons, len(keys))
+            batch = take(start, stop)
+            for i in range(start, stop):
                 add(head)
                 add(_bulk(keys[i]))
-                base = i * nf
+                base = (i - start) * nf
                 for j in range(nf):
                     add(field_bulks[j])
-                    add(_bulk(values[base + j]))
+                    add(_bulk(batch[base + j]))
                 if ttl_s:
                     add(b"*3\r\n$6\r\nEXPIRE\r\n" + _bulk(keys[i]) + _bulk(str(ttl_s).encode()))
             _send_commands(conn, parts)
