@@ -386,14 +386,19 @@ def _entities(records: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) ->
     from personaops.matching import MATCH_ATTRIBUTES
 
     junk = {j.strip().lower() for j in cfg.junk_values}
-    frame = pd.DataFrame({"entity": labels})
-    for col in MATCH_ATTRIBUTES:
-        # Every usable device already linked in the rule pass; what is left are shared devices,
-        # which must not link people by another route.
-        if col not in records.columns or (col == "device_id" and col in cfg.link_keys):
-            continue
-        # each distinct raw value normalised once (the string work on 37.7M mostly empty rows at
-        # 1,000,000 people was most of this function), then taken back to the records
+    # Every usable device already linked in the rule pass; what is left are shared devices,
+    # which must not link people by another route.
+    cols = [c for c in MATCH_ATTRIBUTES if c in records.columns and not (c == "device_id" and c in cfg.link_keys)]
+    if not cols:
+        frame = pd.DataFrame({"entity": labels})
+        representative = frame.assign(_pos=np.arange(len(frame))).drop_duplicates("entity").set_index("entity")["_pos"].sort_index()
+        return frame.drop_duplicates("entity"), representative, frame.iloc[:0, :0].rename_axis("entity").reset_index()
+    # Each distinct raw value is normalised once and the records keep a code into the values; the
+    # frame of values is built for the records that have any (at 1,000,000 people 4.8M of 37.7M
+    # records: the events carry none), the others only count for their cluster's representative.
+    filled = np.zeros(len(labels), np.int8)
+    coded = []
+    for col in cols:
         codes, uniques = pd.factorize(records[col].to_numpy(dtype=object))  # missing: -1
         raw = pd.Series(uniques, dtype=object).astype("string")
         if col == "email":
@@ -403,19 +408,28 @@ def _entities(records: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) ->
         else:
             norm = normalise_text(raw)
         norm = norm.where(~norm.isin(junk) & (norm != ""))
-        frame[col] = pd.Series(norm.array.take(codes, allow_fill=True), index=frame.index)
-        del codes
-    attrs = [c for c in frame.columns if c != "entity"]
-    filled = frame[attrs].notna().sum(axis=1).to_numpy() if attrs else np.zeros(len(frame), np.int64)
-    # The representative record is the cluster's most complete one (first on ties): an integer sort.
-    pos = np.arange(len(frame))
-    order = np.lexsort((pos, -filled, labels))
-    lab = labels[order]
+        present = (codes >= 0) & norm.notna().to_numpy()[np.maximum(codes, 0)] if len(norm) else np.zeros(len(codes), bool)
+        filled += present
+        coded.append((col, np.where(present, codes, -1).astype(np.int32), norm.array))
+        del codes, present
+    rows = np.flatnonzero(filled > 0)
+    frame = pd.DataFrame({"entity": labels[rows]})
+    for col, codes, values in coded:
+        frame[col] = pd.Series(values.take(codes[rows].astype(np.int64), allow_fill=True), index=frame.index)
+    del coded
+    attrs = list(cols)
+    # The representative record is the cluster's most complete one (first on ties): the first
+    # record of every cluster, replaced by the best record with values where it has any.
+    uniq, first_pos = np.unique(labels, return_index=True)
+    rep = first_pos.astype(np.int64)
+    order = np.lexsort((rows, -filled[rows].astype(np.int64), labels[rows]))
+    lab = labels[rows][order]
     first = np.ones(len(order), bool)
     first[1:] = lab[1:] != lab[:-1]
-    representative = pd.Series(order[first], index=pd.Index(lab[first], name="entity"), name="_pos")
-    entities = frame.groupby("entity", sort=True)[attrs].first().reset_index() if attrs else frame.drop_duplicates("entity")
-    training = frame.loc[filled > 0, attrs].drop_duplicates()
+    rep[np.searchsorted(uniq, lab[first])] = rows[order[first]]
+    representative = pd.Series(rep, index=pd.Index(uniq, name="entity"), name="_pos")
+    entities = frame.groupby("entity", sort=True)[attrs].first().reindex(pd.Index(uniq, name="entity")).reset_index()
+    training = frame[attrs].drop_duplicates()
     if len(training) > cfg.max_training_rows:
         training = training.sample(cfg.max_training_rows, random_state=cfg.seed)
     training = training.reset_index(drop=True).rename_axis("entity").reset_index()
