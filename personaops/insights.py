@@ -961,10 +961,12 @@ def _event_buckets(ws: Workspace, records, batches: dict[str, list[str]], kinds:
                     cols = {"_code": pa.array(at, pa.int64())}
                     for c, kind in target.items():
                         cols[c] = batch.column(c).cast(kind) if c in present else pa.nulls(batch.num_rows, kind)
-                    table = pa.table(cols)
                     bucket = np.where(at >= 0, at * n_buckets // len(persons), -1)
-                    for b in np.unique(bucket[bucket >= 0]).tolist():
-                        part = table.filter(pa.array(bucket == b))
+                    order = np.argsort(bucket, kind="stable")  # by bucket, each bucket's rows in the lake's order
+                    table = pa.table(cols).take(pa.array(order))
+                    bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+                    for b in np.flatnonzero(np.diff(bounds)).tolist():  # one slice per bucket present: linear in the rows
+                        part = table.slice(bounds[b], bounds[b + 1] - bounds[b])
                         if n_buckets == 1:
                             held.setdefault(b, []).append(part)
                             continue
