@@ -539,15 +539,26 @@ def graph_dir(ws: Workspace, run_id: str) -> Path:
     return ws.lake / "graph" / f"run_id={run_id}"
 
 
-def write_graph(ws: Workspace, run_id: str, nodes: pd.DataFrame, edges: pd.DataFrame) -> dict[str, str]:
-    """Write this run's node and edge tables to the lake (atomically each); return their paths."""
+def write_graph(ws: Workspace, run_id: str, nodes: pd.DataFrame, edges: pd.DataFrame, rows_per_group: int = 1 << 20) -> dict[str, str]:
+    """Write this run's node and edge tables to the lake (atomically each); return their paths.
+    A table longer than `rows_per_group` goes to Arrow one row group at a time (the same schema and
+    values as `to_parquet`; an Arrow copy of every edge at once was ~1 GB at a million people)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder = graph_dir(ws, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, table in (("nodes", nodes), ("edges", edges)):
         path = folder / f"{name}.parquet"
         tmp = folder / f".{name}.parquet.tmp"
-        table.to_parquet(tmp, index=False)
+        if len(table) <= rows_per_group:
+            table.to_parquet(tmp, index=False)
+        else:
+            schema = pa.Schema.from_pandas(table.iloc[:1000], preserve_index=False)  # types from the dtypes (object columns: strings)
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for start in range(0, len(table), rows_per_group):
+                    writer.write_table(pa.Table.from_pandas(table.iloc[start : start + rows_per_group], schema=schema, preserve_index=False))
         tmp.replace(path)
         paths[name] = str(path)
     return paths

@@ -266,3 +266,14 @@ def test_the_graph_stage_builds_sessions_bucket_by_bucket_from_the_lake(tmp_path
             pd.testing.assert_frame_equal(getattr(parts, name), getattr(expected_parts, name))
         pd.testing.assert_frame_equal(seq.astype(object), expected_seq.astype(object))
     assert not list(tmp_path.glob("graph-buckets-*"))  # spill files removed
+
+
+def test_the_graph_written_in_row_groups_reads_back_as_written_whole(tmp_path):
+    """write_graph with small row groups: the same node and edge tables as one to_parquet call."""
+    nodes, edges = graph.build_graph(*_inputs())
+    assert len(edges) > 4
+    whole = graph.write_graph(Workspace(tmp_path / "a"), "r1", nodes, edges)
+    grouped = graph.write_graph(Workspace(tmp_path / "b"), "r1", nodes, edges, rows_per_group=3)
+    for name in ("nodes", "edges"):
+        pd.testing.assert_frame_equal(pd.read_parquet(grouped[name]), pd.read_parquet(whole[name]))
+        pd.testing.assert_frame_equal(pd.read_parquet(grouped[name]), nodes if name == "nodes" else edges)
