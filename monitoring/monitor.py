@@ -92,7 +92,7 @@ def quality_only(cfg: PersonasConfig, ws: Workspace, ingest_report: list[dict], 
         path = reference_folder(ws, version) / "training_frame.parquet"  # all but the embeddings: the checks read the features
         reference = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c != EMBEDDING and not c.startswith("__index_level_")])
     else:
-        reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version))
+        reference = load_reference(ws, registry.version_run_id(ws, cfg.model.registered_name, version), without=(EMBEDDING,))  # the checks read the features
     quality = data_quality(reference, current, columns, ingest_report, previous_ingest, tables.get("person_profile"))
     return quality, decide({"quality": quality}, load_policy(cfg.monitoring.policy))
 
@@ -164,8 +164,10 @@ def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: 
     last item is the reference side of the text-embedding check (vectors, texts), drawn once per
     version and frame (seeded by `seed`) and cached beside the frame, and the frame comes without
     its embedding column (its largest, which nothing else reads); else it is None."""
+    import shutil
+
     from models import registry
-    from models.train import load_reference
+    from models.train import reference_path
 
     folder = reference_folder(ws, version)
     frame_path = folder / "training_frame.parquet"
@@ -179,14 +181,15 @@ def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: 
             return pd.read_parquet(frame_path, columns=keep), profile, built, cached
         reference = pd.read_parquet(frame_path)
     else:
-        reference = load_reference(ws, registry.version_run_id(ws, name, version))
+        source = reference_path(ws, registry.version_run_id(ws, name, version))
+        reference = pd.read_parquet(source)
         x = scorer.represent(reference)  # once: centroid_labels would represent the frame again
         ref_idx, _ = assign(x, scorer.clustering)
         profile, built = build_profile(reference, [c for c in columns if c in reference.columns], version, x, ref_idx), True
         del x
         profile.save(folder)
         tmp = frame_path.with_suffix(".tmp")
-        reference.to_parquet(tmp)
+        shutil.copyfile(source, tmp)  # the frame as read (no second, arrow copy of it to write it again)
         tmp.replace(frame_path)  # written last: its presence means the cache is complete
     if not embedding_sample:
         return reference, profile, built, None
@@ -398,14 +401,23 @@ def _group_attributes(sensitive: pd.DataFrame | None, person_profile: pd.DataFra
 def source_rows_by_run(ws: Workspace, ingest_report: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """(rows of earlier batches, rows of this run's batches), each as (source, person_id), from the
     identity stage's record map; None when the lake holds nothing but this run's batches."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     path = ws.identity / "record_person.parquet"
     if not path.exists():
         return None
-    records = pd.read_parquet(path, columns=["source", "_batch_id", "person_id"])
     current = {f["batch_id"] for s in ingest_report for f in s.get("files", [])}
-    is_now = records["_batch_id"].isin(current)
-    if not is_now.any() or is_now.all():
+    # the batch ids alone first, dictionary-encoded (a few distinct values for millions of records):
+    # a run whose records are all new (or all old) has nothing to compare and reads no more
+    batch = pq.read_table(path, columns=["_batch_id"], read_dictionary=["_batch_id"]).column("_batch_id").combine_chunks()
+    member = np.array([v in current for v in batch.dictionary.to_pylist()] + [False], dtype=bool)  # last: a missing batch id
+    now = member[pc.fill_null(batch.indices, -1).to_numpy(zero_copy_only=False)]
+    del batch
+    if not now.any() or now.all():
         return None
+    records = pd.read_parquet(path, columns=["source", "_batch_id", "person_id"])
+    is_now = records["_batch_id"].isin(current)
     return records.loc[~is_now, ["source", "person_id"]], records.loc[is_now, ["source", "person_id"]]
 
 
