@@ -225,15 +225,20 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         dev[1], dev[2] = dev[1][~drop], dev[2][~drop]
     if not found:
         return pd.DataFrame(columns=["record_idx", "kind", "key", "node"]).astype({"record_idx": np.int64}), shared_devices
-    keys = pd.DataFrame(
-        {
-            "record_idx": np.concatenate([f[1] for f in found]).astype(np.int64),
-            "kind": np.concatenate([_repeat(f[0], len(f[1])) for f in found]),
-            "key": np.concatenate([f[3][f[2]] for f in found]),
-            "node": np.concatenate([f[4][f[2]] for f in found]),
-        }
-    )
-    return keys, shared_devices
+    # the columns filled kind by kind into arrays of their final length, and the frame takes them
+    # as they are (copy=False: a frame built from a dict otherwise copies its object columns into one block)
+    total = sum(len(f[1]) for f in found)
+    columns = {"record_idx": np.empty(total, np.int64), "kind": np.empty(total, object), "key": np.empty(total, object), "node": np.empty(total, object)}
+    at = 0
+    for f in found:
+        part = slice(at, at + len(f[1]))
+        columns["record_idx"][part] = f[1]
+        columns["kind"][part] = f[0]
+        columns["key"][part] = f[3][f[2]]
+        columns["node"][part] = f[4][f[2]]
+        at += len(f[1])
+        f[1] = f[2] = None
+    return pd.DataFrame(columns, copy=False), shared_devices
 
 
 def _repeat(value: str, n: int) -> np.ndarray:
@@ -319,19 +324,29 @@ class _GuardedUnion:
         return None
 
 
-def _rule_edges(keys: pd.DataFrame, node_rank: np.ndarray) -> pd.DataFrame:
+def _rule_edges(keys: pd.DataFrame, node_rank: np.ndarray, rows: np.ndarray | None = None) -> pd.DataFrame:
     """Star edges: every record holding a shared key links to that key's first record.
 
     `node_rank` orders the rows' nodes as their strings sort; edges come out by node, then record
-    (a record holds a node at most once, so only each node's first row is not an edge)."""
+    (a record holds a node at most once, so only each node's first row is not an edge). `rows`
+    (a boolean mask) limits them to those key rows without a copy of the key table."""
     rec = keys["record_idx"].to_numpy()
-    order = np.lexsort((rec, node_rank))
-    ranks, rec = node_rank[order], rec[order]
+    if rows is not None:
+        sel = np.flatnonzero(rows)
+        order = sel[np.lexsort((rec[sel], node_rank[sel]))]
+        del sel
+    else:
+        order = np.lexsort((rec, node_rank))
+    ranks = node_rank[order]
     start = np.ones(len(order), bool)
     start[1:] = ranks[1:] != ranks[:-1]
-    first = rec[np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))] if len(order) else rec
+    del ranks
+    rec = rec[order]
+    starts = np.flatnonzero(start)
+    first = np.repeat(rec[starts], np.diff(np.append(starts, len(order))))
+    del starts
     e = order[~start]
-    return pd.DataFrame({"l": first[~start], "r": rec[~start], "rule": keys["kind"].to_numpy()[e], "key": keys["key"].to_numpy()[e]})
+    return pd.DataFrame({"l": first[~start], "r": rec[~start], "rule": keys["kind"].to_numpy()[e], "key": keys["key"].to_numpy()[e]}, copy=False)
 
 
 def _deterministic(n: int, keys: pd.DataFrame, cfg: IdentityConfig, cannot: dict[int, set[int]]) -> tuple[np.ndarray, pd.DataFrame, list[dict]]:
@@ -344,14 +359,18 @@ def _deterministic(n: int, keys: pd.DataFrame, cfg: IdentityConfig, cannot: dict
     component = labels[keys["record_idx"].to_numpy()]
 
     # distinct values per (component, kind): the node codes stand for the key strings (one node per kind and key)
-    distinct = pd.DataFrame({"component": component, "kind": keys["kind"].to_numpy(), "key": codes}).groupby(["component", "kind"])["key"].nunique().reset_index()
-    distinct["cap"] = distinct["kind"].map(cfg.max_values_per_person)
-    broken = set(distinct.loc[distinct["cap"].notna() & (distinct["key"] > distinct["cap"]), "component"])
-    del distinct
+    # (integer codes: a groupby on the kind strings of every key row was a large transient)
+    kind_codes, kinds = pd.factorize(keys["kind"])
+    caps = np.array([cfg.max_values_per_person.get(k, -1) for k in kinds], dtype=np.int64)
+    capped = caps[kind_codes] >= 0 if len(kinds) else np.zeros(len(keys), bool)
+    distinct = pd.DataFrame({"component": component[capped], "kind": kind_codes[capped], "key": codes[capped]}).drop_duplicates()
+    per = distinct.groupby(["component", "kind"]).size().reset_index(name="n")
+    broken = set(per.loc[per["n"].to_numpy() > caps[per["kind"].to_numpy()], "component"].tolist())
+    del distinct, per, capped
     for a, partners in cannot.items():
         broken |= {labels[a]} & {labels[b] for b in partners}
     in_broken = np.isin(component, list(broken)) if broken else np.zeros(len(keys), bool)
-    edges = [_rule_edges(keys[~in_broken], codes[~in_broken]) if broken else _rule_edges(keys, codes)]
+    edges = [_rule_edges(keys, codes, ~in_broken) if broken else _rule_edges(keys, codes)]
     refused: list[dict] = []
     if broken:
         slow = keys[in_broken].assign(component=component[in_broken])
@@ -377,7 +396,7 @@ def _deterministic(n: int, keys: pd.DataFrame, cfg: IdentityConfig, cannot: dict
         roots = np.array([uf.find(i) for i in range(len(members))])
         # Fresh labels beyond the existing ones so rebuilt pieces never collide with other clusters.
         labels[members] = labels.max() + 1 + roots
-    return labels, pd.concat(edges, ignore_index=True), refused
+    return labels, (edges[0] if len(edges) == 1 else pd.concat(edges, ignore_index=True)), refused  # one frame: no copy
 
 
 def _entities(records: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
