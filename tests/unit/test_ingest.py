@@ -387,3 +387,23 @@ def test_key_runs_find_keys_by_both_hashes_even_when_the_first_collides():
     a1, a2 = ingest._key_hashes(keys.to_numpy())
     b1, b2 = ingest._key_hashes(np.array(["K1"], dtype=object))
     assert a1[0] == b1[0] and a2[0] == b2[0] and len(set(a1.tolist())) == 3 and not np.array_equal(a1, a2)  # deterministic, independent
+
+
+def test_merge_runs_equals_a_stable_sort_of_both_runs():
+    """`_merge_runs` merges the last two sorted runs in linear time, letting each old array go as
+    its merged copy is made: the same arrays as a stable argsort of the two concatenated (the
+    earlier run's entries first among equal keys)."""
+    import personaops.ingest as ingest
+
+    rng = np.random.default_rng(2)
+    for n_a, n_b in ((0, 5), (5, 0), (1, 1), (300, 40), (40, 300), (1000, 1000)):
+        a_key, b_key = np.sort(rng.integers(0, 50, n_a).astype(np.uint64)), np.sort(rng.integers(0, 50, n_b).astype(np.uint64))  # many ties
+        a_val, b_val = rng.integers(0, 10**9, n_a), rng.integers(0, 10**9, n_b)
+        keep = (np.arange(3, dtype=np.uint64), np.arange(3))
+        runs = [keep, (a_key, a_val), (b_key, b_val)]
+        order = np.argsort(np.concatenate([a_key, b_key]), kind="stable")
+        expected = (np.concatenate([a_key, b_key])[order], np.concatenate([a_val, b_val])[order])
+        merged = ingest._merge_runs(runs)
+        assert len(runs) == 1 and runs[0] is keep  # the two last runs were taken off the list
+        assert merged[0].tolist() == expected[0].tolist() and merged[1].tolist() == expected[1].tolist()
+        assert merged[0].dtype == np.uint64 and merged[1].dtype == a_val.dtype
