@@ -36,7 +36,9 @@ def _write_parquet(frame, path) -> None:
     import pyarrow.parquet as pq
 
     tmp = Workspace.ensure(path).with_name(f".{path.name}.tmp")
-    if hasattr(frame, "frames"):  # a full resolve's RecordMap / EdgeList: written chunk by chunk, never whole
+    from personaops.identity import EdgeList, RecordMap
+
+    if isinstance(frame, (RecordMap, EdgeList)):  # a full resolve's map and edges: written chunk by chunk, never whole
         if len(frame) <= ROW_GROUP:
             frame = frame.to_pandas()
         else:
