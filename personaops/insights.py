@@ -523,20 +523,21 @@ def _assignments_from_graph(ws: Workspace) -> pd.DataFrame:
     )
 
 
-def signal_inputs(ws: Workspace, run_id: str | None = None) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
-    """(persons x signals 0/1, churned by person, persona by person) of a run."""
+def signal_inputs(ws: Workspace, run_id: str | None = None, sparse: bool = False) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """(persons x signals 0/1, churned by person, persona by person) of a run; `sparse`: the
+    signals as a graph.SignalMatrix (the same cells)."""
     from personaops import graph
 
     signals = read_signals(ws, run_id)
     labels = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     persona = _assignments_from_graph(ws).set_index("person_id")["persona_id"]
     meta = json.loads((insights_dir(ws, run_id or insight_runs(ws, "person_signals")[-1]) / "meta.json").read_text())
-    matrix = graph.signal_matrix(signals, pd.Index(persona.index, name="person_id"), meta.get("min_signal_persons", 10))
+    matrix = (graph.signal_sparse if sparse else graph.signal_matrix)(signals, pd.Index(persona.index, name="person_id"), meta.get("min_signal_persons", 10))
     return matrix, labels, persona
 
 
 def ask_churn_signals(ws: Workspace, top: int = 20, direction: str = "risk") -> pd.DataFrame:
-    matrix, churned, persona = signal_inputs(ws)
+    matrix, churned, persona = signal_inputs(ws, sparse=True)  # no dense persons x signals frame (churn_signals reads the sparse one)
     return churn_signals(matrix, churned, persona, direction).head(top)
 
 
