@@ -183,37 +183,17 @@ def features(home: str | None, batches: dict[str, list[str]], kinds: dict[str, s
     if not unchanged:
         F.forget_incremental_state(ws)  # written again below once every table is: a run killed in between starts full next time
     if incremental is None:
-        # persons without analytics consent get no features, so no training, graph or serving either
-        record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))
         if cfg.compute.engine == "spark":  # the same tables by the same functions, in Spark tasks (personaops/spark_engine.py)
             from personaops import spark_engine
 
+            # persons without analytics consent get no features, so no training, graph or serving either
+            record_person = exclude_without_analytics(ws, pd.read_parquet(ws.identity / "record_person.parquet", columns=["source", "source_key", "person_id"]))
             as_of, tables, texts, sensitive = spark_engine.feature_tables(ws, cfg, batches, kinds, record_person)
-        else:
-            frames = _lake_frames(ws, batches, record_person, columns=list(F.LAKE_COLUMNS), prefixes=F.LAKE_PREFIXES)
             del record_person
-            stamps = [f["event_time"].max() for f in frames.values() if "event_time" in f.columns and f["event_time"].notna().any()]
-            as_of = max(stamps) if stamps else pd.Timestamp("1970-01-01", tz="UTC")
-
-            def of_kind(kind: str) -> pd.DataFrame:
-                parts = [frames[s] for s, k in kinds.items() if k == kind and s in frames and len(frames[s])]
-                return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-            events, tickets, surveys, campaigns = of_kind("events"), of_kind("tickets"), of_kind("surveys"), of_kind("campaigns")
-            tables = {
-                "person_behaviour": F.behaviour_features(events, as_of),
-                "person_support": F.support_features(tickets, as_of),
-                "person_survey": F.survey_features(surveys, as_of),
-                "person_campaign": F.campaign_features(campaigns, as_of),
-                "person_profile": F.profile_features(of_kind("crm"), as_of),
-                "person_labels": F.label_table(frames, campaigns, as_of),
-            }
-            texts = F.person_texts(frames)
-            sensitive = F.sensitive_table(frames)
-            update = {"events": events, "tickets": tickets}
-            del frames, surveys, campaigns
+        else:  # the events streamed into per-person aggregates, the other sources whole (features.full_tables; the same tables)
+            as_of, tables, texts, sensitive, update = F.full_tables(ws, batches, kinds)
         progress.stage_started("features", f"embedding {texts['text'].nunique():,} distinct texts")
-        vectors = embedder.encode(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
+        vectors = embedder.encode_rows(texts["text"].tolist(), progress=lambda d, t: progress.stage_progress("features", d, t))
         emb = person_embeddings(texts, vectors, cfg.embedding.max_texts_per_person)
         emb["event_timestamp"], emb["created"] = as_of, as_of
         tables["person_text_embedding"] = emb
@@ -321,7 +301,7 @@ def train(home: str | None, run_id: str, encoder: str) -> dict:
             return {"run_id": v.run_id, "version": v.version, "aliases": v.aliases, "reused": True}
     tables, frame, columns = F.current_model_frame(ws)
     texts = pd.read_parquet(ws.root / "texts" / "person_texts.parquet")
-    vectors = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache).encode(texts["text"].tolist())
+    vectors = TextEmbedder.from_config(cfg.embedding, ws.embedding_cache).encode_rows(texts["text"].tolist())
     previous = _previous_model(ws, cfg)
     result = train_persona_model(
         ws,
