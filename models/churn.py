@@ -33,7 +33,8 @@ class ChurnModel:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="openmp"):
-            return pd.Series(self.model.predict_proba(inputs[self.columns])[:, 1], index=inputs.index)
+            x = inputs.dense(self.columns) if isinstance(inputs, SparseInputs) else inputs[self.columns]
+            return pd.Series(self.model.predict_proba(x)[:, 1], index=inputs.index)
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -66,6 +67,48 @@ def churn_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFram
     return frame.fillna({c: 0.0 for c in gaps}) if gaps else frame
 
 
+class SparseInputs:
+    """churn_inputs' frame with its 0/1 graph signals kept sparse: `base` (the dense non-signal
+    columns: model features, persona one-hot, intent mix) and `signals` (a graph.SignalMatrix of
+    the same persons; its column `s` is the input column `sig_<s>`). The persons x all-signals
+    dense frame (thousands of columns, GBs at a million persons) never exists: `dense(columns)`
+    builds only the columns asked for, the cells and dtypes churn_inputs would hold."""
+
+    def __init__(self, base: pd.DataFrame, signals) -> None:
+        self.base, self.signals = base, signals
+        self.signal_names = [f"sig_{c}" for c in signals.columns]
+        self.columns = pd.Index(list(base.columns) + self.signal_names)
+        self._signal_at = {c: j for j, c in enumerate(self.signal_names)}
+
+    @property
+    def index(self) -> pd.Index:
+        return self.base.index
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def dense(self, columns, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The input columns `columns` (in that order) of the persons at positions `rows` (all if None)."""
+        columns = [str(c) for c in columns]
+        base = [c for c in columns if c not in self._signal_at]
+        frame = self.base.iloc[:, self.base.columns.get_indexer(base)] if rows is None else self.base.iloc[rows, self.base.columns.get_indexer(base)]
+        sig = [c for c in columns if c in self._signal_at]
+        if sig:
+            values = self.signals.values if rows is None else self.signals.values[rows]
+            block = values[:, [self._signal_at[c] for c in sig]].toarray().astype(np.uint8, copy=False)
+            frame = pd.concat([frame, pd.DataFrame(block, index=frame.index, columns=sig)], axis=1)
+        return frame if list(frame.columns) == columns else frame[columns]
+
+
+def sparse_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFrame, signals) -> SparseInputs:
+    """churn_inputs(model_frame, persona, mix, signals.to_frame()) without the dense signal block:
+    `signals` is a graph.SignalMatrix over model_frame's persons (same index, same order)."""
+    base = churn_inputs(model_frame, persona, mix, pd.DataFrame(index=model_frame.index))
+    if not base.index.equals(pd.Index(signals.index)):
+        raise ValueError("the signal matrix's persons are not the model frame's (same persons, same order)")
+    return SparseInputs(base, signals)
+
+
 def select_columns(x: pd.DataFrame, y: pd.Series, max_signals: int) -> list[str]:
     """Every non-signal column, plus the `max_signals` 0/1 signal columns (`sig_*`) whose churn
     rate differs most between people with and without them (absolute point-biserial correlation)."""
@@ -75,17 +118,24 @@ def select_columns(x: pd.DataFrame, y: pd.Series, max_signals: int) -> list[str]
         return others + signals
     from scipy import sparse
 
+    return others + select_signals(sparse.csc_matrix(x[signals].to_numpy(dtype=np.uint8), dtype=np.float64), signals, y, max_signals)
+
+
+def select_signals(block, signals: list[str], y: pd.Series, max_signals: int) -> list[str]:
+    """The `max_signals` of `signals` (the columns of the sparse 0/1 `block`, one row per value of
+    `y`) with the largest absolute point-biserial correlation with `y`, strongest first."""
+    from scipy import sparse
+
     # For a 0/1 column with share p of n people: sum((s - p)^2) = n p (1 - p) and
     # sum((s - p) * yc) = s . yc - p sum(yc): no dense centred float copy of people x signals.
-    s = sparse.csc_matrix(x[signals].to_numpy(dtype=np.uint8), dtype=np.float64)
+    s = sparse.csc_matrix(block, dtype=np.float64)
     yc = y.to_numpy(dtype=float) - y.mean()
     n = s.shape[0]
     share = np.asarray(s.sum(axis=0)).ravel() / n
     covariance = s.T @ yc - share * yc.sum()
     spread = n * share * (1 - share)
     corr = np.abs(covariance) / np.maximum(np.sqrt(spread * (yc**2).sum()), 1e-12)
-    keep = [signals[j] for j in np.argsort(-corr)[:max_signals]]
-    return others + keep
+    return [signals[j] for j in np.argsort(-corr)[:max_signals]]
 
 
 def train_churn_model(inputs: pd.DataFrame, churned: pd.Series, test_size: float = 0.3, seed: int = 42, max_signals: int = 60) -> ChurnModel:
@@ -115,10 +165,16 @@ def train_calibrated(inputs: pd.DataFrame, label: pd.Series, test_size: float = 
     at_tr, at_te, y_tr, y_te = train_test_split(np.arange(len(rows)), y, test_size=test_size, stratify=y, random_state=seed)
     is_signal = np.array([str(c).startswith("sig_") for c in inputs.columns], dtype=bool)
     # Hundreds of graph signals: keep the ones most associated with churn among training people only.
-    columns = select_columns(inputs.iloc[rows[at_tr], np.flatnonzero(is_signal)], y_tr, max_signals)
-    columns = list(inputs.columns[~is_signal]) + columns
-    at = inputs.columns.get_indexer(columns)
-    x_tr, x_te = inputs.iloc[rows[at_tr], at], inputs.iloc[rows[at_te], at]
+    if isinstance(inputs, SparseInputs):  # the signals stay sparse: only the kept ones are made dense
+        names = list(inputs.columns[is_signal])
+        kept = names if len(names) <= max_signals else select_signals(inputs.signals.values[rows[at_tr]], names, y_tr, max_signals)
+        columns = list(inputs.columns[~is_signal]) + kept
+        x_tr, x_te = inputs.dense(columns, rows[at_tr]), inputs.dense(columns, rows[at_te])
+    else:
+        columns = select_columns(inputs.iloc[rows[at_tr], np.flatnonzero(is_signal)], y_tr, max_signals)
+        columns = list(inputs.columns[~is_signal]) + columns
+        at = inputs.columns.get_indexer(columns)
+        x_tr, x_te = inputs.iloc[rows[at_tr], at], inputs.iloc[rows[at_te], at]
     base = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.06, max_leaf_nodes=15, l2_regularization=1.0, random_state=seed)
     # One OpenMP thread: on a few thousand people threads only add contention (minutes on a busy machine).
     with threadpool_limits(limits=1, user_api="openmp"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.churn import ChurnModel, train_calibrated
+from models.churn import ChurnModel, SparseInputs, train_calibrated
 
 MIN_EFFECT = 0.2  # |standardised mean difference| below this is not a reason, however significant
 MIN_CONTRIBUTION = 0.1
@@ -47,7 +47,8 @@ def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float 
     standardised mean difference `effect` (pooled sd), Welch t-test p-value and its BH-adjusted
     `p_adjusted`; only columns with |effect| >= MIN_EFFECT and p_adjusted < alpha, strongest first.
     Computed `chunk` columns at a time (every statistic is per column): a float64 copy of all
-    inputs was GBs at 100k people with thousands of graph signals."""
+    inputs was GBs at 100k people with thousands of graph signals. `inputs` may be a
+    churn.SparseInputs (the signals sparse): the same table."""
     from scipy import stats
     from statsmodels.stats.multitest import multipletests
 
@@ -60,7 +61,8 @@ def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float 
     rows = np.flatnonzero(labelled)
     parts = []
     for start in range(0, len(inputs.columns), chunk):
-        x = inputs.iloc[rows, start : start + chunk].astype(float)
+        # SparseInputs: only this chunk's signal columns are made dense (the same cells)
+        x = (inputs.dense(inputs.columns[start : start + chunk], rows) if isinstance(inputs, SparseInputs) else inputs.iloc[rows, start : start + chunk]).astype(float)
         a, b = x[yes], x[~yes]
         ma, mb = a.mean(), b.mean()
         pooled = np.sqrt((a.var(ddof=1).fillna(0) * (len(a) - 1) + b.var(ddof=1).fillna(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
@@ -100,7 +102,7 @@ def opportunity_reasons(inputs: pd.DataFrame, effects: pd.DataFrame, n: int = 3,
     if effects.empty:
         return pd.Series("", index=inputs.index, dtype="string")
     cols = [c for c in effects["column"] if c in inputs.columns]
-    x = inputs[cols].astype(float)
+    x = (inputs.dense(cols) if isinstance(inputs, SparseInputs) else inputs[cols]).astype(float)
     sd = x.std(ddof=0).replace(0, np.nan)
     z = ((x - x.mean()) / sd).fillna(0.0).to_numpy()
     effect = effects.set_index("column").loc[cols, "effect"].to_numpy()

@@ -1209,7 +1209,10 @@ def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd
     columns, by value, with the person id) differs from the one the same models scored in the last
     run: a calibrated tree ensemble scores each row on its own, so an unchanged row has the same
     probability. Appends this run's (person, row hash, probability) to `kept`."""
-    row_hash = pd.util.hash_pandas_object(inputs[model.columns], index=True).to_numpy()
+    from models.churn import SparseInputs
+
+    columns = inputs.dense(model.columns) if isinstance(inputs, SparseInputs) else inputs[model.columns]  # only the model's columns dense
+    row_hash = pd.util.hash_pandas_object(columns, index=True).to_numpy()
     probability = pd.Series(np.nan, index=inputs.index)
     todo = np.ones(len(inputs), dtype=bool)
     if earlier is not None and f"{name}_hash" in earlier.columns and (earlier["models_run"] == models_run).all():
@@ -1222,7 +1225,6 @@ def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd
         probability = pd.Series(values, index=inputs.index)
         todo = ~same
     if todo.any():
-        columns = inputs[model.columns]
         values = probability.to_numpy(copy=True)
         values[todo] = model.probability(columns if todo.all() else columns[todo]).to_numpy()
         probability = pd.Series(values, index=inputs.index)
@@ -1247,9 +1249,29 @@ def _earlier_scores(ws: Workspace, models_run: str) -> pd.DataFrame | None:
 def _with_signal_columns(inputs: pd.DataFrame, models: list, signals: pd.DataFrame) -> pd.DataFrame:
     """`inputs` plus any 0/1 signal column a kept model reads that this run's signal matrix
     dropped (its support moved across the min/max share): who shows it, from the long table."""
+    from models.churn import SparseInputs
+
     missing = sorted({c for m in models for c in m.columns if c not in inputs.columns})
     if not missing:
         return inputs
+    if isinstance(inputs, SparseInputs):  # the same columns appended to the sparse signals (after the matrix's)
+        from scipy import sparse
+
+        from personaops.graph import SignalMatrix
+
+        at = {c: j for j, c in enumerate(missing)}
+        rows, cols = [], []
+        for c in missing:
+            who = inputs.index.get_indexer(pd.Index(signals.loc[(signals["signal"] == c[4:]).to_numpy(), "person_id"].astype(object)).unique())
+            who = np.unique(who[who >= 0])
+            rows.append(who)
+            cols.append(np.full(len(who), at[c]))
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        extra = sparse.csr_matrix((np.ones(len(rows), dtype=np.uint8), (rows, cols)), shape=(len(inputs), len(missing)))
+        m = inputs.signals
+        matrix = SignalMatrix(sparse.hstack([m.values, extra], format="csr", dtype=np.uint8), m.index, m.columns.append(pd.Index([c[4:] for c in missing])))
+        matrix.values.sort_indices()
+        return SparseInputs(inputs.base, matrix)
     extra = pd.DataFrame(0, index=inputs.index, columns=missing, dtype=np.uint8)
     for c in missing:
         who = signals.loc[(signals["signal"] == c[4:]).to_numpy(), "person_id"].astype(object)
@@ -1298,18 +1320,17 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
     signals = read_signals(ws, run_id)
     churned = read_insight_table(ws, "person_churn_labels", run_id).set_index("person_id")["churned"]
     mix = read_insight_table(ws, "person_intent_mix", run_id)
-    # sparse: the dense persons x signals frame is built once for churn_inputs and dropped after
+    # sparse all through: the models' inputs keep the signals as this matrix (churn.SparseInputs)
     matrix = graph.signal_sparse(signals, pd.Index(frame.index, name="person_id"), cfg.insights.min_signal_persons)
     stamp = pd.Timestamp(as_of)
     trend = _engagement_trend(ws, batches, kinds, stamp)
     # the records of the campaign and survey sources only (every record's key, as Python strings, was GBs at 1M people)
     record_person = _analytics_record_person(ws, [s for s in batches if kinds.get(s) in ("campaigns", "surveys")])
     out: dict = {"model_version": version}
-    # Copy-on-write for this call only: the signal block (built here for it, referenced nowhere
-    # else) joins the inputs without the two copies add_prefix/astype/join made (persons x signals
-    # bytes each: GBs at a million persons); the same frame, tested cell for cell.
-    with pd.option_context("mode.copy_on_write", True):
-        inputs = churn.churn_inputs(frame, persona, mix, matrix.to_frame() if len(signals) else pd.DataFrame(index=matrix.index))
+    # The model inputs with the signals sparse: the dense persons x all-signals frame (thousands of
+    # columns, GBs at a million persons) never exists; each model, the effects (chunk by chunk) and
+    # the reasons make dense only the columns they read (the cells churn_inputs would hold).
+    inputs = churn.sparse_inputs(frame, persona, mix, matrix)
     del frame
     intents = read_insight_table(ws, "intents", run_id)
     campaign = cfg.insights.opportunity_campaign
