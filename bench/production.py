@@ -99,7 +99,8 @@ def _child(code: str, args: list[str], env: dict, what: str, rss_limit_mib: floa
     """Run `python -c code args` in a session of its own: (its record, wall seconds, peak RSS MiB,
     a watch record). The record is the JSON the child wrote to `result` when given, else its
     stdout's RESULT line. The watch samples the child's resident set every 0.5 s; past `rss_limit_mib`
-    the child is killed and the RESULT is None (the watch says where it stood)."""
+    the child is killed and the RESULT is None (the watch says where it stood); a child killed by a
+    signal from elsewhere (the kernel's OOM killer) is reported the same way, not as a bare failure."""
     started = time.perf_counter()
     sampled, samples, killed = 0.0, [], None
     with tempfile.TemporaryFile("w+") as out, (open(log, "w+") if log else tempfile.TemporaryFile("w+")) as errors:
@@ -114,7 +115,7 @@ def _child(code: str, args: list[str], env: dict, what: str, rss_limit_mib: floa
                 sampled = max(sampled, rss)
                 samples.append((time.time(), rss))
                 if rss_limit_mib and rss > rss_limit_mib and killed is None:
-                    killed = {"at_seconds": round(time.perf_counter() - started, 1), "rss_mib": round(rss, 1)}
+                    killed = {"at_seconds": round(time.perf_counter() - started, 1), "rss_mib": round(rss, 1), "by": "the memory watch"}
                     os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(0.5)
         code_ = os.waitstatus_to_exitcode(status)
@@ -130,6 +131,9 @@ def _child(code: str, args: list[str], env: dict, what: str, rss_limit_mib: floa
         else:
             e["sampled_peak_rss_mib"] = round(max((r for t, r in samples if opened.get(e["stage"], 0) <= t <= e["t"]), default=0.0), 1)
     watch = {"sampled_peak_rss_mib": round(sampled, 1), "stage_log": stages}
+    if killed is None and code_ < 0:  # a signal from outside (the kernel's OOM killer sends SIGKILL): a stop too, with its figures
+        killed = {"at_seconds": round(wall, 1), "rss_mib": round(samples[-1][1] if samples else sampled, 1),
+                  "by": f"signal {-code_} from outside the benchmark (SIGKILL: e.g. the kernel's OOM killer)"}
     if killed is not None or code_ != 0:
         last = stages[-1] if stages else None
         watch.update(killed=killed, exit_code=code_, wall_seconds=round(wall, 1),
@@ -250,7 +254,7 @@ def _target(name: str, value, unit: str, target: float, note: str) -> dict:
 def _print_stopped(result: dict, table: list[str]) -> None:
     users, stop = result["users"], result["stopped"]
     rows = f"{result['source_rows']:,}" if result["source_rows"] is not None else "?"
-    print(f"\n{users:,} people on the production profile: {rows} source rows; STOPPED by the memory watch in stage "
+    print(f"\n{users:,} people on the production profile: {rows} source rows; STOPPED by {stop.get('by', 'the memory watch')} in stage "
           f"'{result['in_stage']}' at {stop['at_seconds']} s with {stop['rss_mib']:,} MiB resident; load {result['load_before']} -> "
           f"{result['load_after']}", flush=True)
     table += [f"{users:,} people ({rows} source rows), load {result['load_before']} -> {result['load_after']}: "
@@ -315,7 +319,7 @@ def main() -> None:
     by_users = {r["users"]: r for r in results}
     big, small = by_users.get(1_000_000), by_users.get(100_000)
     if big and big.get("stopped"):  # the memory watch stopped it: both targets missed, with where it stood
-        where = f"stopped by the memory watch in stage '{big['in_stage']}' after {big['stopped']['at_seconds']} s"
+        where = f"stopped by {big['stopped'].get('by', 'the memory watch')} in stage '{big['in_stage']}' after {big['stopped']['at_seconds']} s"
         figures.append(figure("1,000,000 people end to end", None, "s", higher_is_better=False, note=f"target < 60 min; {where}") | {"status": "missed", "met": False})
         figures.append(figure("1,000,000 people peak RSS", big["stopped"]["rss_mib"], "MiB", higher_is_better=False, target=TARGET_RSS_MIB_1M,
                               note=f"target < 16 GB; {where}, at least this much"))

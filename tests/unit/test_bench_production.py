@@ -52,3 +52,14 @@ def test_the_watch_stops_a_child_past_the_limit_and_says_where(tmp_path):
     assert record is None and not (tmp_path / "r.json").exists()
     assert watch["in_stage"] == "resolve" and watch["killed"]["rss_mib"] > 200.0 and peak > 200.0
     assert [e["stage"] for e in watch["stage_log"] if e["event"] == "finished"] == ["ingest"]
+
+
+def test_a_child_killed_from_outside_is_reported_with_the_stages_it_finished(tmp_path):
+    """The kernel's OOM killer (SIGKILL) ended a 1M run in session 8: the figures of the stages it
+    finished must survive, as they do when the watch stops a child."""
+    production = _production()
+    killed_by_kernel = CHILD.replace("time.sleep(3)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    record, _, _, watch = production._child(killed_by_kernel, ["30", "-", str(tmp_path / "r.json")], dict(os.environ), "a child", None, None, tmp_path / "r.json")
+    assert record is None and watch["exit_code"] == -9
+    assert watch["in_stage"] == "resolve" and "signal 9" in watch["killed"]["by"]
+    assert [e["stage"] for e in watch["stage_log"] if e["event"] == "finished"] == ["ingest"]
