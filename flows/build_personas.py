@@ -104,14 +104,14 @@ def resolve(home: str | None, batches: dict[str, list[str]], run_id: str) -> dic
     if result is None:  # a full resolve: the first run, changed or removed records, or new records that change earlier persons
         from personaops.matching import MATCH_ATTRIBUTES
 
-        # only what linking reads: link keys and the attributes Splink compares; the record keys and
-        # lineage are read as Arrow from the lake (lineage_reader), not held as a string per record
-        # (_row_number, an integer every lake file has, keeps a source with none of them at its row count)
-        columns = list(dict.fromkeys(["_row_number", *cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
+        # only what linking reads: link keys and the attributes Splink compares, as Categoricals
+        # (identity_store.lake_records: a code per row, no per-source frames concatenated); the
+        # record keys and lineage are read as Arrow from the lake (lineage_reader), not held as a string per record
+        columns = list(dict.fromkeys([*cfg.identity.link_keys, *MATCH_ATTRIBUTES]))
         from personaops.spark_engine import identity_config  # compute.engine: spark -> Splink on Spark too
 
         # the records go straight in (no name here holds them): resolve_identities frees their identifier columns when done with them
-        result = resolve_identities(pd.concat(_lake_frames(ws, batches, columns=columns).values(), ignore_index=True), identity_config(cfg),
+        result = resolve_identities(identity_store.lake_records(ws, batches, columns), identity_config(cfg),
                                     identity_store.previous_map(ws), identity_store.decisions(ws),
                                     lineage=identity_store.lineage_reader(ws, batches))  # fmt: skip
     result.stats["mode"] = "full" if reason else "incremental"

@@ -119,9 +119,10 @@ class _RecordIds:
         """`source_key`: a Series, or Arrow tables (LINEAGE, in record order) to take it from."""
         import pyarrow as pa
 
-        codes, names = pd.factorize(source.astype(str).to_numpy(dtype=object))
+        # a Categorical (identity_store.lake_records) by its codes, no string reference per record
+        codes, names = pd.factorize(source if isinstance(source.dtype, pd.CategoricalDtype) else source.astype(str).to_numpy(dtype=object))
         self.codes = codes.astype(np.int32)
-        self.names = np.asarray(names, dtype=object)
+        self.names = np.asarray([str(x) for x in names], dtype=object)
         if isinstance(source_key, pd.Series):
             self.keys = pa.array(source_key.astype(str).to_numpy(dtype=object), type=pa.large_string())
         else:
@@ -173,6 +174,17 @@ class _RecordIds:
         return found
 
 
+def _factorize(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values as an object array) of a record column, in order of first
+    appearance, missing values -1: a Categorical column (identity_store.lake_records) by its
+    codes, without an object array of one reference per record; the same codes and values as
+    its object column gives."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes, uniques = pd.factorize(column)
+        return codes, np.asarray(uniques.astype(object), dtype=object)
+    return pd.factorize(column.to_numpy(dtype=object))
+
+
 def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int]:
     """Long table (record_idx, kind, key, node = 'kind:key') of usable normalised link keys.
 
@@ -190,7 +202,7 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
     for kind in cfg.link_keys:
         if kind not in records.columns:
             continue
-        codes, uniques = pd.factorize(records[kind].to_numpy(dtype=object))  # missing: -1
+        codes, uniques = _factorize(records[kind])  # missing: -1
         keep = codes >= 0
         if cfg.source_link_keys:  # per-source rules: a source may be barred from linking on this kind
             allowed = [i for i, src in enumerate(source_names) if cfg.source_may_link_on(src, kind)]
@@ -265,7 +277,7 @@ def _device_pairs(records: pd.DataFrame, cfg: IdentityConfig) -> pd.DataFrame:
     junk = {j.strip().lower() for j in cfg.junk_values}
 
     def coded(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        codes, uniques = pd.factorize(records[kind].to_numpy(dtype=object))  # missing values: -1
+        codes, uniques = _factorize(records[kind])  # missing values: -1
         norm = normalise_id(pd.Series(uniques, dtype=object).astype(str))
         usable = (~norm.isin(junk) & (norm != "")).to_numpy()
         if cfg.source_link_keys:  # per-source rules: records of a source barred from this kind carry no value
@@ -419,7 +431,7 @@ def _entities(records: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) ->
     filled = np.zeros(len(labels), np.int8)
     coded = []
     for col in cols:
-        codes, uniques = pd.factorize(records[col].to_numpy(dtype=object))  # missing: -1
+        codes, uniques = _factorize(records[col])  # missing: -1
         raw = pd.Series(uniques, dtype=object).astype("string")
         if col == "email":
             norm = normalise_email(raw)
