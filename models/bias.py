@@ -22,9 +22,15 @@ def audit_groups(values: pd.Series) -> pd.Series:
 
 def persona_parity(assignments: pd.Series, sensitive: pd.DataFrame, min_group: int = 30) -> dict:
     """`assignments`: persona_id by person_id; `sensitive`: attributes by person_id.
-    Returns {"max_dp_difference", "min_dp_ratio", "by_attribute": {attr: {persona: {...}}}}."""
-    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio
+    Returns {"max_dp_difference", "min_dp_ratio", "by_attribute": {attr: {persona: {...}}}}.
 
+    The figures are fairlearn's `demographic_parity_difference` / `demographic_parity_ratio` of
+    "assigned to this persona" (`selection_rate` per group: selected / group size; the largest rate
+    minus the smallest, the smallest over the largest), counted here with one `bincount` per persona
+    over the attribute's group codes: fairlearn builds a `MetricFrame` (a pandas groupby) per call,
+    two calls per persona and attribute, 6.6 s of a 35,000-person training and growing with the
+    persons. The counts are integers, so each rate is the same float64 division and the results
+    are equal bit for bit (tests/unit/test_models.py checks them against fairlearn)."""
     report: dict = {"by_attribute": {}, "max_dp_difference": 0.0, "min_dp_ratio": 1.0}
     for attr in sensitive.columns:
         groups = audit_groups(sensitive[attr]).reindex(assignments.index)
@@ -32,14 +38,19 @@ def persona_parity(assignments: pd.Series, sensitive: pd.DataFrame, min_group: i
         keep = groups.isin(sizes[sizes >= min_group].index)
         if keep.sum() == 0 or groups[keep].nunique() < 2:
             continue
-        g, a = groups[keep], assignments[keep]
+        g, a = groups[keep], assignments[keep].to_numpy()
+        codes, labels = pd.factorize(g, sort=True)  # the groups in the order groupby gives them
+        members = np.bincount(codes, minlength=len(labels)).astype(np.float64)
         per_persona = {}
-        for persona in sorted(p for p in a.unique() if p >= 0):
-            y = (a == persona).astype(int).to_numpy()
-            diff = float(demographic_parity_difference(y, y, sensitive_features=g.to_numpy()))
-            ratio = float(demographic_parity_ratio(y, y, sensitive_features=g.to_numpy()))
-            rates = pd.Series(y, index=g.index).groupby(g).mean().round(4).to_dict()
-            per_persona[int(persona)] = {"dp_difference": round(diff, 4), "dp_ratio": round(ratio, 4) if np.isfinite(ratio) else None, "rates": rates}
+        for persona in sorted(p for p in pd.unique(a) if p >= 0):
+            rates = np.bincount(codes[a == persona], minlength=len(labels)) / members  # selection rate per group
+            diff = float(rates.max() - rates.min())
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = float(rates.min() / rates.max())
+            per_persona[int(persona)] = {
+                "dp_difference": round(diff, 4), "dp_ratio": round(ratio, 4) if np.isfinite(ratio) else None,
+                "rates": dict(zip(labels.tolist(), np.round(rates, 4).tolist())),
+            }  # fmt: skip
             report["max_dp_difference"] = max(report["max_dp_difference"], diff)
             if np.isfinite(ratio):
                 report["min_dp_ratio"] = min(report["min_dp_ratio"], ratio)
