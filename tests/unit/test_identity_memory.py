@@ -6,6 +6,7 @@ star edges by a sorted copy and a groupby, the anchors by sorting a copy of the 
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from personaops.config import IdentityConfig
 from personaops.identity import NORMALISERS, _anchors, _keys, _RecordIds, _rule_edges
@@ -84,3 +85,45 @@ def test_rule_edges_and_anchors_match_the_sorted_copies():
     assert got_anchors.index.tolist() == expected_anchors.index.tolist()
     assert got_anchors.tolist() == expected_anchors.tolist()
     assert any(a.startswith("record:") for a in got_anchors)  # both branches ran
+
+
+def _old_broken(keys: pd.DataFrame, labels: np.ndarray, cfg: IdentityConfig) -> set:
+    """The capped components as the frame-based check found them (before session 9)."""
+    component = labels[keys["record_idx"].to_numpy()]
+    codes, _ = pd.factorize(keys["node"], sort=True)
+    kind_codes, kinds = pd.factorize(keys["kind"])
+    caps = np.array([cfg.max_values_per_person.get(k, -1) for k in kinds], dtype=np.int64)
+    capped = caps[kind_codes] >= 0
+    distinct = pd.DataFrame({"component": component[capped], "kind": kind_codes[capped], "key": codes[capped]}).drop_duplicates()
+    per = distinct.groupby(["component", "kind"]).size().reset_index(name="n")
+    return set(per.loc[per["n"].to_numpy() > caps[per["kind"].to_numpy()], "component"].tolist())
+
+
+@pytest.mark.parametrize("caps", [{"customer_id": 1, "email": 5, "phone": 5, "account_id": 1, "device_id": 10}, {"customer_id": 2, "email": 1}])
+def test_capped_components_found_on_sorted_codes_match_the_frame_check(monkeypatch, caps):
+    from personaops import identity
+
+    records = _records(3000, 7)
+    cfg = IdentityConfig(max_persons_per_device=1000, max_values_per_person=caps)
+    keys, _ = _keys(records, cfg)
+    seen = {}
+    real_rule_edges = identity._rule_edges
+
+    def spy(keys_, node_rank, rows=None, texts=None):  # the rows the broken components leave to the slow path
+        seen["rows"] = rows
+        return real_rule_edges(keys_, node_rank, rows, texts)
+
+    monkeypatch.setattr(identity, "_rule_edges", spy)
+    labels, edges, refused = identity._deterministic(len(records), keys, cfg, {})
+    # the components before the rebuild: the rule graph's connected components
+    codes, uniques = pd.factorize(keys["node"], sort=True)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(records)
+    graph = coo_matrix((np.ones(len(keys)), (keys["record_idx"].to_numpy(), n + codes)), shape=(n + len(uniques),) * 2)
+    components = connected_components(graph, directed=False)[1][:n]
+    broken = _old_broken(keys, components, cfg)
+    assert broken and refused  # the data breaks caps, so the slow path ran
+    expected_rows = ~np.isin(components[keys["record_idx"].to_numpy()], list(broken))
+    np.testing.assert_array_equal(seen["rows"], expected_rows)
