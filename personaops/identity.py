@@ -214,7 +214,7 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         rec = np.flatnonzero(keep)
         key_u = norm.to_numpy(dtype=object)
         node_u = (kind + ":" + norm.where(pd.Series(usable), "")).to_numpy(dtype=object)
-        found.append([kind, rec, codes[rec], key_u, node_u])
+        found.append([kind, rec, codes[rec].astype(np.int32), key_u, node_u])  # int32: codes of distinct values
         del codes, keep
     shared_devices = 0
     kinds_present = {f[0] for f in found if len(f[1])}
@@ -236,6 +236,7 @@ def _keys(records: pd.DataFrame, cfg: IdentityConfig) -> tuple[pd.DataFrame, int
         # device-level person rather than one person per record.
         drop = np.isin(dev_key, shared) & both  # identified: the record has a customer key
         dev[1], dev[2] = dev[1][~drop], dev[2][~drop]
+        del dev_key, cust_key, cust_of, c, both, pairs, drop  # a record-sized array each: not held while the table is built
     if not found:
         return pd.DataFrame(columns=["record_idx", "kind", "key", "node"]).astype({"record_idx": np.int64}), shared_devices
     # the columns filled kind by kind into arrays of their final length, and the frame takes them
