@@ -72,6 +72,95 @@ def row_blocks(n: int, size: int = BLOCK_ROWS) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+class ParquetVectors:
+    """The text vectors of a Parquet file's list column (a list of floats per row, null for none),
+    read from the file a batch of rows at a time where `Fusion.transform` needs them, instead of
+    held as a numpy array per row in a pandas column. Monitoring represents the champion's
+    reference frame this way: the column of arrays was ~2.6 KB a person beside the current frame's
+    (~3 GB at 1,000,000 people). The rows it gives are the float32 values `embedding_matrix` makes
+    of the same column read by pandas, and a row has a vector where `has_vector` says so (not null,
+    `dim` values), so the representation is the same bits."""
+
+    def __init__(self, path, column: str = "text_embedding", batch_rows: int = BLOCK_ROWS):
+        import pyarrow.parquet as pq
+
+        self.path, self.column, self.batch_rows = str(path), column, batch_rows
+        self.rows = pq.ParquetFile(self.path).metadata.num_rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _batches(self):
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(self.path) as file:
+            for batch in file.iter_batches(batch_size=self.batch_rows, columns=[self.column]):
+                yield batch.column(0)
+
+    @staticmethod
+    def _lengths(values) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        return pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False)  # -1: null
+
+    @staticmethod
+    def _dense(values, has: np.ndarray, dim: int) -> np.ndarray:
+        """(len(values), dim) float32: the vectors where `has`, zeros elsewhere."""
+        import pyarrow as pa
+
+        out = np.zeros((len(values), dim), dtype=np.float32)
+        if has.any():
+            picked = values.filter(pa.array(has)).flatten()
+            out[has] = picked.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+        return out
+
+    def lengths(self) -> np.ndarray:
+        """Each row's number of values (-1 where the row is null)."""
+        return np.concatenate([self._lengths(b) for b in self._batches()] or [np.zeros(0, dtype=np.int64)])
+
+    def has(self, dim: int) -> np.ndarray:
+        """Rows holding a vector of `dim` values (`has_vector` of the pandas column)."""
+        return self.lengths() == dim if dim else np.zeros(self.rows, dtype=bool)
+
+    def take(self, positions: np.ndarray, dim: int) -> np.ndarray:
+        """(len(positions), dim) float32 vectors of those rows (in the order given; each row holds
+        a vector of `dim` values), read in one pass over the file."""
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")
+        wanted = positions[order]
+        out = np.zeros((len(positions), dim), dtype=np.float32)
+        offset = 0
+        for values in self._batches():
+            lo, hi = np.searchsorted(wanted, [offset, offset + len(values)])
+            if hi > lo:
+                import pyarrow as pa
+
+                part = values.take(pa.array(wanted[lo:hi] - offset)).flatten()
+                out[order[lo:hi]] = part.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+            offset += len(values)
+            if hi == len(wanted):
+                break
+        return out
+
+    def ranges(self, bounds: list[tuple[int, int]], dim: int):
+        """For each [start, stop) of `bounds` (consecutive, in order): the rows' float32 vectors
+        (zeros where a row has none), reading the file once."""
+        import pyarrow as pa
+
+        batches = self._batches()
+        pending, first = [], 0  # buffered arrays, and the row the first of them starts at
+        buffered = 0
+        for start, stop in bounds:
+            while first + buffered < stop:
+                values = next(batches)
+                pending.append(values)
+                buffered += len(values)
+            values = pa.concat_arrays(pending) if len(pending) > 1 else pending[0]
+            piece = values.slice(start - first, stop - start)
+            yield self._dense(piece, self._lengths(piece) == dim, dim)
+            pending, buffered, first = [values.slice(stop - first)], first + buffered - stop, stop
+
+
 @dataclass
 class _Completion:
     """The whole-frame, narrow part of completing missing blocks (see `Fusion._prepare`)."""
@@ -113,21 +202,22 @@ class Fusion:
         sparse = np.isnan(z).mean(axis=1) > SPARSE_ROW if z.shape[1] else np.ones(len(frame), bool)
         return z, sparse
 
-    def _prepare(self, frame: pd.DataFrame, z: np.ndarray | None = None, sparse: np.ndarray | None = None) -> _Completion:
+    def _prepare(self, frame: pd.DataFrame, z: np.ndarray | None = None, sparse: np.ndarray | None = None, texts: ParquetVectors | None = None) -> _Completion:
         """What completing a row needs beyond the row itself, for every row at once (all narrow):
         behaviour borrowed from the text neighbours of people with text and little behaviour, and
         the text neighbours of people with behaviour and no text (the neighbour searches run on
-        every such person at once, as one search each, whatever the block size)."""
+        every such person at once, as one search each, whatever the block size). `texts`: the
+        rows' text vectors read from a file (else the frame's `text_embedding` column)."""
         if z is None or sparse is None:
             z, sparse = self._z(frame)
         column = frame.get("text_embedding")
-        has = has_vector(column, len(frame), self.text_dim)
+        has = texts.has(self.text_dim) if texts is not None else has_vector(column, len(frame), self.text_dim)
         lend_rows, lend_ids = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
         if len(self.ref_z) and self.text_dim:
             median_z = (self.medians - self.means) / self.stds
             borrow = np.flatnonzero(sparse & has)
             if len(borrow):
-                t, _ = embedding_matrix(column.iloc[borrow], len(borrow), self.text_dim)
+                t = texts.take(borrow, self.text_dim) if texts is not None else embedding_matrix(column.iloc[borrow], len(borrow), self.text_dim)[0]
                 guess = _knn_mean(t, self.ref_text, self.ref_z, self.neighbours, "ip")
                 z[borrow] = np.where(np.isnan(z[borrow]), guess, z[borrow])
             lend_rows = np.flatnonzero(~has & ~sparse)
@@ -136,13 +226,14 @@ class Fusion:
                 lend_ids = _knn_ids(filled, self.ref_z, self.neighbours, "l2")
         return _Completion(z, has, lend_rows, lend_ids)
 
-    def _complete_block(self, frame: pd.DataFrame, prep: _Completion, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """(behaviour, text) of rows start:stop with every missing value filled."""
+    def _complete_block(self, frame: pd.DataFrame, prep: _Completion, start: int, stop: int, t: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(behaviour, text) of rows start:stop with every missing value filled; `t`: the rows'
+        text vectors when they come from a file (`ParquetVectors.ranges`)."""
         median_z = (self.medians - self.means) / self.stds
         z = prep.z[start:stop]
-        if self.text_dim:
+        if t is None and self.text_dim:
             t, _ = embedding_matrix(frame["text_embedding"].iloc[start:stop] if "text_embedding" in frame.columns else None, stop - start, self.text_dim)
-        else:
+        elif t is None:
             t = np.zeros((stop - start, 0), dtype=np.float32)
         has = prep.has[start:stop].copy()
         lo, hi = np.searchsorted(prep.lend_rows, [start, stop])
@@ -163,12 +254,14 @@ class Fusion:
         sizes = groups.map(groups.value_counts()).to_numpy(dtype=float)
         return 1.0 / np.sqrt(sizes)
 
-    def _raw_blocks(self, frame: pd.DataFrame, prep: _Completion):
+    def _raw_blocks(self, frame: pd.DataFrame, prep: _Completion, texts: ParquetVectors | None = None):
         """(start, stop, the rows' weighted float64 [behaviour | text] matrix), a block at a time."""
         weights = self.column_weights()
         factor = self.behaviour_weight / np.sqrt(max(float((weights**2).sum()), 1.0))
-        for start, stop in row_blocks(len(frame), self.block_rows):
-            z, t = self._complete_block(frame, prep, start, stop)
+        blocks = row_blocks(len(frame), self.block_rows)
+        stored = texts.ranges(blocks, self.text_dim) if texts is not None and self.text_dim else None
+        for start, stop in blocks:
+            z, t = self._complete_block(frame, prep, start, stop, next(stored) if stored is not None else None)
             z = z * weights * factor
             # hstack of the float64 behaviour block and the text block is float64 already: no second copy
             yield start, stop, (np.hstack([z, t * self.text_weight]).astype(np.float64, copy=False) if self.text_dim else z.astype(np.float64))
@@ -239,13 +332,16 @@ class Fusion:
         self.pca_matrix = np.ascontiguousarray(components * np.where(signs == 0, 1.0, signs))
         return prep
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """(n, pca_components) float32 representation of each row of `frame`."""
-        return self._project(frame, self._prepare(frame))
+    def transform(self, frame: pd.DataFrame, texts: ParquetVectors | None = None) -> np.ndarray:
+        """(n, pca_components) float32 representation of each row of `frame`; `texts`: the rows'
+        text vectors in a file (a frame without its `text_embedding` column; the same values)."""
+        if texts is not None and len(texts) != len(frame):
+            raise ValueError(f"{len(texts)} text rows for {len(frame)} rows")
+        return self._project(frame, self._prepare(frame, texts=texts), texts)
 
-    def _project(self, frame: pd.DataFrame, prep: _Completion) -> np.ndarray:
+    def _project(self, frame: pd.DataFrame, prep: _Completion, texts: ParquetVectors | None = None) -> np.ndarray:
         out = np.empty((len(frame), self.pca_matrix.shape[1]), dtype=np.float32)
-        for start, stop, raw in self._raw_blocks(frame, prep):
+        for start, stop, raw in self._raw_blocks(frame, prep, texts):
             raw -= self.pca_mean  # in place: the same values as raw - pca_mean without a second matrix
             out[start:stop] = raw @ self.pca_matrix
         return out

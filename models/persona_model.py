@@ -35,8 +35,10 @@ class PersonaScorer:
         if not self.persona_ids:
             self.persona_ids = list(range(self.clustering.k))
 
-    def represent(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.fusion.transform(frame)
+    def represent(self, frame: pd.DataFrame, texts=None) -> np.ndarray:
+        """The fusion's representation; `texts`: the rows' text vectors in a file
+        (`models.fusion.ParquetVectors`) when `frame` comes without its `text_embedding` column."""
+        return self.fusion.transform(frame, texts)
 
     def centroid_labels(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(centroid index or UNASSIGNED, confidence) per row."""

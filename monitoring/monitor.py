@@ -145,11 +145,22 @@ def _load_reference_embeddings(folder: Path, sample: int, seed: int) -> tuple[np
     return (ref if len(ref) else np.zeros((0, 0), dtype=np.float32)), int(info["reference_texts"])
 
 
-def _cached_reference_embeddings(folder: Path, sample: int, seed: int, reference: pd.DataFrame) -> tuple[np.ndarray, int]:
+def _cached_reference_embeddings(folder: Path, sample: int, seed: int, reference: pd.DataFrame, stored=None) -> tuple[np.ndarray, int]:
     """Draw the reference sample and cache it with its person ids (an erasure drops their rows)
-    and the fingerprint of the frame it was drawn from."""
-    picked, texts = _reference_draw(reference[EMBEDDING], sample, seed)
-    ref = _vectors(reference[EMBEDDING].iloc[picked])
+    and the fingerprint of the frame it was drawn from. `stored`: the frame's embeddings in its
+    file (`models.fusion.ParquetVectors`) when `reference` comes without them: the same rows
+    drawn (a row with a list, as `_with_vector` counts them) and the same vectors stacked."""
+    if stored is None:
+        picked, texts = _reference_draw(reference[EMBEDDING], sample, seed)
+        ref = _vectors(reference[EMBEDDING].iloc[picked])
+    else:
+        lengths = stored.lengths()
+        rows = np.flatnonzero(lengths >= 0)  # not null
+        picked, texts = (rows[_draw(len(rows), sample, np.random.default_rng(seed))] if len(rows) else rows), len(rows)
+        dims = {int(d) for d in lengths[picked]}
+        if len(dims) > 1:
+            raise ValueError(f"text vectors of {sorted(dims)} values in {stored.path}")  # as _vectors' vstack would
+        ref = stored.take(picked, dims.pop()) if len(picked) else np.zeros((0, 0), dtype=np.float32)
     ids = reference["person_id"].iloc[picked] if "person_id" in reference.columns else reference.index[picked].to_series()
     vectors, meta = _embedding_cache(folder, sample, seed)
     pd.DataFrame({"person_id": ids.astype(str).tolist(), "vector": list(ref)}).to_parquet(vectors, index=False)
@@ -181,9 +192,18 @@ def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: 
             return pd.read_parquet(frame_path, columns=keep), profile, built, cached
         reference = pd.read_parquet(frame_path)
     else:
+        import pyarrow.parquet as pq
+
+        from models.fusion import ParquetVectors
+
         source = reference_path(ws, registry.version_run_id(ws, name, version))
-        reference = pd.read_parquet(source)
-        x = scorer.represent(reference)  # once: centroid_labels would represent the frame again
+        names = pq.read_schema(source).names
+        # With the embedding check, the frame is read without its embeddings (returned without them
+        # anyway): the fusion and the check's draw read them from the file (ParquetVectors), so
+        # they are never a numpy array per person beside the current frame's (~2.6 KB a person).
+        texts = ParquetVectors(source, EMBEDDING) if embedding_sample and EMBEDDING in names else None
+        reference = pd.read_parquet(source, columns=[c for c in names if c != EMBEDDING and not c.startswith("__index_level_")]) if texts else pd.read_parquet(source)
+        x = scorer.represent(reference, texts)  # once: centroid_labels would represent the frame again
         ref_idx, _ = assign(x, scorer.clustering)
         profile, built = build_profile(reference, [c for c in columns if c in reference.columns], version, x, ref_idx), True
         del x
@@ -191,6 +211,8 @@ def champion_reference(ws: Workspace, name: str, version: int, scorer, columns: 
         tmp = frame_path.with_suffix(".tmp")
         shutil.copyfile(source, tmp)  # the frame as read (no second, arrow copy of it to write it again)
         tmp.replace(frame_path)  # written last: its presence means the cache is complete
+        if texts is not None:
+            return reference, profile, built, _cached_reference_embeddings(folder, embedding_sample, seed, reference, texts)
     if not embedding_sample:
         return reference, profile, built, None
     if EMBEDDING not in reference.columns:

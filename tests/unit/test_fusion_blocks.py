@@ -69,3 +69,31 @@ def test_covariance_pca_gives_the_svd_directions_with_the_largest_loading_positi
     assert (fusion.pca_matrix[top, np.arange(fusion.pca_matrix.shape[1])] > 0).all()
     # the imputation was exercised: people with little behaviour, and people without text
     assert fusion._prepare(frame).lend_rows.size > 1000
+
+
+def test_transform_with_the_text_vectors_read_from_parquet_equals_the_frame_column(tmp_path):
+    """Monitoring represents the champion's reference with its text vectors read from the file
+    (ParquetVectors) instead of a pandas column of arrays: the same float32 values bit for bit,
+    with file batches that do not line up with the fusion's blocks, null rows and a wrong-length row."""
+    from models.fusion import ParquetVectors
+
+    frame = _frame(13_000)
+    vectors = frame["text_embedding"].to_list()
+    vectors[5] = np.ones(DIM - 1, dtype=np.float32)  # no vector for the fusion
+    frame["text_embedding"] = pd.Series(vectors, index=frame.index, dtype=object)
+    fusion = _fusion(4096)
+    fusion.fit(frame, DIM, seed=1)
+    path = tmp_path / "reference.parquet"
+    frame.reset_index().to_parquet(path, index=False, row_group_size=3_000)
+    features = pd.read_parquet(path, columns=[c for c in frame.reset_index().columns if c != "text_embedding"])
+    stored = ParquetVectors(path, batch_rows=2_500)
+    assert len(stored) == len(frame)
+    lengths = stored.lengths()
+    assert lengths[5] == DIM - 1 and (lengths == -1).sum() == frame["text_embedding"].isna().sum()
+    expected = fusion.transform(frame)
+    np.testing.assert_array_equal(fusion.transform(features, stored), expected)
+    # whatever the file's batches: one larger than a block, and one row at a time near the end
+    np.testing.assert_array_equal(fusion.transform(features, ParquetVectors(path, batch_rows=10_000)), expected)
+    picked = np.array([12_999, 7, 4_100, 0])
+    picked = picked[lengths[picked] == DIM]
+    np.testing.assert_array_equal(stored.take(picked, DIM), np.vstack(frame["text_embedding"].iloc[picked].to_list()))
