@@ -638,16 +638,42 @@ def _analytics_record_person(ws: Workspace, sources: list[str] | None = None) ->
 
 
 def _engagement_trend(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], as_of: pd.Timestamp) -> pd.Series:
-    """models.churn.engagement_trend of every consented event record's person, one bucket of
-    persons at a time (_event_buckets; the trend is per person): the whole frame of event rows
-    with their record keys and persons was the stage's largest piece at scale."""
+    """models.churn.engagement_trend of every consented event record's person: the same ratio of
+    the same counts, counted per person code in one pass over each events-lake file
+    (_coded_event_files; only `event_time` read). Before, the rows went through the graph's person
+    buckets (spill files, then a person-id string per row and a groupby over them): 6.5 s of
+    100,000 people's flags, and it grew with the event rows."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
     from models import churn
 
-    parts = [churn.engagement_trend(events, as_of) for events in _event_buckets(ws, None, batches, kinds, ("event_time",))]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return churn.engagement_trend(pd.DataFrame(columns=["person_id", "event_time"]), as_of)
-    return pd.concat(parts) if len(parts) > 1 else parts[0]
+    with tempfile.TemporaryDirectory(prefix="flags-trend-", dir=ws.root) as tmp:
+        for persons, paths, coded in _coded_event_files(ws, None, batches, kinds, Path(tmp)):
+            with_time = [p for p in paths if "event_time" in pq.read_schema(p).names]
+            kind = pq.read_schema(with_time[0]).field("event_time").type if with_time else None  # the type the buckets cast every file's times to
+            seen = np.zeros(len(persons), dtype=bool)
+            recent = np.zeros(len(persons), dtype=np.int64)
+            before = np.zeros(len(persons), dtype=np.int64)
+            for path, code in coded:
+                seen[code[code >= 0]] = True
+                if kind is None or path not in with_time:  # rows without a time: their person is in the trend (NaN), counted nowhere
+                    continue
+                start = 0
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 18, columns=["event_time"]):
+                    at = code[start : start + batch.num_rows]
+                    start += batch.num_rows
+                    # churn.engagement_trend's age, on the same pandas values
+                    age = ((as_of - batch.column("event_time").cast(kind).to_pandas()).dt.total_seconds() / 86400.0).to_numpy()
+                    ok = at >= 0
+                    recent += np.bincount(at[ok & (age <= churn.RECENT_DAYS)], minlength=len(persons))
+                    before += np.bincount(at[ok & (age > churn.RECENT_DAYS) & (age <= churn.RECENT_DAYS + churn.BASELINE_DAYS)], minlength=len(persons))
+                del code
+            index = pd.Index(persons[seen], name="person_id")
+            rate, baseline = pd.Series(recent[seen] / churn.RECENT_DAYS, index=index), pd.Series(before[seen] / churn.BASELINE_DAYS, index=index)
+            return (rate / baseline.where(baseline > 0)).rename("engagement_trend")
+    return churn.engagement_trend(pd.DataFrame(columns=["person_id", "event_time"]), as_of)
 
 
 def _lake_kind(ws: Workspace, batches: dict[str, list[str]], kinds: dict[str, str], kind: str, columns: tuple[str, ...] | None = None,
@@ -894,24 +920,19 @@ def _sessions(graph, events: pd.DataFrame) -> pd.DataFrame:
 GRAPH_BUCKET_ROWS = 2_000_000  # event rows per bucket of persons in a full graph build (its memory)
 
 
-def _event_buckets(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], columns: tuple[str, ...], bucket_rows: int | None = None):
-    """The rows `_kind_rows(ws, records, batches, kinds, "events", columns)` gives (consented event
-    records' lake rows with their person), as one frame per bucket of persons (person_id, then
-    `columns` the lake has), in bucket order; each bucket's rows in the lake's order. The buckets are
-    ranges of the persons in `person|` text order (the order of the sequence signals), about
-    `bucket_rows` (GRAPH_BUCKET_ROWS) lake rows each. A DuckDB join gives every lake row its person
-    (spilling to disk past 1 GB), and one pass over each lake file writes its rows to their bucket's
-    spill file: memory holds one bucket's rows, not every event row with its person and record key.
-    `records`: an Arrow table (source, source_key, person_id), or None to read the record map."""
-    import tempfile
-
+def _coded_event_files(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], tmp: Path):
+    """(persons, [(path, code)] lazily) for the event sources' lake files: `persons` are the persons
+    with a consented event record, sorted by `person|` as text (the order of the sequence signals),
+    and each file's `code` holds, for every lake row, its person's position in `persons` (-1: no
+    consented record). A DuckDB join gives the codes (memory limit 1 GB, spilling into `tmp`).
+    Yields nothing without event files or persons. `records`: an Arrow table (source, source_key,
+    person_id), or None to read the record map."""
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from personaops.consent import exclude_without_analytics
 
-    bucket_rows = GRAPH_BUCKET_ROWS if bucket_rows is None else bucket_rows
     sources = [s for s, _ in batches.items() if kinds.get(s) == "events"]
     files = [(s, ws.lake / s / f"batch={b}" / "part-0.parquet") for s in sources for b in batches[s]]
     files = [(s, path) for s, path in files if path.is_file()]
@@ -921,62 +942,89 @@ def _event_buckets(ws: Workspace, records, batches: dict[str, list[str]], kinds:
     def quoted(path) -> str:
         return "'" + str(path).replace("'", "''") + "'"
 
-    with tempfile.TemporaryDirectory(prefix="graph-buckets-", dir=ws.root) as tmp:
-        con = duckdb.connect()
-        writers: dict[int, pq.ParquetWriter] = {}
-        held: dict[int, list] = {}
-        try:
-            con.execute(f"SET temp_directory = {quoted(Path(tmp) / 'duckdb')}")
-            con.execute("SET memory_limit = '1GB'")
-            con.execute("SET threads = 1")
-            if records is None:
-                con.execute(f"CREATE VIEW rp AS SELECT source, source_key, person_id FROM read_parquet({quoted(ws.identity / 'record_person.parquet')})")
-            else:
-                con.register("rp", records.select(["source", "source_key", "person_id"]))
-            con.register("event_sources", pa.table({"source": pa.array(sources, pa.string())}))
-            found = con.execute("SELECT DISTINCT person_id FROM rp WHERE source IN (SELECT source FROM event_sources)").fetchnumpy()["person_id"]
-            persons = exclude_without_analytics(ws, pd.DataFrame({"person_id": np.asarray(found, dtype=object)}))["person_id"].to_numpy(dtype=object)
-            del found
-            persons = persons[np.argsort(np.array([f"{p}|" for p in persons], dtype=object), kind="stable")]  # code = rank in `person|` order
-            if not len(persons):
-                return
-            n_rows = sum(pq.ParquetFile(path).metadata.num_rows for _, path in files)
-            n_buckets = int(min(max(1, -(-n_rows // max(bucket_rows, 1))), len(persons)))
-            con.register("codes", pa.table({"person_id": pa.array(persons, pa.string()), "code": pa.array(np.arange(len(persons), dtype=np.int64))}))
-            names = {c for _, path in files for c in pq.read_schema(path).names}
-            target = {c: next(pq.read_schema(p).field(c).type for _, p in files if c in pq.read_schema(p).names) for c in columns if c in names}
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET temp_directory = {quoted(Path(tmp) / 'duckdb')}")
+        con.execute("SET memory_limit = '1GB'")
+        con.execute("SET threads = 1")
+        if records is None:
+            con.execute(f"CREATE VIEW rp AS SELECT source, source_key, person_id FROM read_parquet({quoted(ws.identity / 'record_person.parquet')})")
+        else:
+            con.register("rp", records.select(["source", "source_key", "person_id"]))
+        con.register("event_sources", pa.table({"source": pa.array(sources, pa.string())}))
+        found = con.execute("SELECT DISTINCT person_id FROM rp WHERE source IN (SELECT source FROM event_sources)").fetchnumpy()["person_id"]
+        persons = exclude_without_analytics(ws, pd.DataFrame({"person_id": np.asarray(found, dtype=object)}))["person_id"].to_numpy(dtype=object)
+        del found
+        persons = persons[np.argsort(np.array([f"{p}|" for p in persons], dtype=object), kind="stable")]  # code = rank in `person|` order
+        if not len(persons):
+            return
+        con.register("codes", pa.table({"person_id": pa.array(persons, pa.string()), "code": pa.array(np.arange(len(persons), dtype=np.int64))}))
+
+        def coded():
             for source, path in files:
                 con.register("this_source", pa.table({"source": pa.array([source], pa.string())}))
                 joined = con.execute(f"SELECT e.file_row_number AS r, c.code FROM read_parquet({quoted(path)}, file_row_number = true) e "
                                      "JOIN (SELECT source_key, person_id FROM rp WHERE source = (SELECT source FROM this_source)) k ON e.source_key = k.source_key "
                                      "JOIN codes c ON k.person_id = c.person_id").fetchnumpy()  # fmt: skip
-                pfile = pq.ParquetFile(path)
-                code = np.full(pfile.metadata.num_rows, -1, dtype=np.int64)
+                code = np.full(pq.ParquetFile(path).metadata.num_rows, -1, dtype=np.int64)
                 code[np.asarray(joined["r"], dtype=np.int64)] = np.asarray(joined["code"], dtype=np.int64)
                 del joined
-                present = [c for c in target if c in pfile.schema_arrow.names]
-                start = 0
-                for batch in pfile.iter_batches(batch_size=1 << 18, columns=present or None):
-                    at = code[start : start + batch.num_rows]
-                    start += batch.num_rows
-                    cols = {"_code": pa.array(at, pa.int64())}
-                    for c, kind in target.items():
-                        cols[c] = batch.column(c).cast(kind) if c in present else pa.nulls(batch.num_rows, kind)
-                    bucket = np.where(at >= 0, at * n_buckets // len(persons), -1)
-                    order = np.argsort(bucket, kind="stable")  # by bucket, each bucket's rows in the lake's order
-                    table = pa.table(cols).take(pa.array(order))
-                    bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
-                    for b in np.flatnonzero(np.diff(bounds)).tolist():  # one slice per bucket present: linear in the rows
-                        part = table.slice(bounds[b], bounds[b + 1] - bounds[b])
-                        if n_buckets == 1:
-                            held.setdefault(b, []).append(part)
-                            continue
-                        if b not in writers:
-                            writers[b] = pq.ParquetWriter(Path(tmp) / f"bucket-{b}.parquet", part.schema)
-                        writers[b].write_table(part)
-                del code
+                yield path, code
+
+        yield persons, [path for _, path in files], coded()
+    finally:
+        con.close()
+
+
+def _event_buckets(ws: Workspace, records, batches: dict[str, list[str]], kinds: dict[str, str], columns: tuple[str, ...], bucket_rows: int | None = None):
+    """The rows `_kind_rows(ws, records, batches, kinds, "events", columns)` gives (consented event
+    records' lake rows with their person), as one frame per bucket of persons (person_id, then
+    `columns` the lake has), in bucket order; each bucket's rows in the lake's order. The buckets are
+    ranges of the persons in `person|` text order (the order of the sequence signals), about
+    `bucket_rows` (GRAPH_BUCKET_ROWS) lake rows each. A DuckDB join gives every lake row its person
+    (_coded_event_files), and one pass over each lake file writes its rows to their bucket's
+    spill file: memory holds one bucket's rows, not every event row with its person and record key.
+    `records`: an Arrow table (source, source_key, person_id), or None to read the record map."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket_rows = GRAPH_BUCKET_ROWS if bucket_rows is None else bucket_rows
+    with tempfile.TemporaryDirectory(prefix="graph-buckets-", dir=ws.root) as tmp:
+        writers: dict[int, pq.ParquetWriter] = {}
+        held: dict[int, list] = {}
+        n_buckets, persons = 0, None
+        try:
+            for persons, paths, coded in _coded_event_files(ws, records, batches, kinds, Path(tmp)):
+                n_rows = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+                n_buckets = int(min(max(1, -(-n_rows // max(bucket_rows, 1))), len(persons)))
+                names = {c for path in paths for c in pq.read_schema(path).names}
+                target = {c: next(pq.read_schema(p).field(c).type for p in paths if c in pq.read_schema(p).names) for c in columns if c in names}
+                for path, code in coded:
+                    pfile = pq.ParquetFile(path)
+                    present = [c for c in target if c in pfile.schema_arrow.names]
+                    start = 0
+                    for batch in pfile.iter_batches(batch_size=1 << 18, columns=present or None):
+                        at = code[start : start + batch.num_rows]
+                        start += batch.num_rows
+                        cols = {"_code": pa.array(at, pa.int64())}
+                        for c, kind in target.items():
+                            cols[c] = batch.column(c).cast(kind) if c in present else pa.nulls(batch.num_rows, kind)
+                        bucket = np.where(at >= 0, at * n_buckets // len(persons), -1)
+                        order = np.argsort(bucket, kind="stable")  # by bucket, each bucket's rows in the lake's order
+                        table = pa.table(cols).take(pa.array(order))
+                        bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+                        for b in np.flatnonzero(np.diff(bounds)).tolist():  # one slice per bucket present: linear in the rows
+                            part = table.slice(bounds[b], bounds[b + 1] - bounds[b])
+                            if n_buckets == 1:
+                                held.setdefault(b, []).append(part)
+                                continue
+                            if b not in writers:
+                                writers[b] = pq.ParquetWriter(Path(tmp) / f"bucket-{b}.parquet", part.schema)
+                            writers[b].write_table(part)
+                    del code
         finally:
-            con.close()
             for w in writers.values():
                 w.close()
         for b in range(n_buckets):
@@ -1295,6 +1343,34 @@ GRAPH_FEATURES = ["intent_centrality", "n_sequence_patterns", "n_signals", "neig
 FLAG_FEATURES = ["churn_probability", "risk_flag", "engagement_trend", "engagement_flag", "reasons"]
 
 
+def _side_by_side(*calls) -> list:
+    """The results of the independent `calls` (no arguments), in order, each run on a thread of its
+    own (an exception of one is raised here). The flags' two models are such calls, when trained
+    and when they score everyone: each is single-threaded (models.churn limits its OpenMP threads
+    to 1, in its own thread, so each is the same computation as on the main thread, bit for bit),
+    and HistGradientBoosting builds histograms, finds splits and predicts without the GIL, so the
+    risk and opportunity models use both cores instead of one after the other (their fits and
+    scoring were ~3/4 of the flags' CPU seconds at 30,000 people)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(calls) < 2:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="personaops-flags") as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
+def _fit_or_error(fit):
+    """A training call that returns (model, None), or (None, the ValueError of too few labelled people)."""
+
+    def attempt():
+        try:
+            return fit(), None
+        except ValueError as exc:
+            return None, exc
+
+    return attempt
+
+
 def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], kinds: dict[str, str], as_of: str) -> dict:
     """Train the calibrated churn model on held-out-evaluated people, flag every person, publish the
     flags to Feast (offline + online), keep an `amber_flags` table per run, log to MLflow."""
@@ -1349,21 +1425,29 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
         out["retrained"], out["models_from_run"] = False, kept["run_id"]
     else:
         out["retrained"], out["retrain_reason"] = True, why
-        try:
-            model = churn.train_churn_model(inputs, churned, cfg.insights.test_size, cfg.insights.seed) if churned.notna().any() else None
-        except ValueError as exc:  # too few labelled people of one outcome: no risk model this run
-            model, out["skipped_risk"] = None, str(exc)
-        # Opportunity: propensity to convert on the expansion offer, trained on the people it was offered to.
-        try:
-            opportunity_model = propensity.train_opportunity_model(inputs, converted, cfg.insights.test_size, cfg.insights.seed) if converted.notna().any() else None
-        except ValueError as exc:  # too few exposed people of one outcome: no opportunity model this run
-            opportunity_model, out["skipped_opportunity"] = None, f"campaign {campaign!r}: {exc}"
+        # Risk, and opportunity (propensity to convert on the expansion offer, trained on the people
+        # it was offered to): two independent fits, side by side on two threads (_side_by_side).
+        (model, risk_error), (opportunity_model, opportunity_error) = _side_by_side(
+            _fit_or_error(lambda: churn.train_churn_model(inputs, churned, cfg.insights.test_size, cfg.insights.seed) if churned.notna().any() else None),
+            _fit_or_error(lambda: propensity.train_opportunity_model(inputs, converted, cfg.insights.test_size, cfg.insights.seed) if converted.notna().any() else None),
+        )  # fmt: skip
+        if risk_error is not None:  # too few labelled people of one outcome: no risk model this run
+            out["skipped_risk"] = str(risk_error)
+        if opportunity_error is not None:  # too few exposed people of one outcome: no opportunity model this run
+            out["skipped_opportunity"] = f"campaign {campaign!r}: {opportunity_error}"
+    # Both models score everyone side by side too (this run's row hashes and probabilities: churn's, then opportunity's)
+    risk_scores: list[pd.DataFrame] = []
+    opportunity_scores: list[pd.DataFrame] = []
+    probability, opportunity_probability = _side_by_side(
+        lambda: _scored(model, inputs, "churn", models_run, earlier, risk_scores) if model is not None else None,
+        lambda: _scored(opportunity_model, inputs, "opportunity", models_run, earlier, opportunity_scores) if opportunity_model is not None else None,
+    )  # fmt: skip
+    scores.extend(risk_scores + opportunity_scores)
     if model is None:
         probability = pd.Series(np.nan, index=inputs.index)
         reasons = pd.Series("", index=inputs.index)
         out.setdefault("skipped_risk", f"no `{cfg.insights.churn_label}` label in the sources")
     else:
-        probability = _scored(model, inputs, "churn", models_run, earlier, scores)
         ranked = churn_signals(matrix, churned, persona)
         ranked = ranked[ranked["p_adjusted"] < 0.05] if len(ranked) else ranked
         shown = [c for c in dict.fromkeys(ranked.loc[ranked["odds_ratio"] > 1, "signal"]) if c in matrix.columns] if len(ranked) else []
@@ -1378,7 +1462,7 @@ def flags_stage(cfg, ws: Workspace, run_id: str, batches: dict[str, list[str]], 
             inputs, effects, persona_names={str(k): v for k, v in assignments.drop_duplicates("persona_id").set_index("persona_id")["persona_name"].items()},
             intent_labels={str(k): v for k, v in intents.set_index("intent_id")["label"].items()} if len(intents) else {},
         )  # fmt: skip
-        opportunity = propensity.opportunity_flags(_scored(opportunity_model, inputs, "opportunity", models_run, earlier, scores), reasons_of, cfg.insights.opportunity_threshold, stamp)
+        opportunity = propensity.opportunity_flags(opportunity_probability, reasons_of, cfg.insights.opportunity_threshold, stamp)
         out["opportunity_metrics"] = {**opportunity_model.metrics, "campaign": campaign}
         (insights_dir(ws, run_id) / "opportunity.json").write_text(json.dumps({"campaign": campaign, "threshold": cfg.insights.opportunity_threshold,
                                                                                "metrics": opportunity_model.metrics, "effects": frame_records(effects.head(20))}))  # fmt: skip
