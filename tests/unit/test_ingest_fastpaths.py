@@ -105,3 +105,22 @@ def test_quarantine_is_the_same_as_pandera_on_every_row(tmp_path, monkeypatch):
     assert out["fast"][1]["reason"].str.contains("e-mail|digits|missing|longer|1970").any()
     pd.testing.assert_frame_equal(out["fast"][0], out["every"][0])
     pd.testing.assert_frame_equal(out["fast"][1], out["every"][1])
+
+
+def test_lake_dictionary_encodes_only_repeating_columns(tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.csv"
+    rows = [f"T{i},p{i % 3}@example.com,,same body,2026-01-02T10:{i % 60:02d}:00Z" for i in range(200)]
+    path.write_text("ticket_id,email,subject,body,created_at\n" + "\n".join(rows) + "\n")
+    spec = SourceSpec(name="tickets", kind="tickets", path=path, key="ticket_id", identifiers={"email": "email"}, timestamp="created_at", text=["subject", "body"])
+    ws = Workspace(tmp_path / "ws")
+    [report] = ingest_sources([spec], ws, IngestConfig(), "r1", incremental=False)
+    lake_file = ws.lake / "tickets" / f"batch={report.batch_ids[0]}" / "part-0.parquet"
+    meta = pq.ParquetFile(lake_file).metadata.row_group(0)
+    encodings = {meta.column(j).path_in_schema: meta.column(j).encodings for j in range(meta.num_columns)}
+    assert not any("DICT" in e for e in encodings["source_key"])  # every key distinct: plain pages
+    assert not any("DICT" in e for e in encodings["_row_hash"])
+    assert any("DICT" in e for e in encodings["email"]) and any("DICT" in e for e in encodings["_source"])
+    lake = read_lake(ws, "tickets", report.batch_ids)
+    assert lake["source_key"].tolist() == [f"T{i}" for i in range(200)] and lake["email"].nunique() == 3
