@@ -91,11 +91,17 @@ class ParquetVectors:
         return self.rows
 
     def _batches(self):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with pq.ParquetFile(self.path) as file:
-            for batch in file.iter_batches(batch_size=self.batch_rows, columns=[self.column]):
-                yield batch.column(0)
+        try:
+            with pq.ParquetFile(self.path) as file:
+                for batch in file.iter_batches(batch_size=self.batch_rows, columns=[self.column]):
+                    yield batch.column(0)
+        finally:
+            # Arrow's allocator (mimalloc) keeps what a pass freed: without this the passes left
+            # ~110 MiB (30,000 people) to ~230 MiB (100,000) more resident for the rest of the stage
+            pa.default_memory_pool().release_unused()
 
     @staticmethod
     def _lengths(values) -> np.ndarray:
