@@ -460,9 +460,19 @@ def person_embeddings(texts: pd.DataFrame, vectors: np.ndarray, max_texts: int) 
     frame = frame.sort_values(["person_id", "event_time"], na_position="first")
     frame = frame.groupby("person_id", sort=False).tail(max_texts)
     codes, persons = pd.factorize(frame["person_id"], sort=True)
+    rows = frame["row"].to_numpy()
     sums = np.zeros((len(persons), vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, vectors[frame["row"].to_numpy()])
-    counts = np.bincount(codes, minlength=len(persons))
+    counts = np.bincount(codes[codes >= 0], minlength=len(persons))
+    if len(codes) and codes.min() >= 0 and (np.diff(codes) >= 0).all():
+        # A person's rows are contiguous (sorted by person): add their j-th vectors for every person
+        # at once, j = 0, 1, ...: the same float64 additions in the same order as np.add.at (6.1 s
+        # at 100k people, ~1 min at 1M), and no gathered copy of every row's vector.
+        starts = np.cumsum(counts) - counts
+        for j in range(int(counts.max())):
+            have = np.flatnonzero(counts > j)
+            sums[have] += vectors[rows[starts[have] + j]]
+    else:
+        np.add.at(sums, codes, vectors[rows])
     means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     return pd.DataFrame(
         {"person_id": persons, "text_embedding": list(means.astype(np.float32)), "n_texts": counts.astype("int64")}

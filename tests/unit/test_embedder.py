@@ -125,3 +125,29 @@ def test_encode_rows_holds_each_distinct_text_once_and_reads_the_cache_a_row_gro
     mask = np.arange(16) % 3 == 0
     assert np.array_equal(compact[mask], whole[mask])
     assert np.array_equal(whole[10], whole[2]) and np.array_equal(whole[11], whole[7])
+
+
+def test_person_embeddings_sum_each_persons_latest_vectors_as_np_add_at_does():
+    """The per-position sums give the bit-for-bit result of np.add.at over the latest `max_texts`
+    rows of each person (rows in any order, missing times first, persons with 1..12 texts)."""
+    import pandas as pd
+
+    from models.embedder import person_embeddings
+
+    rng = np.random.default_rng(3)
+    n = 4_000
+    texts = pd.DataFrame({"person_id": [f"p{x:04d}" for x in rng.integers(0, 700, n)],
+                          "event_time": pd.to_datetime(rng.integers(1_600_000_000, 1_700_000_000, n), unit="s")})  # fmt: skip
+    texts.loc[rng.integers(0, n, 40), "event_time"] = pd.NaT
+    vectors = rng.standard_normal((n, 16)).astype(np.float32)
+    for max_texts in (1, 5, 50):
+        got = person_embeddings(texts, vectors, max_texts)
+        frame = texts.assign(row=np.arange(n)).sort_values(["person_id", "event_time"], na_position="first").groupby("person_id", sort=False).tail(max_texts)
+        codes, persons = pd.factorize(frame["person_id"], sort=True)
+        sums = np.zeros((len(persons), 16))
+        np.add.at(sums, codes, vectors[frame["row"].to_numpy()])
+        want = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+        assert list(got["person_id"]) == list(persons)
+        assert got["n_texts"].tolist() == np.bincount(codes).tolist()
+        assert got["n_texts"].max() == min(max_texts, texts["person_id"].value_counts().max())
+        assert np.array_equal(np.stack(got["text_embedding"]), want)
