@@ -105,8 +105,11 @@ class ParquetVectors:
 
     @staticmethod
     def _lengths(values) -> np.ndarray:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
+        if pa.types.is_null(values.type):  # a column with no vector at all (sources without texts) is stored as nulls
+            return np.full(len(values), -1, dtype=np.int64)
         return pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False)  # -1: null
 
     @staticmethod

@@ -97,3 +97,17 @@ def test_transform_with_the_text_vectors_read_from_parquet_equals_the_frame_colu
     picked = np.array([12_999, 7, 4_100, 0])
     picked = picked[lengths[picked] == DIM]
     np.testing.assert_array_equal(stored.take(picked, DIM), np.vstack(frame["text_embedding"].iloc[picked].to_list()))
+
+
+def test_parquet_vectors_of_a_column_without_any_vector(tmp_path):
+    """Sources without texts leave the embedding column all null, which Parquet stores with the null
+    type: every row reads as having no vector (monitoring's reference draw failed on it with
+    ArrowNotImplementedError before)."""
+    from models.fusion import ParquetVectors
+
+    path = tmp_path / "reference.parquet"
+    pd.DataFrame({"person_id": [f"p{i}" for i in range(7)], "text_embedding": [None] * 7}).to_parquet(path, index=False)
+    stored = ParquetVectors(path, batch_rows=3)
+    assert stored.lengths().tolist() == [-1] * 7
+    assert not stored.has(DIM).any()
+    assert [block.shape for block in stored.ranges([(0, 4), (4, 7)], DIM)] == [(4, DIM), (3, DIM)]
