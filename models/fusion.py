@@ -86,6 +86,7 @@ class ParquetVectors:
 
         self.path, self.column, self.batch_rows = str(path), column, batch_rows
         self.rows = pq.ParquetFile(self.path).metadata.num_rows
+        self._row_lengths: np.ndarray | None = None  # lengths(), once read (a pass over the whole column)
 
     def __len__(self) -> int:
         return self.rows
@@ -124,8 +125,11 @@ class ParquetVectors:
         return out
 
     def lengths(self) -> np.ndarray:
-        """Each row's number of values (-1 where the row is null)."""
-        return np.concatenate([self._lengths(b) for b in self._batches()] or [np.zeros(0, dtype=np.int64)])
+        """Each row's number of values (-1 where the row is null), read once: `has` (the fusion)
+        and monitoring's reference draw both ask, and each read decodes every vector of the file."""
+        if self._row_lengths is None:
+            self._row_lengths = np.concatenate([self._lengths(b) for b in self._batches()] or [np.zeros(0, dtype=np.int64)])
+        return self._row_lengths
 
     def has(self, dim: int) -> np.ndarray:
         """Rows holding a vector of `dim` values (`has_vector` of the pandas column)."""
