@@ -196,11 +196,26 @@ def engagement_trend(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
     before (1 = steady, <1 = declining; NaN without baseline activity)."""
     if events.empty:
         return pd.Series(dtype=float, name="engagement_trend")
-    age = (as_of - events["event_time"]).dt.total_seconds() / 86400.0
-    recent = events[age <= RECENT_DAYS].groupby("person_id").size() / RECENT_DAYS
-    before = events[(age > RECENT_DAYS) & (age <= RECENT_DAYS + BASELINE_DAYS)].groupby("person_id").size() / BASELINE_DAYS
+    is_recent, is_before = trend_windows(event_ages(events["event_time"], as_of))
     persons = events["person_id"].unique()
-    recent, before = recent.reindex(persons, fill_value=0.0), before.reindex(persons, fill_value=0.0)
+    recent = events[is_recent].groupby("person_id").size().reindex(persons, fill_value=0)
+    before = events[is_before].groupby("person_id").size().reindex(persons, fill_value=0)
+    return trend_of_counts(recent, before)
+
+
+def event_ages(times: pd.Series, as_of: pd.Timestamp) -> pd.Series:
+    """Each event's age at `as_of`, in days."""
+    return (as_of - times).dt.total_seconds() / 86400.0
+
+
+def trend_windows(age):
+    """(in the last RECENT_DAYS, in the BASELINE_DAYS before) of event ages in days."""
+    return age <= RECENT_DAYS, (age > RECENT_DAYS) & (age <= RECENT_DAYS + BASELINE_DAYS)
+
+
+def trend_of_counts(recent: pd.Series, before: pd.Series) -> pd.Series:
+    """engagement_trend from each person's event counts in the two windows (same index)."""
+    recent, before = recent / RECENT_DAYS, before / BASELINE_DAYS
     return (recent / before.where(before > 0)).rename("engagement_trend")
 
 

@@ -664,15 +664,14 @@ def _engagement_trend(ws: Workspace, batches: dict[str, list[str]], kinds: dict[
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 18, columns=["event_time"]):
                     at = code[start : start + batch.num_rows]
                     start += batch.num_rows
-                    # churn.engagement_trend's age, on the same pandas values
-                    age = ((as_of - batch.column("event_time").cast(kind).to_pandas()).dt.total_seconds() / 86400.0).to_numpy()
+                    # churn.engagement_trend's ages and windows, on the same pandas values
+                    is_recent, is_before = churn.trend_windows(churn.event_ages(batch.column("event_time").cast(kind).to_pandas(), as_of).to_numpy())
                     ok = at >= 0
-                    recent += np.bincount(at[ok & (age <= churn.RECENT_DAYS)], minlength=len(persons))
-                    before += np.bincount(at[ok & (age > churn.RECENT_DAYS) & (age <= churn.RECENT_DAYS + churn.BASELINE_DAYS)], minlength=len(persons))
+                    recent += np.bincount(at[ok & is_recent], minlength=len(persons))
+                    before += np.bincount(at[ok & is_before], minlength=len(persons))
                 del code
             index = pd.Index(persons[seen], name="person_id")
-            rate, baseline = pd.Series(recent[seen] / churn.RECENT_DAYS, index=index), pd.Series(before[seen] / churn.BASELINE_DAYS, index=index)
-            return (rate / baseline.where(baseline > 0)).rename("engagement_trend")
+            return churn.trend_of_counts(pd.Series(recent[seen], index=index), pd.Series(before[seen], index=index))
     return churn.engagement_trend(pd.DataFrame(columns=["person_id", "event_time"]), as_of)
 
 
