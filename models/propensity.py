@@ -42,13 +42,15 @@ def train_opportunity_model(inputs: pd.DataFrame, converted: pd.Series, test_siz
     return train_calibrated(inputs, converted, test_size, seed, max_signals, what="opportunity labels", outcomes=("converted", "not converted"))
 
 
-def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float = 0.05, chunk: int = 256) -> pd.DataFrame:
+def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float = 0.05, chunk: int = 64) -> pd.DataFrame:
     """Per input column, over the labelled people: mean among converters and others, the
     standardised mean difference `effect` (pooled sd), Welch t-test p-value and its BH-adjusted
     `p_adjusted`; only columns with |effect| >= MIN_EFFECT and p_adjusted < alpha, strongest first.
     Computed `chunk` columns at a time (every statistic is per column): a float64 copy of all
     inputs was GBs at 100k people with thousands of graph signals. `inputs` may be a
-    churn.SparseInputs (the signals sparse): the same table."""
+    churn.SparseInputs (the signals sparse): the same table, its labelled persons' rows taken once
+    (a row selection of the whole sparse matrix per chunk before). 64 columns a chunk (256 before):
+    a chunk's float copies (labelled rows, converters, others) were ~0.4 GB at 100,000 people."""
     from scipy import stats
     from statsmodels.stats.multitest import multipletests
 
@@ -59,10 +61,13 @@ def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float 
     if yes.sum() < 2 or (~yes).sum() < 2 or not labelled.any() or not len(inputs.columns):
         return empty
     rows = np.flatnonzero(labelled)
+    if isinstance(inputs, SparseInputs):  # the labelled persons' rows, taken once
+        inputs = SparseInputs(inputs.base.iloc[rows], inputs.signals.take_rows(labelled))
+        rows = None
     parts = []
     for start in range(0, len(inputs.columns), chunk):
         # SparseInputs: only this chunk's signal columns are made dense (the same cells)
-        x = (inputs.dense(inputs.columns[start : start + chunk], rows) if isinstance(inputs, SparseInputs) else inputs.iloc[rows, start : start + chunk]).astype(float)
+        x = (inputs.dense(inputs.columns[start : start + chunk]) if isinstance(inputs, SparseInputs) else inputs.iloc[rows, start : start + chunk]).astype(float)
         a, b = x[yes], x[~yes]
         ma, mb = a.mean(), b.mean()
         pooled = np.sqrt((a.var(ddof=1).fillna(0) * (len(a) - 1) + b.var(ddof=1).fillna(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
@@ -96,25 +101,48 @@ def reason_name(column: str, persona_names: dict | None = None, intent_labels: d
 
 
 def opportunity_reasons(inputs: pd.DataFrame, effects: pd.DataFrame, n: int = 3, persona_names: dict | None = None,
-                        intent_labels: dict | None = None) -> pd.Series:  # fmt: skip
+                        intent_labels: dict | None = None, rows: int = 1 << 16, chunk: int = 256) -> pd.Series:  # fmt: skip
     """Per person: up to `n` conversion-associated inputs on which they sit on the converting side
-    ("; "-joined), largest contribution first (effect x the person's standardised value)."""
+    ("; "-joined), largest contribution first (effect x the person's standardised value).
+    The column means and standard deviations come `chunk` columns at a time, the z-scores,
+    contributions and their ranking `rows` persons at a time: every one is per column or per
+    person, so the same floats and order as on the whole persons x effect-columns frame, which
+    with its float copies and argsort was the flags' peak (~0.8 GB at 100,000 people, ~180 columns;
+    the columns grow with the people)."""
     if effects.empty:
         return pd.Series("", index=inputs.index, dtype="string")
     cols = [c for c in effects["column"] if c in inputs.columns]
-    x = (inputs.dense(cols) if isinstance(inputs, SparseInputs) else inputs[cols]).astype(float)
-    sd = x.std(ddof=0).replace(0, np.nan)
-    z = ((x - x.mean()) / sd).fillna(0.0).to_numpy()
+
+    def dense(columns, at=None):
+        if isinstance(inputs, SparseInputs):
+            return inputs.dense(columns, at)
+        return inputs[columns] if at is None else inputs.iloc[at, inputs.columns.get_indexer(columns)]
+
+    means, sds = [], []
+    for start in range(0, len(cols), chunk):
+        x = dense(cols[start : start + chunk]).astype(float)
+        means.append(x.mean())
+        sds.append(x.std(ddof=0))
+        del x
+    mean = pd.concat(means) if means else pd.Series(dtype=float)
+    sd = (pd.concat(sds) if sds else pd.Series(dtype=float)).replace(0, np.nan)
     effect = effects.set_index("column").loc[cols, "effect"].to_numpy()
-    contribution = z * effect  # > 0: the person's value points towards converting
     # a 0/1 column (persona, graph signal) is a reason when shown, never by its absence
     absent_only = np.asarray([c.startswith(("persona_", "sig_")) and e < 0 for c, e in zip(cols, effect)])
-    contribution[:, absent_only] = 0.0
     names = np.asarray([reason_name(c, persona_names, intent_labels, np.sign(e)) for c, e in zip(cols, effect)], dtype=object)
-    order = np.argsort(-contribution, axis=1)[:, :n]
     out = []
-    for row, idx in zip(contribution, order):
-        out.append("; ".join(names[j] for j in idx if row[j] >= MIN_CONTRIBUTION))
+    for start in range(0, len(inputs), rows):
+        at = np.arange(start, min(start + rows, len(inputs)))
+        x = dense(cols, at).astype(float)
+        z = ((x - mean) / sd).fillna(0.0).to_numpy()
+        del x
+        contribution = z * effect  # > 0: the person's value points towards converting
+        del z
+        contribution[:, absent_only] = 0.0
+        order = np.argsort(-contribution, axis=1)[:, :n]
+        for row, idx in zip(contribution, order):
+            out.append("; ".join(names[j] for j in idx if row[j] >= MIN_CONTRIBUTION))
+        del contribution, order
     return pd.Series(out, index=inputs.index, dtype="string")
 
 

@@ -1249,32 +1249,45 @@ def kept_flag_models(ws: Workspace, cfg, version: int | None, intents: pd.DataFr
 
 
 FLAG_SCORES = "_flag_scores.parquet"  # per person and flag model: the input row's hash and its probability
+SCORE_ROWS = 1 << 17  # persons whose model columns are dense at once while scoring (_scored)
 
 
-def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd.DataFrame | None, kept: list) -> pd.Series:
+def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd.DataFrame | None, kept: list, rows: int = SCORE_ROWS) -> pd.Series:
     """model.probability(inputs), computed only for the persons whose input row (the model's
     columns, by value, with the person id) differs from the one the same models scored in the last
     run: a calibrated tree ensemble scores each row on its own, so an unchanged row has the same
-    probability. Appends this run's (person, row hash, probability) to `kept`."""
+    probability. Appends this run's (person, row hash, probability) to `kept`.
+    `rows` persons at a time: a row's hash and probability depend on that row only, so they are
+    the whole table's; the model's columns of every person at once, with predict_proba's float64
+    copy of them, were ~0.3 GB per model at 100,000 people (both models score side by side)."""
     from models.churn import SparseInputs
 
-    columns = inputs.dense(model.columns) if isinstance(inputs, SparseInputs) else inputs[model.columns]  # only the model's columns dense
-    row_hash = pd.util.hash_pandas_object(columns, index=True).to_numpy()
-    probability = pd.Series(np.nan, index=inputs.index)
-    todo = np.ones(len(inputs), dtype=bool)
-    if earlier is not None and f"{name}_hash" in earlier.columns and (earlier["models_run"] == models_run).all():
-        at = pd.Index(earlier["person_id"]).get_indexer(inputs.index)  # by position: a uint64 hash must not pass through NaN
-        found = at >= 0
-        same = np.zeros(len(inputs), dtype=bool)
-        same[found] = earlier[f"{name}_hash"].to_numpy(dtype=np.uint64)[at[found]] == row_hash[found]
-        values = probability.to_numpy(copy=True)
-        values[same] = earlier[f"{name}_probability"].to_numpy(dtype=float)[at[same]]
-        probability = pd.Series(values, index=inputs.index)
-        todo = ~same
-    if todo.any():
-        values = probability.to_numpy(copy=True)
-        values[todo] = model.probability(columns if todo.all() else columns[todo]).to_numpy()
-        probability = pd.Series(values, index=inputs.index)
+    def columns_of(at: np.ndarray) -> pd.DataFrame:  # only the model's columns dense, of these persons
+        return inputs.dense(model.columns, at) if isinstance(inputs, SparseInputs) else inputs.iloc[at, inputs.columns.get_indexer(model.columns)]
+
+    n = len(inputs)
+    row_hash = np.empty(n, dtype=np.uint64)
+    values = np.full(n, np.nan)
+    todo = np.ones(n, dtype=bool)
+    reuse = earlier is not None and f"{name}_hash" in earlier.columns and (earlier["models_run"] == models_run).all()
+    if reuse:
+        found_at = pd.Index(earlier["person_id"]).get_indexer(inputs.index)  # by position: a uint64 hash must not pass through NaN
+        earlier_hash = earlier[f"{name}_hash"].to_numpy(dtype=np.uint64)
+        earlier_probability = earlier[f"{name}_probability"].to_numpy(dtype=float)
+    for start in range(0, n, rows):
+        at = np.arange(start, min(start + rows, n))
+        columns = columns_of(at)
+        row_hash[at] = pd.util.hash_pandas_object(columns, index=True).to_numpy()
+        if reuse:
+            found = found_at[at] >= 0
+            same = np.zeros(len(at), dtype=bool)
+            same[found] = earlier_hash[found_at[at][found]] == row_hash[at][found]
+            values[at[same]] = earlier_probability[found_at[at][same]]
+            todo[at] = ~same
+        if todo[at].any():
+            values[at[todo[at]]] = model.probability(columns if todo[at].all() else columns[todo[at]]).to_numpy()
+        del columns
+    probability = pd.Series(values, index=inputs.index)
     part = pd.DataFrame({f"{name}_hash": row_hash, f"{name}_probability": probability.to_numpy()}, index=inputs.index)
     part.attrs["scored"] = int(todo.sum())
     kept.append(part)
