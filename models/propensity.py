@@ -101,10 +101,11 @@ def reason_name(column: str, persona_names: dict | None = None, intent_labels: d
 
 
 def opportunity_reasons(inputs: pd.DataFrame, effects: pd.DataFrame, n: int = 3, persona_names: dict | None = None,
-                        intent_labels: dict | None = None, rows: int = 1 << 16, chunk: int = 256) -> pd.Series:  # fmt: skip
+                        intent_labels: dict | None = None, rows: int = 1 << 16, chunk: int = 32) -> pd.Series:  # fmt: skip
     """Per person: up to `n` conversion-associated inputs on which they sit on the converting side
     ("; "-joined), largest contribution first (effect x the person's standardised value).
-    The column means and standard deviations come `chunk` columns at a time, the z-scores,
+    The column means and standard deviations come `chunk` columns of every person at a time (256
+    columns were +0.66 GB for std's temporaries at 300,000 people), the z-scores,
     contributions and their ranking `rows` persons at a time: every one is per column or per
     person, so the same floats and order as on the whole persons x effect-columns frame, which
     with its float copies and argsort was the flags' peak (~0.8 GB at 100,000 people, ~180 columns;

@@ -330,6 +330,10 @@ def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intent
     a["persona_id"] = a["persona_id"].astype(int)
     lab = labels.set_index("person_id") if len(labels) else pd.DataFrame()
     label_of = intents.set_index("intent_id")["label"] if len(intents) else pd.Series(dtype=str)
+    # the signal rows as codes, once: who is a member is asked of each distinct person (not of each
+    # of the tens of millions of rows), and the signals are counted on their codes (below)
+    person_codes, person_values = _codes(signals["person_id"])
+    signal_codes, signal_values = _codes(signals["signal"])
     rows = []
     for (pid, name), g in a.groupby(["persona_id", "persona_name"]):
         members = g["person_id"]
@@ -345,10 +349,31 @@ def persona_summary(assignments: pd.DataFrame, labels: pd.DataFrame, text_intent
                 rec["mean_opportunity_probability"] = float(f["opportunity_probability"].mean())
         ti = text_intents[text_intents["person_id"].isin(members)]
         rec["top_intents"] = json.dumps({label_of.get(i, str(i)): round(float(v), 3) for i, v in ti["intent_id"].value_counts(normalize=True).head(5).items()})
-        sig = signals.loc[signals["person_id"].isin(members).to_numpy(), "signal"].astype(object).value_counts() / max(len(members), 1)  # object: categorical counts list unseen signals too
+        member = np.append(person_values.isin(members), False)[person_codes]  # signals["person_id"].isin(members) (code -1: a missing person, False)
+        sig = _value_counts(signal_codes[member], signal_values) / max(len(members), 1)
         rec["top_signals"] = json.dumps({k: round(float(v), 3) for k, v in sig.head(10).items()})
         rows.append(rec)
     return pd.DataFrame(rows)
+
+
+def _codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """(code per row, -1 for a missing value; the distinct values) of a categorical or plain column."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(), column.cat.categories
+    codes, values = pd.factorize(column)
+    return codes, pd.Index(values)
+
+
+def _value_counts(codes: np.ndarray, values: pd.Index) -> pd.Series:
+    """values[codes] (as Python objects) .value_counts(), from the codes: the same keys, counts and
+    order. value_counts keys the values in order of first appearance and sorts that Series by count
+    (descending, the same sort on the same array, so ties come out alike); a categorical's own
+    value_counts would list unseen values too, and `astype(object)` of millions of rows per persona
+    was most of persona_summary's time."""
+    codes = codes[codes >= 0]
+    first = pd.unique(codes)  # order of first appearance
+    counts = np.bincount(codes, minlength=len(values))[first].astype(np.int64)
+    return pd.Series(counts, index=pd.Index(np.asarray(values, dtype=object)[first], dtype=object)).sort_values(ascending=False)
 
 
 def business_kpis(assignments: pd.DataFrame, signals: pd.DataFrame, exposures: pd.DataFrame, surveys: pd.DataFrame) -> pd.DataFrame:
