@@ -33,7 +33,7 @@ class ChurnModel:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="openmp"):
-            x = inputs.dense(self.columns) if isinstance(inputs, SparseInputs) else inputs[self.columns]
+            x = input_columns(inputs, self.columns)
             return pd.Series(self.model.predict_proba(x)[:, 1], index=inputs.index)
 
 
@@ -98,6 +98,17 @@ class SparseInputs:
             block = values[:, [self._signal_at[c] for c in sig]].toarray().astype(np.uint8, copy=False)
             frame = pd.concat([frame, pd.DataFrame(block, index=frame.index, columns=sig)], axis=1)
         return frame if list(frame.columns) == columns else frame[columns]
+
+
+def input_columns(inputs, columns, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """The input columns `columns` (in that order) of the persons at positions `rows` (all if None),
+    of a model-input frame or a SparseInputs (only those signal columns made dense)."""
+    if isinstance(inputs, SparseInputs):
+        return inputs.dense(columns, rows)
+    at = inputs.columns.get_indexer(columns)
+    if (at < 0).any():
+        raise KeyError(f"not among the model inputs: {[c for c, i in zip(columns, at) if i < 0]}")
+    return inputs.iloc[:, at] if rows is None else inputs.iloc[rows, at]
 
 
 def sparse_inputs(model_frame: pd.DataFrame, persona: pd.Series, mix: pd.DataFrame, signals) -> SparseInputs:

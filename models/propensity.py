@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.churn import ChurnModel, SparseInputs, train_calibrated
+from models.churn import ChurnModel, SparseInputs, input_columns, train_calibrated
 
 MIN_EFFECT = 0.2  # |standardised mean difference| below this is not a reason, however significant
 MIN_CONTRIBUTION = 0.1
@@ -67,7 +67,7 @@ def conversion_effects(inputs: pd.DataFrame, converted: pd.Series, alpha: float 
     parts = []
     for start in range(0, len(inputs.columns), chunk):
         # SparseInputs: only this chunk's signal columns are made dense (the same cells)
-        x = (inputs.dense(inputs.columns[start : start + chunk]) if isinstance(inputs, SparseInputs) else inputs.iloc[rows, start : start + chunk]).astype(float)
+        x = input_columns(inputs, list(inputs.columns[start : start + chunk]), rows).astype(float)
         a, b = x[yes], x[~yes]
         ma, mb = a.mean(), b.mean()
         pooled = np.sqrt((a.var(ddof=1).fillna(0) * (len(a) - 1) + b.var(ddof=1).fillna(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
@@ -114,14 +114,9 @@ def opportunity_reasons(inputs: pd.DataFrame, effects: pd.DataFrame, n: int = 3,
         return pd.Series("", index=inputs.index, dtype="string")
     cols = [c for c in effects["column"] if c in inputs.columns]
 
-    def dense(columns, at=None):
-        if isinstance(inputs, SparseInputs):
-            return inputs.dense(columns, at)
-        return inputs[columns] if at is None else inputs.iloc[at, inputs.columns.get_indexer(columns)]
-
     means, sds = [], []
     for start in range(0, len(cols), chunk):
-        x = dense(cols[start : start + chunk]).astype(float)
+        x = input_columns(inputs, cols[start : start + chunk]).astype(float)
         means.append(x.mean())
         sds.append(x.std(ddof=0))
         del x
@@ -134,7 +129,7 @@ def opportunity_reasons(inputs: pd.DataFrame, effects: pd.DataFrame, n: int = 3,
     out = []
     for start in range(0, len(inputs), rows):
         at = np.arange(start, min(start + rows, len(inputs)))
-        x = dense(cols, at).astype(float)
+        x = input_columns(inputs, cols, at).astype(float)
         z = ((x - mean) / sd).fillna(0.0).to_numpy()
         del x
         contribution = z * effect  # > 0: the person's value points towards converting

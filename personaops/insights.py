@@ -1285,10 +1285,7 @@ def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd
     `rows` persons at a time: a row's hash and probability depend on that row only, so they are
     the whole table's; the model's columns of every person at once, with predict_proba's float64
     copy of them, were ~0.3 GB per model at 100,000 people (both models score side by side)."""
-    from models.churn import SparseInputs
-
-    def columns_of(at: np.ndarray) -> pd.DataFrame:  # only the model's columns dense, of these persons
-        return inputs.dense(model.columns, at) if isinstance(inputs, SparseInputs) else inputs.iloc[at, inputs.columns.get_indexer(model.columns)]
+    from models.churn import input_columns
 
     n = len(inputs)
     row_hash = np.empty(n, dtype=np.uint64)
@@ -1301,7 +1298,7 @@ def _scored(model, inputs: pd.DataFrame, name: str, models_run: str, earlier: pd
         earlier_probability = earlier[f"{name}_probability"].to_numpy(dtype=float)
     for start in range(0, n, rows):
         at = np.arange(start, min(start + rows, n))
-        columns = columns_of(at)
+        columns = input_columns(inputs, model.columns, at)  # only the model's columns dense, of these persons
         row_hash[at] = pd.util.hash_pandas_object(columns, index=True).to_numpy()
         if reuse:
             found = found_at[at] >= 0
